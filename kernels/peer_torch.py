@@ -1,0 +1,159 @@
+"""PEER expert computation, best pure-PyTorch path (CPU default).
+
+Same math as `kernels.peer_reference` (PEER, He 2024, Eq. 4-5), but never holds
+the gathered [T, h, k, d] rows for all tokens at once. Tokens are processed in
+chunks whose gathered rows stay under `CHUNK_ELEMENTS` elements:
+
+forward, per chunk:  s = <u_i, x> via one gather + bmm,  y = EmbeddingBag(V,
+    per-sample weights g * act(s))   -- the up rows are never gathered.
+backward, per chunk: r = <v_i, dy> (gather + bmm), dx = EmbeddingBag(U, ds),
+    dU[i] += ds * x and dV[i] += g * act(s) * dy with `index_add_`.
+
+Only the pre-activations (T, h*k) are saved between forward and backward. Table
+gradients are accumulated in fp32, densely (N, d) or, with `sparse=True`, in a
+compact buffer over the touched rows that is returned as a sparse COO tensor.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kernels.peer_reference import activation_pair
+
+# Gathered rows per chunk (elements); 2**22 fp32 = 16 MiB.
+CHUNK_ELEMENTS = 1 << 22
+
+
+def chunk_tokens(tokens: int, experts_per_token: int, dim: int) -> int:
+    """Tokens per chunk so that a gathered (chunk, h*k, d) block fits CHUNK_ELEMENTS."""
+    return max(1, min(tokens, CHUNK_ELEMENTS // max(1, experts_per_token * dim)))
+
+
+def peer_forward_torch(
+    x: torch.Tensor,
+    expert_index: torch.Tensor,
+    scores: torch.Tensor,
+    down_table: torch.Tensor,
+    up_table: torch.Tensor,
+    gate_table: torch.Tensor | None,
+    activation: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward for flat inputs.
+
+    Args:
+        x: (T, d).  expert_index: (T, E) with E = h*k.  scores: (T, E).
+        down_table, up_table, gate_table: (N, d).
+    Returns:
+        y (T, d); pre-activation u.x (T, E) fp32; gate pre-activation w.x (T, E)
+        fp32, or an empty tensor without GLU.
+    """
+    act, _ = activation_pair(activation)
+    tokens, experts = expert_index.shape
+    dim = x.shape[1]
+    out = torch.empty_like(x)  # (T, d)
+    pre_down = torch.empty(tokens, experts, device=x.device, dtype=torch.float32)
+    pre_gate = torch.empty(tokens if gate_table is not None else 0, experts, device=x.device, dtype=torch.float32)
+    step = chunk_tokens(tokens, experts, dim)
+    for start in range(0, tokens, step):
+        sl = slice(start, start + step)
+        index = expert_index[sl]  # (c, E)
+        x_chunk = x[sl].unsqueeze(-1)  # (c, d, 1)
+        s = torch.bmm(F.embedding(index, down_table), x_chunk).squeeze(-1).float()  # (c, E)
+        pre_down[sl] = s
+        hidden = act(s)
+        if gate_table is not None:
+            w = torch.bmm(F.embedding(index, gate_table), x_chunk).squeeze(-1).float()  # (c, E)
+            pre_gate[sl] = w
+            hidden = hidden * w
+        weight = (hidden * scores[sl].float()).to(up_table.dtype)  # (c, E)
+        out[sl] = F.embedding_bag(index, up_table, per_sample_weights=weight, mode="sum")  # (c, d)
+    return out, pre_down, pre_gate
+
+
+def _grad_buffer(table: torch.Tensor, rows: int) -> torch.Tensor:
+    return torch.zeros(rows, table.shape[1], device=table.device, dtype=torch.float32)
+
+
+def finish_table_grad(
+    buffer: torch.Tensor, table: torch.Tensor, touched_rows: torch.Tensor | None
+) -> torch.Tensor:
+    """Cast an fp32 accumulator to the table's dtype; sparse COO over touched rows if given."""
+    values = buffer.to(table.dtype)
+    if touched_rows is None:
+        return values  # (N, d)
+    return torch.sparse_coo_tensor(touched_rows.unsqueeze(0), values, table.shape, is_coalesced=True, check_invariants=False)
+
+
+def peer_backward_torch(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    expert_index: torch.Tensor,
+    scores: torch.Tensor,
+    down_table: torch.Tensor,
+    up_table: torch.Tensor,
+    gate_table: torch.Tensor | None,
+    pre_down: torch.Tensor,
+    pre_gate: torch.Tensor,
+    activation: str,
+    sparse: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Backward for flat inputs (shapes as in `peer_forward_torch`, grad_out (T, d)).
+
+    With o = act(s) [* w] and r = <v_i, dy>:  dscores = o r,  ds = g r act'(s) [* w],
+    dw = g r act(s),  dx = sum ds u_i [+ dw w_i],  dU[i] += ds x,  dV[i] += g o dy,
+    dW[i] += dw x.
+    Returns:
+        dx (T, d), dscores (T, E), d_down, d_up, d_gate (N, d) dense or sparse COO
+        (d_gate None without GLU).
+    """
+    act, act_grad = activation_pair(activation)
+    tokens, experts = expert_index.shape
+    dim = x.shape[1]
+    touched_rows = None
+    slot = expert_index  # (T, E) row of each (t, e) in the accumulators
+    rows = down_table.shape[0]
+    if sparse:
+        touched_rows, inverse = torch.unique(expert_index, sorted=True, return_inverse=True)
+        slot, rows = inverse, touched_rows.numel()
+    grad_down = _grad_buffer(down_table, rows)
+    grad_up = _grad_buffer(up_table, rows)
+    grad_gate = _grad_buffer(gate_table, rows) if gate_table is not None else None
+    grad_x = torch.empty_like(x)  # (T, d)
+    grad_scores = torch.empty(tokens, experts, device=x.device, dtype=scores.dtype)
+    step = chunk_tokens(tokens, experts, dim)
+    for start in range(0, tokens, step):
+        sl = slice(start, start + step)
+        index = expert_index[sl]  # (c, E)
+        flat_slot = slot[sl].reshape(-1)  # (c*E,)
+        dy = grad_out[sl]  # (c, d)
+        x_f = x[sl].float()  # (c, d)
+        r = torch.bmm(F.embedding(index, up_table), dy.unsqueeze(-1)).squeeze(-1).float()  # (c, E)
+        s = pre_down[sl]
+        g = scores[sl].float()
+        hidden = act(s)
+        d_hidden = g * r  # (c, E) d loss / d o
+        if gate_table is not None:
+            w = pre_gate[sl]
+            out_unit = hidden * w
+            d_gate_pre = d_hidden * hidden  # (c, E)
+            d_pre = d_hidden * w * act_grad(s)
+        else:
+            out_unit = hidden
+            d_pre = d_hidden * act_grad(s)
+        grad_scores[sl] = (out_unit * r).to(scores.dtype)
+        dx = F.embedding_bag(index, down_table, per_sample_weights=d_pre.to(down_table.dtype), mode="sum")
+        grad_down.index_add_(0, flat_slot, (d_pre.unsqueeze(-1) * x_f.unsqueeze(1)).reshape(-1, dim))
+        coef_up = (g * out_unit).unsqueeze(-1)  # (c, E, 1)
+        grad_up.index_add_(0, flat_slot, (coef_up * dy.float().unsqueeze(1)).reshape(-1, dim))
+        if gate_table is not None:
+            dx = dx + F.embedding_bag(index, gate_table, per_sample_weights=d_gate_pre.to(gate_table.dtype), mode="sum")
+            grad_gate.index_add_(0, flat_slot, (d_gate_pre.unsqueeze(-1) * x_f.unsqueeze(1)).reshape(-1, dim))
+        grad_x[sl] = dx
+    return (
+        grad_x,
+        grad_scores,
+        finish_table_grad(grad_down, down_table, touched_rows),
+        finish_table_grad(grad_up, up_table, touched_rows),
+        finish_table_grad(grad_gate, gate_table, touched_rows) if grad_gate is not None else None,
+    )
