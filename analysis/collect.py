@@ -1,0 +1,195 @@
+"""Collect a sweep directory into a tidy DataFrame, one row per run.
+
+Facts come only from ``<sweep>/runs/<run_id>/run.json`` and ``result.json``
+(never from directory names or logs). Canonical columns used by the fits:
+
+- ``method``: the run's method name; ``budget``: planned budget in FLOPs;
+- ``params``: parameter count of the kind chosen with ``params_kind``
+  (default ``active``: the parameters a token touches, which is what the
+  C = 6·N·D isoFLOP accounting counts; total parameters of a PEER/MoE layer
+  would put sparse methods far to the right of their compute);
+- ``tokens``: training tokens actually seen; ``loss``: the chosen evaluation
+  loss (nats/token); ``perplexity``: its perplexity; ``metric``: the value
+  that is fitted (loss or perplexity).
+
+Kept alongside: every parameter kind (``params_total``, ``params_active``, ...),
+every evaluation dataset (``eval_<name>_loss``, ``eval_<name>_perplexity``),
+FLOP bookkeeping, the FFW configuration (``ffw_<field>``), the backbone
+(``backbone_<field>``) and routing statistics (``expert_usage``,
+``routing_unevenness``: mean over routed layers, as in He 2024, Table 2).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.records import ExcludedRun
+from isoflop.errors import UserError
+
+PARAMS_KINDS = ("total", "active", "non_embedding", "active_non_embedding")
+METRICS = ("loss", "perplexity")
+DEFAULT_EVAL_DATASET = "validation"
+
+
+@dataclass
+class Collection:
+    """The runs that enter the fits, plus everything that was left out and why."""
+
+    runs: pd.DataFrame
+    excluded: list[ExcludedRun] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    source: str = ""
+    eval_datasets: list[str] = field(default_factory=list)
+
+
+def _read_json(path: Path) -> dict:
+    with path.open() as handle:
+        content = json.load(handle)
+    if not isinstance(content, dict):
+        raise ValueError("top level is not a JSON object")
+    return content
+
+
+def _scalar_items(mapping: object, prefix: str) -> dict[str, object]:
+    """Flatten the scalar fields of a mapping into prefixed columns."""
+    if not isinstance(mapping, dict):
+        return {}
+    return {f"{prefix}{key}": value for key, value in mapping.items() if isinstance(value, (int, float, str, bool)) or value is None}
+
+
+def _routing_means(routing: object) -> dict[str, float]:
+    """Mean expert usage and unevenness over routed layers (He 2024, Table 2); empty for dense runs."""
+    if not isinstance(routing, dict) or not routing:
+        return {}
+    usages = [layer["expert_usage"] for layer in routing.values() if isinstance(layer, dict) and "expert_usage" in layer]
+    unevenness = [layer["unevenness"] for layer in routing.values() if isinstance(layer, dict) and "unevenness" in layer]
+    means: dict[str, float] = {"routed_layers": float(len(routing))}
+    if usages:
+        means["expert_usage"] = float(sum(usages) / len(usages))
+    if unevenness:
+        means["routing_unevenness"] = float(sum(unevenness) / len(unevenness))
+    return means
+
+
+def run_row(run_spec: dict, result: dict, params_kind: str, eval_dataset: str, metric: str) -> dict[str, object]:
+    """One tidy row from a run's run.json (may be empty) and result.json; KeyError/TypeError on missing facts."""
+    model = run_spec.get("model", {}) if isinstance(run_spec.get("model"), dict) else {}
+    params = result.get("params") or run_spec.get("params")
+    evaluation = result["eval"][eval_dataset]
+    loss = float(evaluation["loss"])
+    perplexity = float(evaluation.get("perplexity", math.exp(loss)))
+    row: dict[str, object] = {
+        "run_id": result.get("run_id", run_spec.get("run_id")),
+        "method": str(result.get("method", run_spec.get("method"))),
+        "budget": float(result.get("budget_flops", run_spec.get("budget_flops"))),
+        "params": float(params[params_kind]),
+        "tokens": float(result.get("tokens", run_spec.get("tokens"))),
+        "loss": loss,
+        "perplexity": perplexity,
+        "metric": loss if metric == "loss" else perplexity,
+    }
+    row.update({f"params_{kind}": float(value) for kind, value in params.items()})
+    for name, scores in result.get("eval", {}).items():
+        if isinstance(scores, dict) and "loss" in scores:
+            row[f"eval_{name}_loss"] = float(scores["loss"])
+            row[f"eval_{name}_perplexity"] = float(scores.get("perplexity", math.exp(float(scores["loss"]))))
+    for key in ("study", "status", "steps", "realized_flops", "flops_per_token_train", "final_train_loss",
+                "wall_time_s", "tokens_per_s", "mfu", "code_version"):
+        row[key] = result.get(key)
+    row.update(_scalar_items(model.get("ffw"), "ffw_"))
+    row.update(_scalar_items(model.get("backbone"), "backbone_"))
+    row.update(_routing_means(result.get("routing")))
+    return row
+
+
+def _run_directories(sweep_dir: Path) -> list[Path]:
+    runs_dir = sweep_dir / "runs"
+    if not sweep_dir.is_dir():
+        raise UserError(f"sweep directory {sweep_dir} does not exist; pass the directory made by `isoflop submit` or use --csv FILE")
+    base = runs_dir if runs_dir.is_dir() else sweep_dir
+    return sorted(path for path in base.iterdir() if path.is_dir() and ((path / "run.json").exists() or (path / "result.json").exists()))
+
+
+def collect_sweep(sweep_dir: Path | str, params_kind: str = "active", eval_dataset: str = DEFAULT_EVAL_DATASET,
+                  metric: str = "loss") -> Collection:
+    """Read every run of a sweep directory; completed runs become rows, the others are listed with a reason.
+
+    Raises:
+        UserError: no runs, no completed runs, or the evaluation dataset is absent from every run.
+    """
+    sweep_dir = Path(sweep_dir)
+    if params_kind not in PARAMS_KINDS:
+        raise UserError(f"--params {params_kind!r} is unknown; choose one of {', '.join(PARAMS_KINDS)}")
+    if metric not in METRICS:
+        raise UserError(f"--metric {metric!r} is unknown; choose loss or perplexity")
+    run_dirs = _run_directories(sweep_dir)
+    if not run_dirs:
+        raise UserError(f"no runs found in {sweep_dir} (expected runs/<run_id>/run.json); check the path or run `isoflop submit` first")
+    rows: list[dict[str, object]] = []
+    excluded: list[ExcludedRun] = []
+    datasets_seen: set[str] = set()
+    for run_dir in run_dirs:
+        run_id = run_dir.name
+        run_spec: dict = {}
+        if (run_dir / "run.json").exists():
+            try:
+                run_spec = _read_json(run_dir / "run.json")
+                run_id = str(run_spec.get("run_id", run_id))
+            except (OSError, ValueError) as error:
+                excluded.append(ExcludedRun(run_id, f"corrupt run.json ({error}); run.json ignored"))
+        if not (run_dir / "result.json").exists():
+            excluded.append(ExcludedRun(run_id, "missing or partial: run.json present but no result.json (not finished)"))
+            continue
+        try:
+            result = _read_json(run_dir / "result.json")
+        except (OSError, ValueError) as error:
+            excluded.append(ExcludedRun(run_id, f"corrupt result.json ({error}); skipped"))
+            continue
+        run_id = str(result.get("run_id", run_id))
+        datasets_seen.update(result.get("eval", {}) if isinstance(result.get("eval"), dict) else {})
+        if result.get("status") == "diverged":
+            excluded.append(ExcludedRun(run_id, f"diverged at step {result.get('diverged_at_step')}; excluded"))
+            continue
+        if result.get("status") not in (None, "completed"):
+            excluded.append(ExcludedRun(run_id, f"status {result.get('status')!r} is not 'completed'; excluded"))
+            continue
+        try:
+            row = run_row(run_spec, result, params_kind, eval_dataset, metric)
+        except (KeyError, TypeError, ValueError) as error:
+            excluded.append(ExcludedRun(run_id, f"result.json lacks a needed fact ({type(error).__name__}: {error}); skipped"))
+            continue
+        if not all(math.isfinite(float(row[key])) for key in ("budget", "params", "tokens", "metric")):
+            excluded.append(ExcludedRun(run_id, "non-finite budget, params, tokens or metric; skipped"))
+            continue
+        rows.append(row)
+    if not rows:
+        if datasets_seen and eval_dataset not in datasets_seen:
+            raise UserError(f"--eval-dataset {eval_dataset!r} is in no result.json; available: {', '.join(sorted(datasets_seen))}")
+        reasons = "; ".join(f"{run.run_id}: {run.reason}" for run in excluded[:3])
+        raise UserError(f"no completed runs to analyse in {sweep_dir} ({len(excluded)} excluded: {reasons}); wait for runs to finish or check the sweep")
+    runs = pd.DataFrame(rows).sort_values(["method", "budget", "params"], ignore_index=True)
+    notes = [f"params kind: {params_kind}", f"metric: {metric} on eval dataset {eval_dataset!r}"]
+    return Collection(runs=runs, excluded=excluded, notes=notes, source=str(sweep_dir), eval_datasets=sorted(datasets_seen))
+
+
+def to_csv(frame: pd.DataFrame, path: Path | str) -> Path:
+    """Write the tidy frame as CSV (the interchange format; no pickles)."""
+    path = Path(path)
+    frame.to_csv(path, index=False)
+    return path
+
+
+def to_parquet(frame: pd.DataFrame, path: Path | str) -> Path:
+    """Write the tidy frame as Parquet; UserError with the fix when pyarrow is missing."""
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError as error:
+        raise UserError("writing parquet needs pyarrow; `pip install pyarrow` or write CSV instead") from error
+    path = Path(path)
+    frame.to_parquet(path, index=False)
+    return path
