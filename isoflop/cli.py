@@ -1,0 +1,85 @@
+"""The ``isoflop`` command line.
+
+Only the chosen subcommand's module is imported, so ``isoflop --help`` and
+``isoflop plan`` answer fast. A :class:`UserError` becomes one line on stderr
+and exit status 2; anything else keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from isoflop.errors import UserError
+
+# name -> (module defining add_arguments/run, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "plan": ("isoflop.commands.plan", "plan a study: runs, sizes, FLOPs, tokens and steps"),
+    "submit": ("isoflop.commands.submit", "write the sweep directory and submit every pending run"),
+    "status": ("isoflop.commands.status", "show the state of every run of a sweep"),
+    "wait": ("isoflop.commands.wait", "follow a sweep until every run has ended"),
+    "cancel": ("isoflop.commands.cancel", "cancel the live jobs of a sweep"),
+    "train": ("isoflop.commands.train", "train (or resume) one run from its run.json"),
+    "analyze": ("analysis.command", "fit isoFLOP parabolas and power laws; write figures and tables"),
+    "study": ("isoflop.commands.study", "plan, train and analyse a whole study, following progress"),
+    "bench": ("isoflop.commands.bench", "benchmarks: kernels, layers"),
+}
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is a single line naming the fix."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+
+def _top_level_parser() -> argparse.ArgumentParser:
+    parser = OneLineArgumentParser(
+        prog="isoflop",
+        description="isoFLOP scaling studies: at a fixed compute budget, which architecture and "
+                    "which model size give the lowest loss?")
+    from isoflop import __version__
+
+    parser.add_argument("--version", action="version", version=f"isoflop {__version__}")
+    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        subcommands.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``isoflop`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        parser = _top_level_parser()
+        if not argv:
+            parser.print_help(sys.stderr)
+            return 2
+        parser.parse_args(argv)
+        return 0
+    name = argv[0]
+    module_name, help_text = COMMANDS[name]
+    prog = f"isoflop {name}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name and module_name.startswith(error.name):
+            print(f"{prog}: error: this command is not available in this installation", file=sys.stderr)
+            return 2
+        raise
+    parser = OneLineArgumentParser(prog=prog, description=help_text)
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except UserError as error:
+        print(f"{prog}: error: {error.message}", file=sys.stderr)
+        return error.exit_status
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

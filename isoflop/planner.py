@@ -1,0 +1,157 @@
+"""The planner: a study becomes a list of fully resolved runs. Pure and fast.
+
+For each budget C and method, every candidate backbone shape of the ladder is
+costed with :func:`isoflop.flops.model_costs`; the run trains for
+steps = floor(C / (F · B · S)) optimizer steps, F the training FLOPs per
+token, B the batch (sequences) and S the sequence length, so the realized
+FLOPs fall within one step below the budget. The compute-optimal size is
+estimated with D = 20·N (Hoffmann et al. 2022, Table 3), N the active
+non-embedding parameters; the ladder keeps ``sizes_below`` shapes with more
+tokens per parameter than that and ``sizes_above`` with fewer, so the isoFLOP
+parabola's minimum is bracketed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from isoflop.errors import UserError
+from isoflop.flops import model_costs
+from isoflop.run_spec import RunSpec
+from isoflop.study_config import StudyConfig
+from models.config import BackboneConfig, ModelConfig
+from models.ffw.cost_model import FFWConfigBase
+
+
+@dataclass(frozen=True)
+class DroppedRun:
+    """A candidate the planner left out, and why."""
+
+    method: str
+    budget_flops: float
+    n_layers: int
+    d_model: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The planner's output: runs to train, candidates dropped, and notes."""
+
+    runs: tuple[RunSpec, ...]
+    dropped: tuple[DroppedRun, ...]
+    notes: tuple[str, ...]
+
+
+def candidate_shapes(study: StudyConfig) -> list[tuple[int, int, int]]:
+    """``(n_layers, d_model, n_heads)`` candidates of the ladder (see LadderConfig)."""
+    ladder, pinned = study.ladder, study.model
+    if ladder.shapes:
+        shapes = [(int(layers), int(width), int(heads)) for layers, width, heads in ladder.shapes]
+    else:
+        shapes = []
+        for n_layers in range(ladder.min_layers, ladder.max_layers + 1):
+            n_heads = max(1, round(ladder.aspect_ratio * n_layers / ladder.head_dim))
+            shapes.append((n_layers, n_heads * ladder.head_dim, n_heads))
+    pinned_shapes = []
+    for n_layers, d_model, n_heads in shapes:
+        if pinned.d_model is not None and pinned.n_heads is None:
+            n_heads = max(1, pinned.d_model // ladder.head_dim)
+        shape = (pinned.n_layers or n_layers, pinned.d_model or d_model, pinned.n_heads or n_heads)
+        if shape not in pinned_shapes:
+            pinned_shapes.append(shape)
+    return pinned_shapes
+
+
+def build_model_config(study: StudyConfig, ffw: FFWConfigBase, shape: tuple[int, int, int]) -> ModelConfig:
+    """The resolved model of one method at one ladder shape."""
+    n_layers, d_model, n_heads = shape
+    template = study.model
+    backbone = BackboneConfig(
+        n_layers=n_layers, d_model=d_model, n_heads=n_heads,
+        vocab_size=study.data.resolved_vocab_size, max_seq_len=study.train.seq_len,
+        ffw_multiplier=template.ffw_multiplier, activation=template.activation, norm=template.norm,
+        positions=template.positions, tie_embeddings=template.tie_embeddings)
+    replace_blocks = template.replace_blocks
+    if not isinstance(replace_blocks, str):
+        replace_blocks = tuple(replace_blocks)
+    return ModelConfig(backbone=backbone, ffw=ffw.resolve(d_model, template.ffw_multiplier),
+                       replace_blocks=replace_blocks)
+
+
+def build_run(study: StudyConfig, method: str, budget_flops: float, model: ModelConfig) -> RunSpec:
+    """Cost one model at one budget and resolve every number its job needs."""
+    train = study.train
+    costs = model_costs(model, train.seq_len)
+    tokens_per_step = train.batch_size * train.seq_len
+    steps = int(budget_flops // (costs.flops_per_token_train * tokens_per_step))
+    micro_batch_size = train.micro_batch_size or train.batch_size
+    spec = RunSpec(
+        run_id="", study=study.name, method=method, budget_flops=budget_flops, model=model,
+        train=train, data=study.data, logger=study.logger, steps=steps,
+        tokens=steps * tokens_per_step,
+        realized_flops=steps * tokens_per_step * costs.flops_per_token_train,
+        learning_rate=train.learning_rate(model.backbone.d_model),
+        warmup_steps=int(math.ceil(train.warmup_fraction * steps)),
+        micro_batch_size=micro_batch_size,
+        grad_accumulation_steps=train.batch_size // micro_batch_size,
+        costs=costs.summary(), params_by_component=dict(costs.params),
+        params_active_by_component=dict(costs.params_active),
+        forward_flops_by_component=dict(costs.forward_flops_per_token), seed=train.seed)
+    return spec.with_run_id()
+
+
+def smallest_feasible_budget(study: StudyConfig) -> float:
+    """FLOPs that let the cheapest candidate of every method train ``min_steps`` steps."""
+    tokens = study.train.batch_size * study.train.seq_len * study.ladder.min_steps
+    cheapest = []
+    for ffw in study.methods.values():
+        per_token = min(model_costs(build_model_config(study, ffw, shape), study.train.seq_len)
+                        .flops_per_token_train for shape in candidate_shapes(study))
+        cheapest.append(per_token * tokens)
+    return max(cheapest)
+
+
+def plan(study: StudyConfig) -> Plan:
+    """Every run of ``study``: budgets x methods x the ladder around the optimum.
+
+    Deterministic: the same study gives the same runs and run_ids. Raises
+    :class:`UserError` when a budget is too small for every candidate of a method.
+    """
+    ladder = study.ladder
+    runs: list[RunSpec] = []
+    dropped: list[DroppedRun] = []
+    notes: list[str] = []
+    for budget_flops in study.budgets:
+        for method, ffw in study.methods.items():
+            candidates = []
+            for shape in candidate_shapes(study):
+                run = build_run(study, method, budget_flops, build_model_config(study, ffw, shape))
+                candidates.append(run)
+            candidates.sort(key=lambda run: run.costs["n_params_active_non_embedding"])
+            data_rich = [run for run in candidates
+                         if run.tokens >= ladder.tokens_per_param * run.costs["n_params_active_non_embedding"]]
+            data_poor = [run for run in candidates if run not in data_rich]
+            chosen = data_rich[-ladder.sizes_below:] + data_poor[:ladder.sizes_above]
+            kept = []
+            for run in chosen:
+                if run.steps < ladder.min_steps:
+                    dropped.append(DroppedRun(method, budget_flops, run.model.backbone.n_layers,
+                                              run.model.backbone.d_model,
+                                              f"{run.steps} steps < ladder.min_steps={ladder.min_steps}"))
+                else:
+                    kept.append(run)
+            if not kept:
+                minimum = smallest_feasible_budget(study)
+                raise UserError(f"budget {budget_flops:.3g} FLOPs is too small for method {method}: no "
+                                f"model size trains ladder.min_steps={ladder.min_steps} steps; use a budget "
+                                f">= {minimum:.3g} FLOPs or lower ladder.min_steps / train.batch_size")
+            below = sum(run in data_rich for run in kept)
+            above = len(kept) - below
+            if below < 2 or above < 2:
+                notes.append(f"{method} at {budget_flops:.3g} FLOPs: {below} sizes below and {above} above "
+                             f"the D={ladder.tokens_per_param:g}N estimate (wanted >= 2 each side); widen "
+                             "the ladder (ladder.min_layers/max_layers) or change the budget")
+            runs.extend(kept)
+    return Plan(runs=tuple(runs), dropped=tuple(dropped), notes=tuple(notes))

@@ -1,0 +1,115 @@
+"""RunSpec: everything one training job needs, frozen and fully resolved.
+
+A RunSpec pickles cleanly for submitit and round-trips through ``run.json``
+(:meth:`RunSpec.to_dict` / :meth:`RunSpec.from_dict`). Its ``run_id`` is a
+readable prefix plus a hash of the rest of the spec, so the same planned run
+always gets the same id and any change to it gets a new one. Torch-free.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from isoflop.study_config import DataConfig, EvalDatasetConfig, TrainConfig
+from models.config import ModelConfig
+
+RUN_SPEC_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One planned run.
+
+    Attributes:
+        run_id: ``<method>-L<layers>-d<width>-<budget>-<hash8>``.
+        study: the study's name.
+        method: the method's name in the study (e.g. ``peer``).
+        budget_flops: the isoFLOP budget this run spends (training FLOPs).
+        model: the resolved model.
+        train: the study's training settings (batch, sequence, optimiser...).
+        data: corpus and evaluation sets.
+        logger: ``none`` or ``wandb``.
+        steps: optimizer steps = floor(budget / (flops_per_token_train · batch · seq)).
+        tokens: training tokens = steps · batch · seq.
+        realized_flops: tokens · flops_per_token_train (<= budget, within one step).
+        learning_rate: peak learning rate from ``train.learning_rate(d_model)``.
+        warmup_steps: linear warmup steps.
+        micro_batch_size: sequences per forward/backward in one process.
+        grad_accumulation_steps: micro-batches per optimizer step (one process).
+        costs: flat accounting summary (``ModelCosts.summary()``).
+        params_by_component: parameter counts by component.
+        params_active_by_component: active parameter counts by component.
+        forward_flops_by_component: forward FLOPs per token by component.
+        seed: random seed of the run.
+    """
+
+    run_id: str
+    study: str
+    method: str
+    budget_flops: float
+    model: ModelConfig
+    train: TrainConfig
+    data: DataConfig
+    logger: str
+    steps: int
+    tokens: int
+    realized_flops: float
+    learning_rate: float
+    warmup_steps: int
+    micro_batch_size: int
+    grad_accumulation_steps: int
+    costs: dict = field(default_factory=dict)
+    params_by_component: dict = field(default_factory=dict)
+    params_active_by_component: dict = field(default_factory=dict)
+    forward_flops_by_component: dict = field(default_factory=dict)
+    seed: int = 0
+    version: int = RUN_SPEC_VERSION
+
+    @property
+    def batch_size(self) -> int:
+        return self.train.batch_size
+
+    @property
+    def seq_len(self) -> int:
+        return self.train.seq_len
+
+    @property
+    def flops_per_token_train(self) -> float:
+        return float(self.costs["flops_per_token_train"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (the content of ``run.json``)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["model"] = self.model.to_dict()
+        values["train"] = asdict(self.train)
+        values["data"] = asdict(self.data)
+        values["data"]["paths"] = list(self.data.paths)
+        values["data"]["eval_datasets"] = [asdict(item) for item in self.data.eval_datasets]
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RunSpec":
+        """Inverse of :meth:`to_dict`; raises KeyError/TypeError on a malformed dict."""
+        values = dict(values)
+        values["model"] = ModelConfig.from_dict(values["model"])
+        values["train"] = TrainConfig(**values["train"])
+        data = dict(values["data"])
+        data["eval_datasets"] = [EvalDatasetConfig(**item) for item in data.get("eval_datasets", [])]
+        values["data"] = DataConfig(**data)
+        return cls(**values)
+
+    def content_hash(self) -> str:
+        """Hash of everything but the run_id (8 hex digits)."""
+        content = self.to_dict()
+        content.pop("run_id")
+        canonical = json.dumps(content, sort_keys=True, default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:8]
+
+    def with_run_id(self) -> "RunSpec":
+        """A copy whose run_id is the readable prefix plus :meth:`content_hash`."""
+        backbone = self.model.backbone
+        prefix = f"{self.method}-L{backbone.n_layers}-d{backbone.d_model}-{self.budget_flops:.0e}"
+        return replace(self, run_id=f"{prefix.replace('+', '')}-{self.content_hash()}")

@@ -1,0 +1,124 @@
+"""Shared pieces of the FFW families' configs and cost formulas (torch-free).
+
+Conventions used by every family (see ``isoflop/flops.py`` for the whole
+model):
+
+- FLOPs are matmul FLOPs: 2 per multiply-add. Elementwise work (activations,
+  softmax, normalisation), top-k selection, sorting and gathers count 0. This
+  is what ``torch.utils.flop_counter.FlopCounterMode`` measures, and the tests
+  hold each formula to that measurement.
+- Costs are per token, for one forward pass.
+- ``params`` counts every trainable parameter of the layer; ``params_active``
+  counts those a single token's forward pass reads (expected value where the
+  routing makes it vary, e.g. expert choice).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from isoflop.errors import UserError
+
+
+@dataclass(frozen=True)
+class FFWCosts:
+    """Parameter counts and forward FLOPs per token of one FFW layer, by component.
+
+    Component names are stable keys (e.g. ``"experts"``, ``"router"``,
+    ``"query"``, ``"keys"``) so the breakdown can be logged and compared.
+    ``flop_counter_invisible`` names components whose FLOPs are real arithmetic
+    but done by ops that FlopCounterMode does not count.
+    """
+
+    params: dict[str, int]
+    params_active: dict[str, int]
+    forward_flops_per_token: dict[str, float]
+    flop_counter_invisible: tuple[str, ...] = field(default=())
+
+    @property
+    def n_params(self) -> int:
+        return sum(self.params.values())
+
+    @property
+    def n_params_active(self) -> int:
+        return sum(self.params_active.values())
+
+    @property
+    def forward_flops(self) -> float:
+        return float(sum(self.forward_flops_per_token.values()))
+
+
+@dataclass(frozen=True)
+class FFWConfigBase:
+    """Base of every family's config. Subclasses set ``family`` and implement
+    :meth:`resolve` (fill sizes that depend on the backbone) and :meth:`costs`."""
+
+    family: ClassVar[str] = ""
+
+    def resolve(self, d_model: int, ffw_multiplier: float) -> "FFWConfigBase":
+        """Return a copy with every size that defaults to the backbone filled in."""
+        return self
+
+    def costs(self, d_model: int) -> FFWCosts:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def summary(self) -> str:
+        """A short human-readable description for plan tables."""
+        return self.family
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return {"family": self.family, **asdict(self)}
+
+
+def config_error(family: str, field_name: str, value: object, rule: str, fix: str) -> UserError:
+    """Build the one-line error for an invalid config value: field, value, rule, fix."""
+    return UserError(f"ffw {family}.{field_name}={value!r}: {rule}; {fix}")
+
+
+def require_positive(family: str, **values: float | int | None) -> None:
+    """Raise a :class:`UserError` for the first value that is set and not > 0."""
+    for name, value in values.items():
+        if value is not None and not value > 0:
+            raise config_error(family, name, value, "must be > 0", "set a positive value")
+
+
+def require_choice(family: str, field_name: str, value: str, choices: tuple[str, ...]) -> None:
+    """Raise a :class:`UserError` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise config_error(
+            family, field_name, value, f"must be one of {', '.join(choices)}", "pick one of those"
+        )
+
+
+def product_key_count(family: str, n_experts: int, top_k: int, d_key: int) -> int:
+    """Validate a product-key memory and return the sub-key count per half.
+
+    Product keys (Lample et al. 2019, §3.2) index N = n² slots by two halves of
+    n sub-keys each, so N must be a perfect square, each half takes d_key/2
+    dimensions, and the per-half top-k needs k <= n.
+    """
+    n_keys = math.isqrt(n_experts)
+    if n_keys * n_keys != n_experts:
+        lower, upper = n_keys * n_keys, (n_keys + 1) ** 2
+        raise config_error(
+            family, "n_experts", n_experts, "product keys need a perfect-square count",
+            f"use {lower} or {upper}",
+        )
+    if d_key % 2:
+        raise config_error(family, "d_key", d_key, "must be even (split into two halves)",
+                           f"use {d_key + 1}")
+    if top_k > n_keys:
+        raise config_error(
+            family, "top_k", top_k, f"must be <= sqrt(n_experts) = {n_keys}",
+            f"lower top_k or raise n_experts to at least {top_k * top_k}",
+        )
+    return n_keys
+
+
+def resolve_int(value: int | None, default: float) -> int:
+    """``value`` if set, else ``default`` rounded to an int (at least 1)."""
+    return int(value) if value is not None else max(1, int(round(default)))
