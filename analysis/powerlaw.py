@@ -115,4 +115,6 @@ def power_law_table(results: list[PowerLawFit | PowerLawSkipped]):
                              predicted_hi=prediction.value_hi))
     columns = ["method", "quantity", "coefficient", "exponent", "exponent_lo", "exponent_hi", "n_budgets",
                "coefficient_lo", "coefficient_hi", "row", "budget", "predicted", "predicted_lo", "predicted_hi", "note"]
-    return pd.DataFrame(rows, columns=columns)
+    table = pd.DataFrame(rows, columns=columns)
+    table["n_budgets"] = table["n_budgets"].astype("Int64")
+    return table
