@@ -12,6 +12,11 @@ pure-PyTorch path), "reference" (naive gather + einsum/bmm, exact FLOP counts,
 runs on `meta`), "auto" (triton on CUDA, reference on meta, torch elsewhere).
 The environment variable ISOFLOP_KERNEL_BACKEND replaces "auto".
 
+Layout: one module per (kernel, backend): `peer_reference`, `peer_torch`,
+`peer_triton`, `cvmm_reference`, `cvmm_torch`, `cvmm_triton`; `dispatch` holds
+the API; `bench` the benchmark. (No submodule is named after a public function,
+so `kernels.cvmm` is always the function.)
+
 Attributes are loaded lazily so that `import kernels.bench` stays cheap and
 triton is imported only when its backend is used.
 """

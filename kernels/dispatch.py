@@ -45,10 +45,10 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 
 def _module(kind: str, backend: str) -> ModuleType:
-    """The module holding the `kind` ("peer"/"cvmm") implementation of `backend`."""
+    """`kernels.<kind>_<backend>`, e.g. kernels.peer_triton; imported lazily (triton only when used)."""
     import importlib
 
-    return importlib.import_module(f"kernels.{kind}" if backend == "triton" else f"kernels.{kind}_torch")
+    return importlib.import_module(f"kernels.{kind}_{backend}")
 
 
 # --------------------------------------------------------------------------- PEER custom ops

@@ -1,0 +1,158 @@
+"""CVMM kernels: Triton (TRITON_INTERPRET=1 on CPU) and PyTorch paths vs the reference."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():  # must precede the first triton import
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+import kernels  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
+TOLERANCE = 2e-2 if HAS_CUDA else 1e-4  # GPU fp32 tl.dot uses TF32
+
+try:
+    import triton  # noqa: F401
+
+    HAS_TRITON = True
+except ImportError:
+    HAS_TRITON = False
+
+BACKENDS = ["torch", pytest.param("triton", marks=pytest.mark.skipif(not HAS_TRITON, reason="triton not installed"))]
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, tolerance: float, name: str) -> None:
+    """Max abs error relative to the reference's scale."""
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    scale = expected.abs().max().clamp_min(1e-6)
+    error = ((actual.float() - expected.float()).abs().max() / scale).item()
+    assert error < tolerance, f"{name}: relative error {error:.2e} >= {tolerance:.0e}"
+
+
+def make_index(rows: int, experts: int, used: list[int] | None, generator: torch.Generator) -> torch.Tensor:
+    """(rows,) unsorted expert ids drawn from `used` (default: all experts)."""
+    pool = torch.tensor(used if used is not None else list(range(experts)))
+    return pool[torch.randint(0, len(pool), (rows,), generator=generator)]
+
+
+def grads_of(function, tensors: dict[str, torch.Tensor], **kwargs: object) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
+    leaves = {k: v.detach().clone().requires_grad_(v.is_floating_point()) for k, v in tensors.items()}
+    out = function(**leaves, **kwargs)
+    out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out))
+    return {"out": out.detach(), **{"d_" + k: v.grad for k, v in leaves.items() if v.is_floating_point()}}
+
+
+CVMM_CASES = [
+    # rows, d_in, d_out, experts, used experts (None = all)
+    (70, 40, 24, 6, [0, 2, 5]),  # empty experts at the start, middle and end of the range
+    (1, 16, 16, 3, None),  # R = 1
+    (100, 70, 33, 1, None),  # one expert, several K blocks
+    (45, 32, 32, 8, [3]),  # every row on one expert of many
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", CVMM_CASES, ids=[f"R{c[0]}-{c[1]}x{c[2]}-E{c[3]}" for c in CVMM_CASES])
+def test_cvmm_matches_reference(case: tuple, backend: str) -> None:
+    rows, d_in, d_out, experts, used = case
+    generator = torch.Generator().manual_seed(0)
+    device = DEVICE if backend == "triton" else torch.device("cpu")
+    tensors = {
+        "x_rows": torch.randn(rows, d_in, generator=generator).to(device),
+        "expert_index": make_index(rows, experts, used, generator).to(device),
+        "weights": torch.randn(experts, d_in, d_out, generator=generator).to(device),
+    }
+    expected = grads_of(kernels.cvmm, tensors, backend="reference")
+    actual = grads_of(kernels.cvmm, tensors, backend=backend)
+    tolerance = TOLERANCE if backend == "triton" else 1e-5
+    for name in expected:
+        assert_close(actual[name], expected[name], tolerance, f"{backend} {name}")
+
+
+REDUCE_CASES = [
+    # tokens, top_k, d_in, d_out, experts, used
+    (35, 2, 40, 24, 6, [1, 4]),
+    (1, 1, 16, 20, 4, None),  # T = 1, K = 1
+    (20, 4, 50, 30, 16, None),  # a token may pick the same expert twice
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", REDUCE_CASES, ids=[f"T{c[0]}K{c[1]}-{c[2]}x{c[3]}-E{c[4]}" for c in REDUCE_CASES])
+def test_weighted_reduce_matches_reference(case: tuple, backend: str) -> None:
+    tokens, top_k, d_in, d_out, experts, used = case
+    generator = torch.Generator().manual_seed(0)
+    device = DEVICE if backend == "triton" else torch.device("cpu")
+    tensors = {
+        "h_rows": torch.randn(tokens * top_k, d_in, generator=generator).to(device),
+        "expert_index": make_index(tokens * top_k, experts, used, generator).to(device),
+        "gates": torch.rand(tokens, top_k, generator=generator).to(device),
+        "weights": torch.randn(experts, d_in, d_out, generator=generator).to(device),
+    }
+    expected = grads_of(kernels.cvmm_weighted_reduce, tensors, backend="reference")
+    actual = grads_of(kernels.cvmm_weighted_reduce, tensors, backend=backend)
+    tolerance = TOLERANCE if backend == "triton" else 1e-5
+    for name in expected:
+        assert_close(actual[name], expected[name], tolerance, f"{backend} {name}")
+
+
+def test_reference_matches_explicit_formula() -> None:
+    generator = torch.Generator().manual_seed(0)
+    h, gates = torch.randn(6, 5, generator=generator), torch.rand(3, 2, generator=generator)
+    weights, index = torch.randn(4, 5, 7, generator=generator), torch.tensor([3, 0, 0, 0, 2, 3])
+    out = kernels.cvmm_weighted_reduce(h, index, gates, weights, backend="reference")
+    expected = torch.stack([sum(gates[t, j] * h[2 * t + j] @ weights[index[2 * t + j]] for j in range(2))
+                            for t in range(3)])
+    assert_close(out, expected, 1e-5, "reference")
+
+
+def test_reference_flops_on_meta() -> None:
+    rows, d_in, d_out, experts, top_k = 256, 64, 48, 8, 4
+    with torch.device("meta"):
+        x, weights = torch.randn(rows, d_in), torch.randn(experts, d_in, d_out)
+        index, gates = torch.randint(0, experts, (rows,)), torch.rand(rows // top_k, top_k)
+        with FlopCounterMode(display=False) as counter:
+            out = kernels.cvmm(x, index, weights)
+        assert out.shape == (rows, d_out) and counter.get_total_flops() == 2 * rows * d_in * d_out
+        with FlopCounterMode(display=False) as counter:
+            out = kernels.cvmm_weighted_reduce(x, index, gates, weights)
+        assert out.shape == (rows // top_k, d_out) and counter.get_total_flops() == 2 * rows * d_in * d_out
+
+
+def test_bad_inputs_raise_with_a_message() -> None:
+    x, weights = torch.randn(8, 4), torch.randn(3, 4, 5)
+    with pytest.raises(ValueError, match="d_in"):
+        kernels.cvmm(x, torch.zeros(8, dtype=torch.long), torch.randn(3, 5, 5))
+    with pytest.raises(TypeError, match="int64"):
+        kernels.cvmm(x, torch.zeros(8, dtype=torch.int32), weights)
+    with pytest.raises(ValueError, match="gates"):
+        kernels.cvmm_weighted_reduce(x, torch.zeros(8, dtype=torch.long), torch.rand(3, 2), weights)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (bf16 Triton kernels)")
+def test_triton_bf16_against_fp32_reference() -> None:
+    generator = torch.Generator().manual_seed(0)
+    tokens, top_k, d_model, d_expert, experts = 512, 4, 256, 128, 16
+    up = {"x_rows": torch.randn(tokens * top_k, d_model, generator=generator).to(DEVICE),
+          "expert_index": torch.randint(0, experts, (tokens * top_k,), generator=generator).to(DEVICE),
+          "weights": (torch.randn(experts, d_model, d_expert, generator=generator) / d_model**0.5).to(DEVICE)}
+    expected = grads_of(kernels.cvmm, up, backend="reference")
+    low = {k: v.bfloat16() if v.is_floating_point() else v for k, v in up.items()}
+    actual = grads_of(kernels.cvmm, low, backend="triton")
+    for name in expected:
+        assert_close(actual[name], expected[name], 3e-2, f"bf16 cvmm {name}")
+    down = {"h_rows": up["x_rows"][:, :d_expert], "expert_index": up["expert_index"],
+            "gates": torch.rand(tokens, top_k, generator=generator).to(DEVICE), "weights": up["weights"].transpose(1, 2)}
+    expected = grads_of(kernels.cvmm_weighted_reduce, down, backend="reference")
+    low = {k: v.bfloat16() if v.is_floating_point() else v for k, v in down.items()}
+    actual = grads_of(kernels.cvmm_weighted_reduce, low, backend="triton")
+    for name in expected:
+        assert_close(actual[name], expected[name], 3e-2, f"bf16 weighted reduce {name}")
