@@ -56,6 +56,10 @@ class PKMConfig(FFWConfigBase):
         n keys x d_key/2); value read 2·h·k·d_value (weighted sum of k rows per
         head); output projection 2·d_value·d if present. Candidate combination
         (h·k² additions), top-k and gathers: 0 matmul FLOPs.
+
+        The value read is done by ``F.embedding_bag`` (a weighted sum of the k
+        rows without materialising them), which FlopCounterMode does not count:
+        ``values`` is listed in ``flop_counter_invisible``.
         """
         d_value = self.d_value or d_model
         head_key_dims = self.n_heads * self.d_key
@@ -71,7 +75,7 @@ class PKMConfig(FFWConfigBase):
         if d_value != d_model:
             params["output"] = active["output"] = d_value * d_model
             flops["output"] = 2.0 * d_value * d_model
-        return FFWCosts(params, active, flops)
+        return FFWCosts(params, active, flops, flop_counter_invisible=("values",))
 
     def summary(self) -> str:
         return f"pkm N={self.n_experts} h={self.n_heads} k={self.top_k} {self.score}"
