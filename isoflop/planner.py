@@ -102,6 +102,23 @@ def build_run(study: StudyConfig, method: str, budget_flops: float, model: Model
     return spec.with_run_id()
 
 
+def _spread(runs: list[RunSpec], count: int, size_ratio: float) -> list[RunSpec]:
+    """Up to ``count`` runs walking along ``runs`` (ordered away from the estimate),
+    each differing from the previous pick by a factor >= ``size_ratio`` in
+    active non-embedding parameters."""
+    picked: list[RunSpec] = []
+    for run in runs:
+        size = run.costs["n_params_active_non_embedding"]
+        if picked:
+            previous = picked[-1].costs["n_params_active_non_embedding"]
+            if max(size, previous) < size_ratio * min(size, previous):
+                continue
+        picked.append(run)
+        if len(picked) == count:
+            break
+    return picked
+
+
 def smallest_feasible_budget(study: StudyConfig) -> float:
     """FLOPs that let the cheapest candidate of every method train ``min_steps`` steps."""
     tokens = study.train.batch_size * study.train.seq_len * study.ladder.min_steps
@@ -133,7 +150,8 @@ def plan(study: StudyConfig) -> Plan:
             data_rich = [run for run in candidates
                          if run.tokens >= ladder.tokens_per_param * run.costs["n_params_active_non_embedding"]]
             data_poor = [run for run in candidates if run not in data_rich]
-            chosen = data_rich[-ladder.sizes_below:] + data_poor[:ladder.sizes_above]
+            chosen = (_spread(data_rich[::-1], ladder.sizes_below, ladder.size_ratio)[::-1]
+                      + _spread(data_poor, ladder.sizes_above, ladder.size_ratio))
             kept = []
             for run in chosen:
                 if run.steps < ladder.min_steps:

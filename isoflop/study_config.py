@@ -64,7 +64,10 @@ class LadderConfig:
     n_heads = d_model / head_dim. For each (method, budget) the planner
     keeps ``sizes_below`` candidates with tokens/param above
     ``tokens_per_param`` (the D = 20·N estimate of Hoffmann et al. 2022) and
-    ``sizes_above`` below it.
+    ``sizes_above`` below it, walking outwards from the estimate and taking
+    a candidate only when its active non-embedding parameters differ from
+    the previous pick by at least ``size_ratio`` (an isoFLOP parabola needs
+    a spread of sizes, not neighbours).
     """
 
     shapes: list = field(default_factory=list)
@@ -74,6 +77,7 @@ class LadderConfig:
     head_dim: int = 64
     sizes_below: int = 3
     sizes_above: int = 3
+    size_ratio: float = 1.5
     tokens_per_param: float = 20.0
     min_steps: int = 100
 
@@ -82,6 +86,8 @@ class LadderConfig:
                  "use 2 or more so the optimum is bracketed")
         _require(self.sizes_above >= 2, "ladder.sizes_above", self.sizes_above, "must be >= 2",
                  "use 2 or more so the optimum is bracketed")
+        _require(self.size_ratio >= 1, "ladder.size_ratio", self.size_ratio, "must be >= 1",
+                 "use e.g. 1.5 (1 keeps every candidate)")
         _require(self.tokens_per_param > 0, "ladder.tokens_per_param", self.tokens_per_param,
                  "must be > 0", "use 20 (Chinchilla)")
         _require(self.min_steps >= 1, "ladder.min_steps", self.min_steps, "must be >= 1", "use e.g. 100")

@@ -1,0 +1,85 @@
+"""``isoflop plan`` output formats and its bad-input contract (exit 2, one line, no traceback)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from isoflop.cli import main
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    try:
+        status = main(list(argv))
+    except SystemExit as exit_:
+        status = int(exit_.code or 0)
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_table_is_grouped_and_fits_120_columns(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run_cli(capsys, "plan", "--budget", "6e18")
+    assert status == 0
+    assert "budget 6e+18 FLOPs · method peer" in out
+    assert max(len(line) for line in out.splitlines()[:-1]) <= 120
+
+
+def test_json_has_the_documented_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run_cli(capsys, "plan", "--budget", "6e18", "--format", "json")
+    rows = json.loads(out)
+    required = {"run_id", "method", "budget", "n_layers", "d_model", "n_heads", "n_params_total",
+                "n_params_active", "n_params_embedding", "flops_per_token_train", "tokens", "steps",
+                "batch_size", "seq_len", "realized_flops", "model"}
+    assert status == 0 and rows and required <= set(rows[0])
+    assert rows[0]["model"]["ffw"]["family"] == "dense"
+
+
+def test_csv_to_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "plan.csv"
+    status, stdout, _ = run_cli(capsys, "plan", "--format", "csv", "--out", str(out))
+    assert status == 0 and stdout == ""
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("run_id,method,budget") and len(lines) > 40
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--budget", "abc"], "'abc' is not a number"),
+    (["--budget", "-1"], "positive number"),
+    (["--budget", "0"], "positive number"),
+    (["--budget", "1e12"], "use a budget >="),
+    (["--sweep", "nosuch"], "unknown study; available: "),
+    (["nosuch_key=1"], "nosuch_key"),
+    (["model.d_model=100", "model.n_heads=8"], "divisible by n_heads=8"),
+    (["--format", "xml"], "invalid choice: 'xml'"),
+    (["--out", "/nonexistent-dir/plan.txt"], "cannot write"),
+    (["methods.peer.n_experts=1000"], "perfect-square"),
+    (["cluster=nosuch"], "cluster/nosuch"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str],
+                                          expected: str) -> None:
+    status, _, err = run_cli(capsys, "plan", *argv)
+    assert status == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert expected in lines[0]
+    assert "Traceback" not in err
+
+
+def test_a_failed_plan_keeps_the_existing_out_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "plan.txt"
+    out.write_text("keep me")
+    status, _, _ = run_cli(capsys, "plan", "--budget", "1e12", "--out", str(out))
+    assert status == 2 and out.read_text() == "keep me"
+    status, _, _ = run_cli(capsys, "plan", "--out", str(tmp_path))
+    assert status == 2 and out.read_text() == "keep me"
+
+
+def test_console_script_answers_without_traceback() -> None:
+    result = subprocess.run([sys.executable, "-m", "isoflop.cli", "plan", "--budget", "abc"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
