@@ -6,8 +6,9 @@ chunks whose gathered rows stay under `CHUNK_ELEMENTS` elements:
 
 forward, per chunk:  s = <u_i, x> via one gather + bmm,  y = EmbeddingBag(V,
     per-sample weights g * act(s))   -- the up rows are never gathered.
-backward, per chunk: r = <v_i, dy> (gather + bmm), dx = EmbeddingBag(U, ds),
-    dU[i] += ds * x and dV[i] += g * act(s) * dy with `index_add_`.
+backward, per chunk: r = <v_i, dy> (gather + bmm), dx = EmbeddingBag(U, ds);
+    then dU[i] += ds * x and dV[i] += g * act(s) * dy for all tokens at once as a
+    sparse (rows x T) CSR matrix times x / dy (no (T*h*k, d) outer products).
 
 Only the pre-activations (T, h*k) are saved between forward and backward. Table
 gradients are accumulated in fp32, densely (N, d) or, with `sparse=True`, in a
@@ -15,6 +16,9 @@ compact buffer over the touched rows that is returned as a sparse COO tensor.
 """
 
 from __future__ import annotations
+
+import warnings
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -71,10 +75,6 @@ def peer_forward_torch(
     return out, pre_down, pre_gate
 
 
-def _grad_buffer(table: torch.Tensor, rows: int) -> torch.Tensor:
-    return torch.zeros(rows, table.shape[1], device=table.device, dtype=torch.float32)
-
-
 def finish_table_grad(
     buffer: torch.Tensor, table: torch.Tensor, touched_rows: torch.Tensor | None
 ) -> torch.Tensor:
@@ -82,7 +82,30 @@ def finish_table_grad(
     values = buffer.to(table.dtype)
     if touched_rows is None:
         return values  # (N, d)
-    return torch.sparse_coo_tensor(touched_rows.unsqueeze(0), values, table.shape, is_coalesced=True, check_invariants=False)
+    return torch.sparse_coo_tensor(touched_rows.unsqueeze(0), values, table.shape, is_coalesced=True,
+                                   check_invariants=False)
+
+
+def row_accumulator(slot: torch.Tensor, rows: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Returns acc(coef (T, E), src (T, d)) -> (rows, d) fp32 with out[slot[t, e]] += coef[t, e] * src[t].
+
+    Implemented as one sparse (rows x T) CSR matrix times src: no (T*E, d) outer products are built,
+    and the sort that groups (t, e) pairs by row is shared by every table gradient.
+    """
+    tokens, experts = slot.shape
+    flat = slot.reshape(-1)  # (T*E,)
+    order = torch.argsort(flat, stable=True)  # (t, e) pairs grouped by row, t ascending within a row
+    columns = order // experts  # token of each pair
+    crow = torch.zeros(rows + 1, device=slot.device, dtype=torch.int64)
+    crow[1:] = torch.cumsum(torch.bincount(flat, minlength=rows), 0)
+
+    def accumulate(coef: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+            matrix = torch.sparse_csr_tensor(crow, columns, coef.reshape(-1)[order].float(), (rows, tokens))
+        return matrix @ src.float()  # (rows, d)
+
+    return accumulate
 
 
 def peer_backward_torch(
@@ -110,50 +133,39 @@ def peer_backward_torch(
     act, act_grad = activation_pair(activation)
     tokens, experts = expert_index.shape
     dim = x.shape[1]
-    touched_rows = None
-    slot = expert_index  # (T, E) row of each (t, e) in the accumulators
-    rows = down_table.shape[0]
-    if sparse:
-        touched_rows, inverse = torch.unique(expert_index, sorted=True, return_inverse=True)
-        slot, rows = inverse, touched_rows.numel()
-    grad_down = _grad_buffer(down_table, rows)
-    grad_up = _grad_buffer(up_table, rows)
-    grad_gate = _grad_buffer(gate_table, rows) if gate_table is not None else None
+    glu = gate_table is not None
     grad_x = torch.empty_like(x)  # (T, d)
     grad_scores = torch.empty(tokens, experts, device=x.device, dtype=scores.dtype)
+    coef_down = torch.empty(tokens, experts, device=x.device, dtype=torch.float32)  # ds
+    coef_up = torch.empty_like(coef_down)  # g * o
+    coef_gate = torch.empty_like(coef_down) if glu else None  # dw
     step = chunk_tokens(tokens, experts, dim)
     for start in range(0, tokens, step):
         sl = slice(start, start + step)
         index = expert_index[sl]  # (c, E)
-        flat_slot = slot[sl].reshape(-1)  # (c*E,)
-        dy = grad_out[sl]  # (c, d)
-        x_f = x[sl].float()  # (c, d)
-        r = torch.bmm(F.embedding(index, up_table), dy.unsqueeze(-1)).squeeze(-1).float()  # (c, E)
-        s = pre_down[sl]
-        g = scores[sl].float()
+        r = torch.bmm(F.embedding(index, up_table), grad_out[sl].unsqueeze(-1)).squeeze(-1).float()  # (c, E)
+        s, g = pre_down[sl], scores[sl].float()
         hidden = act(s)
         d_hidden = g * r  # (c, E) d loss / d o
-        if gate_table is not None:
-            w = pre_gate[sl]
-            out_unit = hidden * w
-            d_gate_pre = d_hidden * hidden  # (c, E)
-            d_pre = d_hidden * w * act_grad(s)
-        else:
-            out_unit = hidden
-            d_pre = d_hidden * act_grad(s)
+        out_unit = hidden * pre_gate[sl] if glu else hidden
+        coef_down[sl] = d_hidden * act_grad(s) * (pre_gate[sl] if glu else 1.0)
+        coef_up[sl] = g * out_unit
         grad_scores[sl] = (out_unit * r).to(scores.dtype)
-        dx = F.embedding_bag(index, down_table, per_sample_weights=d_pre.to(down_table.dtype), mode="sum")
-        grad_down.index_add_(0, flat_slot, (d_pre.unsqueeze(-1) * x_f.unsqueeze(1)).reshape(-1, dim))
-        coef_up = (g * out_unit).unsqueeze(-1)  # (c, E, 1)
-        grad_up.index_add_(0, flat_slot, (coef_up * dy.float().unsqueeze(1)).reshape(-1, dim))
-        if gate_table is not None:
-            dx = dx + F.embedding_bag(index, gate_table, per_sample_weights=d_gate_pre.to(gate_table.dtype), mode="sum")
-            grad_gate.index_add_(0, flat_slot, (d_gate_pre.unsqueeze(-1) * x_f.unsqueeze(1)).reshape(-1, dim))
+        dx = F.embedding_bag(index, down_table, per_sample_weights=coef_down[sl].to(down_table.dtype), mode="sum")
+        if glu:
+            coef_gate[sl] = d_hidden * hidden
+            dx = dx + F.embedding_bag(index, gate_table, per_sample_weights=coef_gate[sl].to(gate_table.dtype),
+                                      mode="sum")
         grad_x[sl] = dx
+    touched_rows, slot, rows = None, expert_index, down_table.shape[0]
+    if sparse:
+        touched_rows, slot = torch.unique(expert_index, sorted=True, return_inverse=True)
+        rows = touched_rows.numel()
+    accumulate = row_accumulator(slot, rows)
     return (
         grad_x,
         grad_scores,
-        finish_table_grad(grad_down, down_table, touched_rows),
-        finish_table_grad(grad_up, up_table, touched_rows),
-        finish_table_grad(grad_gate, gate_table, touched_rows) if grad_gate is not None else None,
+        finish_table_grad(accumulate(coef_down, x), down_table, touched_rows),
+        finish_table_grad(accumulate(coef_up, grad_out), up_table, touched_rows),
+        finish_table_grad(accumulate(coef_gate, x), gate_table, touched_rows) if glu else None,
     )
