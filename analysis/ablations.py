@@ -88,5 +88,5 @@ def plot_ablations(ablations: list[Ablation], out_dir: Path, value_label: str, p
     for ablation in ablations:
         stem = out_dir / f"ablation_{ablation.family}_{ablation.name}"
         paths += plot_isoflop(ablation.runs, ablation.optima, stem, "metric", value_label, params_label,
-                              group_column="setting", title=ablation.title)
+                              group_column="setting", title=ablation.title, legend_title="setting")
     return paths

@@ -23,7 +23,7 @@ from scipy.special import logsumexp, softmax
 from analysis.records import Approach3Fit
 
 HUBER_DELTA = 1e-3
-N_STARTS = 16
+N_STARTS = 8
 MIN_POINTS = 6
 INITIAL_GRID = {
     "alpha": np.arange(0.0, 2.01, 0.5),
@@ -83,7 +83,7 @@ def fit_approach3(group: str, params: np.ndarray, tokens: np.ndarray, loss: np.n
     best = None
     for start in grid[np.argsort(grid_objective)[:n_starts]]:
         result = minimize(objective, start, args=(log_params, log_tokens, log_loss, delta), jac=True, method="L-BFGS-B",
-                          options={"maxiter": 20000, "ftol": 1e-15, "gtol": 1e-12, "maxcor": 30})
+                          options={"maxiter": 3000, "ftol": 1e-15, "gtol": 1e-12})
         if best is None or result.fun < best.fun:
             best = result
     a, b, e, alpha, beta = best.x

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import LogFormatterSciNotation, LogLocator  # noqa: E402
 
 from analysis.records import Optimum, PowerLawFit  # noqa: E402
 
@@ -41,9 +42,10 @@ def format_flops(budget: float) -> str:
 
 def group_colors(groups: list[str]) -> dict[str, str]:
     """Stable colors: known method families get the palette color of their family, the rest tab10."""
-    palette = plt.get_cmap("tab10").colors
+    spare_palette = [plt.get_cmap("tab10").colors[index] for index in (4, 5, 6, 8, 9, 7)]  # purple, brown, pink, olive, cyan, gray
+    spare_palette += list(plt.get_cmap("Dark2").colors)
     colors: dict[str, str] = {}
-    spare = iter(color for color in palette if matplotlib.colors.to_hex(color) not in METHOD_COLORS.values())
+    spare = iter(spare_palette)
     for group in groups:
         family = next((name for name in METHOD_COLORS if group.lower().startswith(name)), None)
         colors[group] = METHOD_COLORS[family] if family and METHOD_COLORS[family] not in colors.values() else matplotlib.colors.to_hex(next(spare, "gray"))
@@ -59,7 +61,8 @@ def _save(figure: plt.Figure, stem: Path) -> list[Path]:
 
 
 def plot_isoflop(runs: pd.DataFrame, optima: list[Optimum], stem: Path, value_column: str, value_label: str,
-                 params_label: str, group_column: str = "method", title: str = "IsoFLOP curves") -> list[Path]:
+                 params_label: str, group_column: str = "method", title: str = "IsoFLOP curves",
+                 legend_title: str = "method") -> list[Path]:
     """He 2024 Figure 1: metric vs parameters (log x), points, fitted parabolas, optima with bootstrap intervals.
 
     With one group, color encodes the budget; with several, color encodes the
@@ -102,15 +105,20 @@ def plot_isoflop(runs: pd.DataFrame, optima: list[Optimum], stem: Path, value_co
         axes.set_ylabel(value_label)
         axes.set_title(title)
         axes.grid(True, which="minor", alpha=0.12)
+        low, high = axes.get_xlim()
+        if np.log10(high / low) <= 2.2:  # few decades: label 2x and 5x ticks too
+            axes.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+            axes.xaxis.set_minor_formatter(LogFormatterSciNotation(labelOnlyBase=False, minor_thresholds=(3, 3)))
+            axes.tick_params(axis="x", which="minor", labelsize=8)
         handles: list[Line2D] = []
         if by_budget_color:
             handles += [Line2D([], [], color=budget_colors[i], marker="o", label=f"{format_flops(b)} FLOPs") for i, b in enumerate(budgets)]
-            header = f"{groups[0]}, budget"
+            header = f"{groups[0]}: budget"
         else:
             handles += [Line2D([], [], color=colors[g], linewidth=3, label=g) for g in groups]
             handles += [Line2D([], [], color="0.35", marker=MARKERS[i % len(MARKERS)], linestyle=LINESTYLES[i % len(LINESTYLES)],
                                label=f"{format_flops(b)} FLOPs") for i, b in enumerate(budgets)]
-            header = "method / budget"
+            header = f"{legend_title} / budget"
         handles.append(Line2D([], [], color="black", marker="*", markersize=11, linestyle="none", markerfacecolor="0.6",
                               label="fitted optimum (95% CI)"))
         figure.legend(handles=handles, loc="outside right upper", title=header, frameon=False)
@@ -166,5 +174,5 @@ def plot_scaling(optima: list[Optimum], power_laws: list[PowerLawFit], stem: Pat
             panel.set_title("Compute-optimal model size" if quantity == "params" else "Compute-optimal data")
             panel.grid(True, which="minor", alpha=0.06)
             if panel.get_legend_handles_labels()[0]:
-                panel.legend(loc="upper left", frameon=False)
+                panel.legend(loc="best", frameon=False, fontsize=8)
         return _save(figure, stem)

@@ -1,0 +1,176 @@
+"""``isoflop analyze SWEEP_DIR`` on a fake sweep directory: report, exclusions, figures, tables."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import command
+from analysis.collect import collect_sweep
+from analysis.figures import FIGURE_DPI, FIGURE_SIZE_INCHES
+from isoflop.errors import UserError
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+METHODS = {  # method -> (ffw family, loss offset)
+    "dense": ("dense", 0.0),
+    "moe": ("expert_choice_moe", -0.05),
+    "pkm": ("pkm", -0.03),
+    "peer": ("peer", -0.09),
+}
+BUDGETS = (6e18, 2e19)
+
+
+def chinchilla_loss(params: float, tokens: float) -> float:
+    return 1.69 + 406.4 / params**0.34 + 410.7 / tokens**0.28
+
+
+def write_run(runs_dir: Path, run_id: str, method: str, budget: float, params: float, ffw: dict,
+              offset: float = 0.0, status: str = "completed", write_result: bool = True) -> None:
+    tokens = budget / (6.0 * params)
+    loss = chinchilla_loss(params, tokens) + offset
+    params_dict = {"total": params * (8 if method != "dense" else 1), "active": params, "embedding": 1e6,
+                   "non_embedding": params - 1e6, "active_non_embedding": params - 1e6}
+    run_dir = runs_dir / run_id
+    run_dir.mkdir(parents=True)
+    spec = {"run_id": run_id, "method": method, "budget_flops": budget, "tokens": tokens, "params": params_dict,
+            "model": {"ffw": ffw, "backbone": {"n_layers": 4, "d_model": 128, "n_heads": 4}}}
+    (run_dir / "run.json").write_text(json.dumps(spec))
+    if not write_result:
+        return
+    routing = {} if method == "dense" else {"blocks.3.ffw": {"expert_usage": 0.5 + 0.4 * bool(ffw.get("query_batchnorm")),
+                                                             "unevenness": 0.3, "n_experts": ffw.get("n_experts", 64)}}
+    result = {"run_id": run_id, "study": "tiny", "method": method, "budget_flops": budget, "status": status,
+              "diverged_at_step": 17 if status == "diverged" else None, "steps": 100, "tokens": tokens,
+              "realized_flops": budget * 0.999, "flops_per_token_train": 6 * params, "params": params_dict,
+              "final_train_loss": loss - 0.05,
+              "eval": {"validation": {"loss": loss, "perplexity": math.exp(loss), "tokens": 65536},
+                       "wikitext103": {"loss": loss + 0.3, "perplexity": math.exp(loss + 0.3), "tokens": 65536}},
+              "routing": routing, "wall_time_s": 1.0, "tokens_per_s": 1000.0, "mfu": 0.1, "code_version": "abc123"}
+    (run_dir / "result.json").write_text(json.dumps(result))
+
+
+def build_sweep(root: Path) -> Path:
+    """Four methods x two budgets x five sizes, a PEER ablation, plus one diverged, one partial, one corrupt run."""
+    runs_dir = root / "runs"
+    for method, (family, offset) in METHODS.items():
+        ffw = {"family": family, "n_experts": 65536, "n_heads": 8, "top_k": 16, "query_batchnorm": True}
+        if method == "dense":
+            ffw = {"family": "dense"}
+        for budget in BUDGETS:
+            center = np.log10(0.1 * (budget / 6.0) ** 0.5)
+            for index, log_params in enumerate(np.linspace(center - 0.6, center + 0.6, 5)):
+                write_run(runs_dir, f"{method}-{budget:.0e}-{index}", method, budget, 10.0**log_params, ffw, offset)
+    for n_experts, batchnorm, offset in ((16384, True, -0.06), (65536, False, -0.07)):
+        ffw = {"family": "peer", "n_experts": n_experts, "n_heads": 8, "top_k": 16, "query_batchnorm": batchnorm}
+        center = np.log10(0.1 * (6e18 / 6.0) ** 0.5)
+        for index, log_params in enumerate(np.linspace(center - 0.6, center + 0.6, 5)):
+            write_run(runs_dir, f"peer-ablation-{n_experts}-{batchnorm}-{index}", f"peer-{n_experts}-bn{int(batchnorm)}",
+                      6e18, 10.0**log_params, ffw, offset)
+    write_run(runs_dir, "dense-diverged", "dense", 6e18, 3e8, {"family": "dense"}, status="diverged")
+    write_run(runs_dir, "dense-partial", "dense", 6e18, 3e8, {"family": "dense"}, write_result=False)
+    write_run(runs_dir, "dense-corrupt", "dense", 6e18, 3e8, {"family": "dense"})
+    (runs_dir / "dense-corrupt" / "result.json").write_text('{"run_id": "dense-corrupt", "status": ')
+    return root
+
+
+def analyze(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="isoflop analyze")
+    command.add_arguments(parser)
+    return command.run(parser.parse_args(list(argv)))
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) in pixels from the PNG IHDR chunk."""
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", header[16:24])
+
+
+def test_collect_lists_exclusions(tmp_path: Path) -> None:
+    collection = collect_sweep(build_sweep(tmp_path / "sweep"))
+    reasons = {run.run_id: run.reason for run in collection.excluded}
+    assert "diverged" in reasons["dense-diverged"]
+    assert "no result.json" in reasons["dense-partial"]
+    assert "corrupt result.json" in reasons["dense-corrupt"]
+    assert len(collection.runs) == 4 * 2 * 5 + 10
+    assert collection.runs["params"].equals(collection.runs["params_active"])
+    assert {"eval_wikitext103_perplexity", "ffw_n_experts", "expert_usage"} <= set(collection.runs.columns)
+
+
+def test_report_from_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sweep = build_sweep(tmp_path / "sweep")
+    assert analyze(str(sweep), "--bootstrap", "100", "--metric", "perplexity", "--predict", "1e20", "--approach3") == 0
+    out_dir = sweep / "report"
+    captured = capsys.readouterr()
+    assert "dense-diverged" in captured.err and str(out_dir / "report.md") in captured.out
+
+    report = (out_dir / "report.md").read_text()
+    for run_id in ("dense-diverged", "dense-partial", "dense-corrupt"):
+        assert run_id in report
+    assert "![isoflop](isoflop.png)" in report and "Approach 3" in report
+
+    optima = pd.read_csv(out_dir / "optima.csv")
+    assert list(optima.columns[:11]) == ["method", "budget", "status", "n_opt", "n_opt_lo", "n_opt_hi", "d_opt",
+                                         "d_opt_lo", "d_opt_hi", "loss_opt", "n_points"]
+    assert len(optima) == 4 * 2 + 2
+
+    for stem in ("isoflop", "scaling", "ablation_peer_experts", "ablation_peer_query_batchnorm"):
+        for suffix in (".png", ".pdf"):
+            assert (out_dir / f"{stem}{suffix}").stat().st_size > 1000, stem
+    expected = (round(FIGURE_SIZE_INCHES[0] * FIGURE_DPI), round(FIGURE_SIZE_INCHES[1] * FIGURE_DPI))
+    assert png_size(out_dir / "isoflop.png") == expected
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(out_dir / "isoflop.png")
+    assert pixels.shape[:2] == (expected[1], expected[0]) and pixels.std() > 0.01  # not blank
+
+    perplexity = pd.read_csv(out_dir / "table_perplexity.csv")
+    assert {"validation", "wikitext103", "selection"} <= set(perplexity.columns)
+    assert set(perplexity["method"]) >= set(METHODS)
+    usage = pd.read_csv(out_dir / "table_usage.csv")
+    assert usage["expert_usage_percent"].between(0, 100).all() and "dense" not in set(usage["method"])
+    for stem in ("table_perplexity", "table_usage"):
+        assert (out_dir / f"{stem}.tex").read_text().startswith("\\begin{table}")
+        assert (out_dir / f"{stem}.md").read_text().startswith("| ")
+
+
+def test_other_params_kind_and_eval_dataset(tmp_path: Path) -> None:
+    sweep = build_sweep(tmp_path / "sweep")
+    assert analyze(str(sweep), "--out", str(tmp_path / "out"), "--bootstrap", "0", "--params", "total",
+                   "--eval-dataset", "wikitext103", "--parquet") == 0
+    runs = pd.read_parquet(tmp_path / "out" / "runs.parquet")
+    assert runs["params"].equals(runs["params_total"])
+    assert np.allclose(runs["loss"], runs["eval_wikitext103_loss"])
+
+
+def test_bad_sweeps_are_user_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="does not exist"):
+        analyze(str(tmp_path / "absent"))
+    (tmp_path / "empty" / "runs").mkdir(parents=True)
+    with pytest.raises(UserError, match="no runs found"):
+        analyze(str(tmp_path / "empty"))
+    sweep = build_sweep(tmp_path / "sweep")
+    with pytest.raises(UserError, match="available: validation, wikitext103"):
+        analyze(str(sweep), "--eval-dataset", "lambada")
+    with pytest.raises(UserError, match="exactly one"):
+        analyze(str(sweep), "--csv", str(tmp_path / "x.csv"))
+    only_partial = tmp_path / "partial"
+    write_run(only_partial / "runs", "dense-partial", "dense", 6e18, 3e8, {"family": "dense"}, write_result=False)
+    with pytest.raises(UserError, match="no completed runs"):
+        analyze(str(only_partial))
+
+
+def test_command_module_imports_nothing_heavy() -> None:
+    code = ("import sys, analysis.command; heavy = [m for m in ('pandas', 'numpy', 'scipy', 'matplotlib') "
+            "if m in sys.modules]; print(','.join(heavy)); sys.exit(1 if heavy else 0)")
+    completed = subprocess.run([sys.executable, "-c", code], cwd=REPOSITORY, capture_output=True, text=True)
+    assert completed.returncode == 0, f"heavy imports at module level: {completed.stdout} {completed.stderr}"
