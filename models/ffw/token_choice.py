@@ -192,6 +192,9 @@ class TokenChoiceMoEFFW(FFWLayer):
             gates = logits.softmax(dim=-1).gather(-1, expert_index)
             if config.router == "softmax_renorm":
                 gates = gates / gates.sum(dim=-1, keepdim=True)
+        if self.training and config.expert_dropout > 0:
+            # Fewer than K experts survived: the dropped ones filling the top-K contribute nothing.
+            gates = gates.masked_fill(top_scores == float("-inf"), 0.0)
         return gates, expert_index
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

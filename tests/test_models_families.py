@@ -1,0 +1,142 @@
+"""Every FFW family against the common contracts: registry, causality,
+parameter counts, forward FLOPs and gradients (tiny shapes, CPU)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from isoflop.flops import model_costs
+from models import build_ffw, build_model
+from models.config import FFW_CONFIGS, BackboneConfig, ModelConfig, ffw_config_from_dict
+from models.registry import FFW_MODULES
+from models.verify import measure_ffw_forward_flops_per_token, measure_forward_flops_per_token
+
+TINY_BACKBONE = BackboneConfig(n_layers=2, d_model=32, n_heads=4, vocab_size=64, max_seq_len=16)
+BATCH, SEQ = 4, 12
+
+TINY_FFW = {
+    "dense_relu": {"family": "dense", "activation": "relu"},
+    "dense_gelu": {"family": "dense", "activation": "gelu"},
+    "dense_swiglu": {"family": "dense", "activation": "swiglu"},
+    "topk_activation": {"family": "topk_activation", "k": 8},
+    "switch": {"family": "token_choice_moe", "n_experts": 4, "top_k": 1, "router": "softmax",
+               "load_balance_weight": 0.01, "capacity_factor": 1.0},
+    "softmax_renorm": {"family": "token_choice_moe", "n_experts": 4, "top_k": 2, "router": "softmax_renorm"},
+    "sigma_moe": {"family": "token_choice_moe", "n_experts": 4, "top_k": 2, "router": "sigmoid",
+                  "entropy_weight": 0.001, "expert_dropout": 0.2},
+    "s_base": {"family": "token_choice_moe", "n_experts": 4, "top_k": 1, "router": "sinkhorn"},
+    "expert_choice": {"family": "expert_choice_moe", "n_experts": 4, "capacity_factor": 1.0},
+    "pkm_softmax_bn": {"family": "pkm", "n_experts": 64, "n_heads": 2, "top_k": 4, "d_key": 16},
+    "pkm_relu_value16": {"family": "pkm", "n_experts": 64, "n_heads": 2, "top_k": 4, "d_key": 16,
+                         "score": "relu", "query_batchnorm": False, "d_value": 16},
+    "peer_softmax_bn": {"family": "peer", "n_experts": 64, "n_heads": 2, "top_k": 4, "d_key": 16},
+    "peer_glu_sigmoid": {"family": "peer", "n_experts": 64, "n_heads": 2, "top_k": 4, "d_key": 16,
+                         "score": "sigmoid", "glu": True, "query_batchnorm": False, "activation": "relu"},
+    "peer_relu_score": {"family": "peer", "n_experts": 64, "n_heads": 3, "top_k": 2, "d_key": 8,
+                        "score": "relu", "query_batchnorm": False},
+}
+
+
+def tiny_model_config(name: str, replace_blocks: str = "all") -> ModelConfig:
+    ffw = ffw_config_from_dict(dict(TINY_FFW[name])).resolve(TINY_BACKBONE.d_model, TINY_BACKBONE.ffw_multiplier)
+    return ModelConfig(TINY_BACKBONE, ffw, replace_blocks=replace_blocks)
+
+
+def uses_batch_statistics(config: ModelConfig) -> bool:
+    """Query BatchNorm normalises with batch statistics in training (documented)."""
+    return bool(getattr(config.ffw, "query_batchnorm", False))
+
+
+def test_every_config_family_has_a_registered_module_and_a_tiny_case() -> None:
+    assert set(FFW_MODULES.names()) == set(FFW_CONFIGS)
+    assert {case["family"] for case in TINY_FFW.values()} == set(FFW_CONFIGS)
+
+
+@pytest.mark.parametrize("name", sorted(TINY_FFW))
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_outputs_up_to_t_ignore_later_tokens(name: str, mode: str) -> None:
+    config = tiny_model_config(name)
+    if mode == "train" and uses_batch_statistics(config):
+        # Query BatchNorm uses batch statistics in training (documented, not causal):
+        # check the rest of the family's train-mode forward without it.
+        config = ModelConfig(config.backbone, replace(config.ffw, query_batchnorm=False), config.replace_blocks)
+    torch.manual_seed(0)
+    model = build_model(config).train(mode == "train")
+    tokens = torch.randint(0, TINY_BACKBONE.vocab_size, (BATCH, SEQ))
+    for last_kept in (0, 4, SEQ - 2):
+        changed = tokens.clone()
+        changed[:, last_kept + 1:] = torch.randint(0, TINY_BACKBONE.vocab_size, (BATCH, SEQ - last_kept - 1))
+        torch.manual_seed(1)
+        logits = model(tokens)
+        torch.manual_seed(1)
+        changed_logits = model(changed)
+        torch.testing.assert_close(changed_logits[:, :last_kept + 1], logits[:, :last_kept + 1],
+                                   rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(changed_logits[:, last_kept + 1:], logits[:, last_kept + 1:])
+
+
+def test_naive_batch_wide_expert_choice_would_fail_the_causality_check() -> None:
+    """The check above can fail: mixing positions inside the layer is caught."""
+    config = tiny_model_config("expert_choice")
+    torch.manual_seed(0)
+    layer = build_ffw(config.ffw, TINY_BACKBONE.d_model, 2).eval()
+    x = torch.randn(BATCH, SEQ, TINY_BACKBONE.d_model)
+    changed = x.clone()
+    changed[:, 6:] = torch.randn(BATCH, SEQ - 6, TINY_BACKBONE.d_model)
+    # Treating all B·T tokens as one position group (the non-causal original) leaks the future.
+    naive = layer(x.reshape(1, -1, TINY_BACKBONE.d_model).transpose(0, 1)).transpose(0, 1).reshape_as(x)
+    naive_changed = layer(changed.reshape(1, -1, TINY_BACKBONE.d_model).transpose(0, 1)).transpose(0, 1)
+    assert not torch.allclose(naive[:, :6], naive_changed.reshape_as(x)[:, :6])
+    torch.testing.assert_close(layer(x)[:, :6], layer(changed)[:, :6])
+
+
+@pytest.mark.parametrize("name", sorted(TINY_FFW))
+def test_parameter_counts_match_accounting(name: str) -> None:
+    config = tiny_model_config(name, replace_blocks=(1,))
+    layer = build_ffw(config.ffw, TINY_BACKBONE.d_model, TINY_BACKBONE.n_layers, device="meta")
+    assert sum(p.numel() for p in layer.parameters()) == config.ffw.costs(TINY_BACKBONE.d_model).n_params
+    model = build_model(config, device="meta")
+    assert sum(p.numel() for p in model.parameters()) == model_costs(config, SEQ).n_params_total
+
+
+@pytest.mark.parametrize("name", sorted(TINY_FFW))
+def test_forward_flops_match_flop_counter(name: str) -> None:
+    config = tiny_model_config(name)
+    costs = config.ffw.costs(TINY_BACKBONE.d_model)
+    expected_layer = sum(value for component, value in costs.forward_flops_per_token.items()
+                         if component not in costs.flop_counter_invisible)
+    measured_layer = measure_ffw_forward_flops_per_token(config.ffw, TINY_BACKBONE.d_model, SEQ, BATCH)
+    assert measured_layer == pytest.approx(expected_layer, rel=0.01)
+    measured_model = measure_forward_flops_per_token(config, SEQ, BATCH)
+    assert measured_model == pytest.approx(model_costs(config, SEQ).flops_per_token_forward_measurable, rel=0.01)
+
+
+@pytest.mark.parametrize("name", sorted(TINY_FFW))
+def test_gradients_reach_every_parameter(name: str) -> None:
+    config = tiny_model_config(name)
+    torch.manual_seed(0)
+    model = build_model(config).train()
+    tokens = torch.randint(0, TINY_BACKBONE.vocab_size, (BATCH, SEQ))
+    logits = model(tokens)
+    loss = F.cross_entropy(logits[:, :-1].reshape(-1, TINY_BACKBONE.vocab_size), tokens[:, 1:].reshape(-1))
+    (loss + model.auxiliary_loss()).backward()
+    for parameter_name, parameter in model.named_parameters():
+        assert parameter.grad is not None, f"{parameter_name} got no gradient"
+        assert parameter.grad.abs().sum() > 0, f"{parameter_name} got an all-zero gradient"
+
+
+@pytest.mark.parametrize("name", ["pkm_softmax_bn", "peer_softmax_bn", "peer_glu_sigmoid"])
+def test_sparse_tables_get_sparse_gradients(name: str) -> None:
+    config = tiny_model_config(name)
+    torch.manual_seed(0)
+    model = build_model(config, sparse_tables=True)
+    sparse_parameters = model.sparse_parameters()
+    tables_per_layer = 1 if config.ffw.family == "pkm" else 3 if config.ffw.glu else 2
+    assert len(sparse_parameters) == TINY_BACKBONE.n_layers * tables_per_layer
+    model(torch.randint(0, TINY_BACKBONE.vocab_size, (BATCH, SEQ))).sum().backward()
+    assert all(parameter.grad is not None and parameter.grad.is_sparse for parameter in sparse_parameters)
+    assert build_model(config).sparse_parameters() == []
