@@ -180,12 +180,14 @@ def _print_summary(report_path: Path, result) -> None:
             continue
         flag = "" if optimum.status == "ok" else f"  [{optimum.status}]"
         tokens = f"{optimum.d_opt:.3g}" if optimum.d_opt is not None else "n/a"
-        print(f"  {optimum.group:<16} C={optimum.budget:.3g}  N*={optimum.n_opt:.3g} [{optimum.n_opt_lo:.3g}, "
-              f"{optimum.n_opt_hi:.3g}]  D*={tokens}  {result.settings['Metric'].split()[0]}*={optimum.loss_opt:.4g}{flag}")
+        interval = f" [{optimum.n_opt_lo:.3g}, {optimum.n_opt_hi:.3g}]" if optimum.n_opt_lo == optimum.n_opt_lo else ""
+        print(f"  {optimum.group:<16} C={optimum.budget:.3g}  N*={optimum.n_opt:.3g}{interval}  D*={tokens}  "
+              f"{result.settings['Metric'].split()[0]}*={optimum.loss_opt:.4g}{flag}")
     for law in result.power_laws:
         if isinstance(law, PowerLawFit):
-            print(f"  {law.group:<16} {law.quantity}* = {law.coefficient:.3g} C^{law.exponent:.4f} "
-                  f"[{law.exponent_lo:.4f}, {law.exponent_hi:.4f}] over {law.n_budgets} budgets")
+            interval = f" [{law.exponent_lo:.4f}, {law.exponent_hi:.4f}]" if law.exponent_lo == law.exponent_lo else ""
+            print(f"  {law.group:<16} {law.quantity}* = {law.coefficient:.3g} C^{law.exponent:.4f}{interval} "
+                  f"over {law.n_budgets} budgets")
     for note in result.partial_notes:
         print(f"  partial report: {note}")
 

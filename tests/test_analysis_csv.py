@@ -106,3 +106,22 @@ def test_single_budget_gives_a_partial_report(tmp_path: Path, capsys: pytest.Cap
     assert "partial report" in capsys.readouterr().out
     with pytest.raises(UserError, match="--predict needs a power law"):
         analyze("--csv", str(csv), "--out", str(tmp_path / "out2"), "--predict", "1e21")
+
+
+def test_non_ok_fits_are_listed_without_optimum(tmp_path: Path) -> None:
+    rows = ["method,budget,params,loss"]
+    for budget, center in ((1e19, 8.0), (1e20, 8.5)):
+        for log_params in (7.5, 7.75, 8.0, 8.25, 8.5, 8.75, 9.0):
+            rows.append(f"dense,{budget:g},{10 ** log_params:g},{3.0 + 0.3 * (log_params - center) ** 2}")
+            rows.append(f"broken,{budget:g},{10 ** log_params:g},{3.0 - 0.3 * (log_params - center) ** 2}")  # concave
+    rows += [f"edge,1e19,{10 ** x:g},{3.0 + 0.3 * (x - 10.0) ** 2}" for x in (7.5, 8.0, 8.5)]  # vertex far right
+    csv = write_csv(tmp_path / "mixed.csv", "\n".join(rows) + "\n")
+    assert analyze("--csv", str(csv), "--out", str(tmp_path / "out"), "--bootstrap", "50") == 0
+    optima = pd.read_csv(tmp_path / "out" / "optima.csv").set_index(["method", "budget"])
+    assert (optima.loc["broken", "status"] == "concave").all()
+    assert optima.loc["broken", "n_opt"].isna().all() and optima.loc["broken", "loss_opt"].isna().all()
+    assert optima.loc[("edge", 1e19), "status"] == "vertex_outside_range"
+    assert optima.loc[("edge", 1e19), "n_opt"] == pytest.approx(1e10, rel=1e-3)  # CSV keeps 6 digits
+    assert (optima.loc["dense", "status"] == "ok").all()
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "concave" in report and "vertex_outside_range" in report and "No power law for **broken**" in report
