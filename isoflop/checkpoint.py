@@ -1,0 +1,144 @@
+"""Checkpoints for exact resume: atomic, checksummed, the last two kept.
+
+Layout under ``<run_dir>/checkpoints/``::
+
+    step_000120/state.pt        torch.save of the training state (below)
+    step_000120/manifest.json   {"step", "run_id", "sha256", "bytes", "format"}
+
+The state holds the model, the optimizer(s), the step (the learning-rate
+schedule is a pure function of it), the data position, the RNG states
+(python, numpy, torch CPU and CUDA) and the running totals of the loop.
+
+Writing is atomic: everything goes into ``step_N.tmp-<pid>/``, is fsynced, and
+the folder is renamed to ``step_N/`` last, so a crash leaves either a complete
+checkpoint or a leftover ``.tmp`` folder that is ignored and removed. Reading
+checks the manifest and the SHA-256 of ``state.pt``: a corrupt or partial
+checkpoint is reported on stderr, renamed ``corrupt-step_N`` (kept for
+inspection, never overwritten) and the previous good one is used. When
+checkpoints exist but none is good, :func:`load_latest` raises a
+:class:`UserError` and touches nothing, rather than silently restarting from
+step 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from isoflop.errors import UserError
+
+CHECKPOINT_FORMAT = 1
+KEEP_LAST = 2
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def _step_dirs(root: Path) -> list[tuple[int, Path]]:
+    """Finished checkpoint folders, newest first."""
+    found = []
+    if root.is_dir():
+        for path in root.iterdir():
+            if path.is_dir() and path.name.startswith("step_") and path.name[5:].isdigit():
+                found.append((int(path.name[5:]), path))
+    return sorted(found, reverse=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def save(run_dir: Path, step: int, run_id: str, state: dict[str, Any]) -> Path:
+    """Write ``state`` as the checkpoint of ``step`` atomically; prune to the last two."""
+    root = checkpoint_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    final = root / f"step_{step:06d}"
+    temporary = root / f"step_{step:06d}.tmp-{os.getpid()}"
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir()
+    with open(temporary / "state.pt", "wb") as handle:
+        handle.write(payload)
+        handle.flush()
+        os.fsync(handle.fileno())
+    manifest = {"format": CHECKPOINT_FORMAT, "step": step, "run_id": run_id,
+                "sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload)}
+    with open(temporary / "manifest.json", "w") as handle:
+        json.dump(manifest, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    if final.exists():  # the same step saved again (e.g. asked for right after a periodic save)
+        shutil.rmtree(final)
+    os.replace(temporary, final)
+    _fsync_dir(root)
+    for _, old in _step_dirs(root)[KEEP_LAST:]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def verify(path: Path, run_id: str) -> str | None:
+    """Why the checkpoint folder ``path`` is unusable, or None when it is good."""
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return "missing or unreadable manifest.json"
+    if manifest.get("run_id") != run_id:
+        return f"it belongs to run {manifest.get('run_id')!r}"
+    try:
+        payload = (path / "state.pt").read_bytes()
+    except OSError:
+        return "missing state.pt"
+    if len(payload) != manifest.get("bytes") or hashlib.sha256(payload).hexdigest() != manifest.get("sha256"):
+        return "state.pt does not match its checksum (partial or corrupt write)"
+    return None
+
+
+def load_latest(run_dir: Path, run_id: str, map_location: str | torch.device = "cpu"
+                ) -> dict[str, Any] | None:
+    """The newest good checkpoint's state, or None when there is none.
+
+    Leftover ``.tmp`` folders are removed; corrupt checkpoints are reported and
+    renamed ``corrupt-step_N``. Raises :class:`UserError` when checkpoints exist
+    and none is good.
+    """
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return None
+    for leftover in root.glob("step_*.tmp-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    problems: list[tuple[Path, str]] = []
+    for _, path in _step_dirs(root):
+        problem = verify(path, run_id)
+        if problem is not None:
+            problems.append((path, problem))
+            continue
+        for bad, reason in problems:  # newer than the good one: set aside, never reused
+            corrupt = root / f"corrupt-{bad.name}"
+            shutil.rmtree(corrupt, ignore_errors=True)
+            os.replace(bad, corrupt)
+            print(f"isoflop train: warning: checkpoint {bad} is unusable ({reason}); moved to "
+                  f"{corrupt.name}, resuming from {path.name}", file=sys.stderr)
+        return torch.load(path / "state.pt", map_location=map_location, weights_only=False)
+    if problems:
+        bad, reason = problems[0]
+        raise UserError(f"checkpoint {bad} is unusable ({reason}) and no earlier good one exists; "
+                        f"delete {root} to restart the run from step 0")
+    return None

@@ -1,0 +1,303 @@
+"""Training and evaluation token streams: split, tokenize, pack, checkpoint.
+
+Documents (from :mod:`isoflop.data_sources`) are tokenized (:mod:`isoflop.tokenizers`),
+each followed by the end-of-document id, and concatenated. Sequence packing
+(as in nanoGPT): training sequence j is ``tokens[j·T : j·T + T + 1]``, inputs the
+first T ids, targets the last T, so documents run across sequence boundaries
+and no token is padding.
+
+Split: without a dedicated validation split, a document goes to validation when
+its text hash falls below ``validation_fraction``
+(:func:`isoflop.data_sources.document_is_validation`): deterministic and
+disjoint on every machine. Hub datasets with ``validation_split`` (C4's
+``validation``) use that split instead.
+
+Two training streams, both exactly resumable from :meth:`state_dict`:
+
+- :class:`PackedCorpus` (offline and files sources): all training tokens in
+  memory; each epoch visits the sequences in a permutation seeded by
+  (seed, epoch); the state is one integer, the global sequences consumed.
+- :class:`StreamingCorpus` (hub source): documents streamed in order; the state
+  is (documents consumed, the tokens not yet used); resuming re-streams and
+  skips the consumed documents.
+
+Global batch b (sequences) at step s is sequences [s·b, (s+1)·b); with W
+processes, rank r takes the slice [r·b/W, (r+1)·b/W) — the same sequences a
+single process would see, which is what makes the multi-process loss equal to
+the single-process one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from isoflop.data_sources import (
+    document_is_validation, file_documents, hub_documents, offline_corpus, resolve_paths,
+)
+from isoflop.errors import UserError
+from isoflop.study_config import DataConfig, EvalDatasetConfig
+from isoflop.tokenizers import Tokenizer, build_tokenizer
+
+
+class PackedCorpus:
+    """In-memory training tokens, visited in a seeded permutation per epoch."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, seed: int) -> None:
+        self.tokens = tokens  # (n_tokens,) int32
+        self.seq_len = seq_len
+        self.seed = seed
+        self.n_sequences = (tokens.size - 1) // seq_len
+        self.sequences_consumed = 0
+        self._permutation_epoch = -1
+        self._permutation = np.empty(0, dtype=np.int64)
+
+    @property
+    def epochs(self) -> float:
+        """Passes over the training tokens so far."""
+        return self.sequences_consumed / max(1, self.n_sequences)
+
+    def _sequence(self, global_index: int) -> np.ndarray:
+        epoch, within = divmod(global_index, self.n_sequences)
+        if epoch != self._permutation_epoch:
+            self._permutation = np.random.default_rng([self.seed, epoch]).permutation(self.n_sequences)
+            self._permutation_epoch = epoch
+        start = int(self._permutation[within]) * self.seq_len
+        return self.tokens[start:start + self.seq_len + 1]  # (T + 1,)
+
+    def next_batch(self, batch_size: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
+        """This rank's (batch_size / world_size, T + 1) slice of the next global batch."""
+        per_rank = batch_size // world_size
+        first = self.sequences_consumed + rank * per_rank
+        self.sequences_consumed += batch_size
+        return np.stack([self._sequence(first + offset) for offset in range(per_rank)])
+
+    def state_dict(self) -> dict:
+        return {"kind": "packed", "sequences_consumed": self.sequences_consumed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sequences_consumed = int(state["sequences_consumed"])
+
+
+class StreamingCorpus:
+    """Documents streamed in order (Hub datasets), packed on the fly."""
+
+    def __init__(self, documents: "callable", tokenizer: Tokenizer, seq_len: int,
+                 validation_fraction: float | None, allow_multiple_epochs: bool) -> None:
+        self._open_documents = documents  # () -> Iterator[str], a fresh pass each call
+        self.tokenizer = tokenizer
+        self.seq_len = seq_len
+        self.validation_fraction = validation_fraction
+        self.allow_multiple_epochs = allow_multiple_epochs
+        self.documents_consumed = 0
+        self.passes = 0
+        self._buffer = np.empty(0, dtype=np.int32)
+        self._iterator: Iterator[str] | None = None
+
+    @property
+    def epochs(self) -> float | None:
+        """Completed passes (the corpus size is unknown until a pass ends)."""
+        return float(self.passes) if self.passes else None
+
+    def _documents(self) -> Iterator[str]:
+        while True:
+            produced = False
+            for index, text in enumerate(self._open_documents()):
+                if index < self.documents_consumed:
+                    continue  # resuming: skip what earlier attempts used
+                self.documents_consumed = index + 1
+                if self.validation_fraction is not None and \
+                        document_is_validation(text, self.validation_fraction):
+                    continue
+                produced = True
+                yield text
+            if not produced and self.documents_consumed == 0:
+                raise UserError("the training corpus has no documents; check data.name/split")
+            if not self.allow_multiple_epochs:
+                raise UserError("the training corpus ran out before the run's tokens were reached; set "
+                                "data.allow_multiple_epochs=true or lower the budget")
+            print("isoflop train: warning: training corpus exhausted; starting another pass",
+                  file=sys.stderr)
+            self.passes += 1
+            self.documents_consumed = 0
+
+    def next_batch(self, batch_size: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
+        """This rank's (batch_size / world_size, T + 1) slice of the next global batch."""
+        needed = batch_size * self.seq_len + 1
+        if self._iterator is None:
+            self._iterator = self._documents()
+        pieces = [self._buffer]
+        available = self._buffer.size
+        while available < needed:
+            piece = self.tokenizer.encode_document(next(self._iterator))
+            pieces.append(piece)
+            available += piece.size
+        tokens = np.concatenate(pieces)
+        self._buffer = tokens[batch_size * self.seq_len:]  # keeps the last target as next input
+        per_rank = batch_size // world_size
+        starts = [(rank * per_rank + offset) * self.seq_len for offset in range(per_rank)]
+        return np.stack([tokens[start:start + self.seq_len + 1] for start in starts])
+
+    def state_dict(self) -> dict:
+        return {"kind": "streaming", "documents_consumed": self.documents_consumed,
+                "passes": self.passes, "buffer": self._buffer.tolist()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.documents_consumed = int(state["documents_consumed"])
+        self.passes = int(state["passes"])
+        self._buffer = np.asarray(state["buffer"], dtype=np.int32)
+        self._iterator = None
+
+
+@dataclass
+class TrainingData:
+    """The training stream, the held-out validation tokens, and a description
+    for ``result.json`` (source, content_hash, n_documents)."""
+
+    train: PackedCorpus | StreamingCorpus
+    tokenizer: Tokenizer
+    validation_tokens: "callable"  # (max_tokens) -> (n,) int32 ids
+    source: str
+    content_hash: str
+    n_documents: int | None
+    train_tokens_available: int | None
+
+    def describe(self) -> dict:
+        """The ``data`` entry of ``result.json``."""
+        documents = self.n_documents if self.n_documents is not None else getattr(
+            self.train, "documents_consumed", None)
+        return {"source": self.source, "content_hash": self.content_hash, "n_documents": documents,
+                "epochs": self.train.epochs}
+
+
+@lru_cache(maxsize=4)
+def _tokenized_split(source: str, paths: tuple[str, ...], text_field: str, tokenizer_name: str,
+                     vocab_size: int | None, validation_fraction: float
+                     ) -> tuple[np.ndarray, np.ndarray, int, str]:
+    """(train tokens, validation tokens, n_documents, content hash) of an
+    in-memory corpus; cached per process (tests and sweeps reuse it)."""
+    tokenizer = build_tokenizer(tokenizer_name, vocab_size)
+    if source == "offline":
+        documents, corpus_hash = offline_corpus()
+        documents_iter: Iterator[str] = iter(documents)
+    else:
+        documents_iter = file_documents(list(paths), text_field)
+        corpus_hash = ""
+    train_pieces, validation_pieces = [], []
+    n_documents = 0
+    for text in documents_iter:
+        if not text.strip():
+            continue
+        n_documents += 1
+        target = validation_pieces if document_is_validation(text, validation_fraction) else train_pieces
+        target.append(tokenizer.encode_document(text))
+    if n_documents == 0:
+        raise UserError(f"data.paths: {', '.join(paths)} holds no text; use a non-empty corpus")
+    empty = np.empty(0, dtype=np.int32)
+    train = np.concatenate(train_pieces) if train_pieces else empty
+    validation = np.concatenate(validation_pieces) if validation_pieces else empty
+    if not corpus_hash:
+        digest = hashlib.sha256(train.tobytes())
+        digest.update(validation.tobytes())
+        corpus_hash = digest.hexdigest()[:16]
+    return train, validation, n_documents, corpus_hash
+
+
+def load_training_data(config: DataConfig, seq_len: int, seed: int, tokens_needed: int) -> TrainingData:
+    """Open the training corpus of ``config`` and check it holds ``tokens_needed``.
+
+    Raises :class:`UserError` when the corpus is empty, has no validation
+    documents, or is smaller than ``tokens_needed`` without
+    ``allow_multiple_epochs`` (with it: one warning on stderr).
+    """
+    tokenizer = build_tokenizer(config.tokenizer, config.vocab_size)
+    if config.source == "hub":
+        return _hub_training_data(config, tokenizer, seq_len)
+    paths = tuple(resolve_paths(config.paths)) if config.source == "files" else ()
+    train, validation, n_documents, content_hash = _tokenized_split(
+        config.source, paths, config.text_field, config.tokenizer, config.vocab_size,
+        config.validation_fraction)
+    if validation.size < 2:
+        raise UserError(f"data.validation_fraction={config.validation_fraction}: no document of the "
+                        f"{n_documents} falls in the validation split; raise it or add documents")
+    corpus = PackedCorpus(train, seq_len, seed)
+    available = corpus.n_sequences * seq_len
+    if corpus.n_sequences == 0:
+        raise UserError(f"the training corpus has {train.size} tokens, fewer than one sequence of "
+                        f"{seq_len + 1}; use a larger corpus")
+    if tokens_needed > available:
+        if not config.allow_multiple_epochs:
+            raise UserError(f"the training corpus has {available} tokens but the run needs {tokens_needed}; "
+                            "use a larger corpus, a smaller budget, or data.allow_multiple_epochs=true")
+        print(f"isoflop train: warning: the run repeats its corpus ({tokens_needed / available:.2f} epochs "
+              f"of {available} tokens)", file=sys.stderr)
+    return TrainingData(train=corpus, tokenizer=tokenizer,
+                        validation_tokens=lambda max_tokens: validation[:max_tokens + 1],
+                        source=config.source, content_hash=content_hash, n_documents=n_documents,
+                        train_tokens_available=available)
+
+
+def _hub_training_data(config: DataConfig, tokenizer: Tokenizer, seq_len: int) -> TrainingData:
+    """Streaming training data from the Hub (e.g. allenai/c4 en; not exercised offline)."""
+    def training_documents() -> Iterator[str]:
+        return hub_documents(config.name, config.subset, config.split, config.text_field)
+
+    def validation_tokens(max_tokens: int) -> np.ndarray:
+        if config.validation_split:
+            documents = hub_documents(config.name, config.subset, config.validation_split,
+                                      config.text_field)
+        else:
+            documents = (text for text in training_documents()
+                         if document_is_validation(text, config.validation_fraction))
+        return collect_tokens(documents, tokenizer, max_tokens + 1)
+
+    held_out = None if config.validation_split else config.validation_fraction
+    corpus = StreamingCorpus(training_documents, tokenizer, seq_len, held_out, config.allow_multiple_epochs)
+    identity = f"hub:{config.name}:{config.subset}:{config.split}:{config.tokenizer}"
+    return TrainingData(train=corpus, tokenizer=tokenizer, validation_tokens=validation_tokens,
+                        source="hub", content_hash=hashlib.sha256(identity.encode()).hexdigest()[:16],
+                        n_documents=None, train_tokens_available=None)
+
+
+def collect_tokens(documents: Iterator[str], tokenizer: Tokenizer, max_tokens: int) -> np.ndarray:
+    """The first ``max_tokens`` ids of ``documents`` (fewer if they run out)."""
+    pieces, total = [], 0
+    for text in documents:
+        if not text.strip():
+            continue
+        piece = tokenizer.encode_document(text)
+        pieces.append(piece)
+        total += piece.size
+        if total >= max_tokens:
+            break
+    return np.concatenate(pieces)[:max_tokens] if pieces else np.empty(0, dtype=np.int32)
+
+
+def eval_dataset_tokens(config: EvalDatasetConfig, tokenizer: Tokenizer, max_tokens: int) -> np.ndarray:
+    """Up to ``max_tokens + 1`` ids of an evaluation corpus (Hub by name, or local files)."""
+    where = f"data.eval_datasets[{config.name}]"
+    if config.source == "files":
+        documents = file_documents(resolve_paths([config.path], where=where), config.text_field, where)
+    else:
+        documents = hub_documents(config.path or config.name, config.subset, config.split,
+                                  config.text_field, where=where)
+    tokens = collect_tokens(documents, tokenizer, max_tokens + 1)
+    if tokens.size < 2:
+        raise UserError(f"{where}: {config.path} holds no text to evaluate on; fix the path")
+    return tokens
+
+
+def evaluation_sequences(tokens: np.ndarray, seq_len: int) -> list[np.ndarray]:
+    """Packed (n, T + 1) sequences of ``tokens``, plus one shorter tail sequence;
+    together they predict every token but the first exactly once."""
+    n_full = (tokens.size - 1) // seq_len
+    sequences = [tokens[index * seq_len:index * seq_len + seq_len + 1] for index in range(n_full)]
+    tail = tokens[n_full * seq_len:]
+    if tail.size >= 2:
+        sequences.append(tail)
+    return sequences

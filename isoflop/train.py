@@ -1,0 +1,341 @@
+"""The training loop: one RunSpec in, ``result.json`` out. Read it top to bottom.
+
+``run(spec, run_dir)`` trains the run described by ``spec`` (resuming from
+``run_dir/checkpoints/`` when a good checkpoint is there), logs to
+``run_dir/metrics.jsonl``, evaluates on the held-out split and every
+configured evaluation corpus, and writes ``run_dir/result.json`` atomically.
+It depends on nothing but its arguments (no Hydra, no working directory).
+
+Global batch = ``spec.batch_size`` sequences of ``spec.seq_len`` tokens per
+optimizer step. With W processes (torch.distributed DDP, set up from the
+environment by :mod:`isoflop.distributed`) each rank takes batch/W sequences,
+split into micro-batches of at most ``spec.micro_batch_size`` and accumulated.
+
+Preemption: the submission code calls :func:`checkpoint_active_run` from
+submitit's ``checkpoint()``, i.e. inside the SIGUSR2/SIGTERM (or SIGUSR1)
+handler, then requeues the job and exits. So that the handler only ever sees a
+consistent state, those signals are blocked (``signal.pthread_sigmask``) from
+the start of :func:`run` and unblocked only between optimizer steps (and
+during the final evaluation): a signal that arrives mid-step waits, pending,
+until the step has finished. Threads started while the signals are blocked
+inherit the mask, so the signals reach the main thread; should one still be
+handled mid-step, :func:`checkpoint_active_run` declines (returns False) and
+the last periodic checkpoint is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from isoflop import checkpoint
+from isoflop.data import TrainingData, load_training_data
+from isoflop.distributed import DistributedContext, setup_distributed, teardown_distributed
+from isoflop.errors import UserError
+from isoflop.evaluation import evaluate_all
+from isoflop.hardware import lookup_peak_flops, measured_cpu_peak_flops
+from isoflop.metrics_log import MetricsLogger
+from isoflop.optimization import (
+    all_reduce_sparse_gradients, build_optimizers, clip_gradients, learning_rate_at, set_learning_rate,
+)
+from isoflop.run_spec import RunSpec
+
+PREEMPTION_SIGNALS = {signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM}
+
+
+@dataclass
+class TrainingState:
+    """Everything a checkpoint holds, and what :func:`checkpoint_active_run` saves."""
+
+    spec: RunSpec
+    run_dir: Path
+    context: DistributedContext
+    model: torch.nn.Module  # the bare TransformerLM (not DDP, not compiled)
+    dense_optimizer: torch.optim.Optimizer
+    sparse_optimizer: torch.optim.Optimizer | None
+    data: TrainingData
+    step: int = 0  # optimizer steps done
+    totals: dict = field(default_factory=lambda: {"elapsed_s": 0.0, "interval_loss_sum": 0.0,
+                                                  "interval_steps": 0, "last_interval_loss": math.nan})
+    in_step: bool = False
+
+
+_ACTIVE: TrainingState | None = None
+
+
+def checkpoint_active_run() -> bool:
+    """Save a checkpoint of the run training in this process, synchronously.
+
+    Returns False when no run is active (or, rarely, when called in the middle
+    of an optimizer step, whose state would be inconsistent). Other ranks than
+    0 return True without writing: rank 0's state is the same.
+    """
+    state = _ACTIVE
+    if state is None:
+        return False
+    if state.in_step:
+        print("isoflop train: warning: checkpoint requested mid-step; keeping the last periodic one",
+              flush=True)
+        return False
+    if state.context.is_main:
+        save_checkpoint(state)
+    return True
+
+
+def save_checkpoint(state: TrainingState) -> Path:
+    """Checkpoint of ``state`` after ``state.step`` steps (see :mod:`isoflop.checkpoint`)."""
+    payload = {
+        "step": state.step,
+        "model": state.model.state_dict(),
+        "dense_optimizer": state.dense_optimizer.state_dict(),
+        "sparse_optimizer": state.sparse_optimizer.state_dict() if state.sparse_optimizer else None,
+        "scheduler": {"kind": "warmup_cosine", "step": state.step},  # the lr is a function of the step
+        "data": state.data.train.state_dict(),
+        "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        "totals": dict(state.totals),
+    }
+    return checkpoint.save(state.run_dir, state.step, state.spec.run_id, payload)
+
+
+def restore_checkpoint(state: TrainingState, payload: dict) -> None:
+    state.model.load_state_dict(payload["model"])
+    state.dense_optimizer.load_state_dict(payload["dense_optimizer"])
+    if state.sparse_optimizer is not None and payload["sparse_optimizer"] is not None:
+        state.sparse_optimizer.load_state_dict(payload["sparse_optimizer"])
+    state.data.train.load_state_dict(payload["data"])
+    random.setstate(payload["rng"]["python"])
+    np.random.set_state(payload["rng"]["numpy"])
+    torch.set_rng_state(payload["rng"]["torch"])
+    if payload["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+    state.totals = dict(payload["totals"])
+    state.step = int(payload["step"])
+
+
+def read_result(run_dir: Path) -> dict | None:
+    """``result.json`` if it exists and is readable, else None."""
+    try:
+        return json.loads((Path(run_dir) / "result.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _set_signals_blocked(blocked: bool) -> None:
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK if blocked else signal.SIG_UNBLOCK, PREEMPTION_SIGNALS)
+
+
+def run(spec: RunSpec, run_dir: str | Path) -> dict:
+    """Train ``spec`` in ``run_dir`` (resuming if possible); return the result dict."""
+    global _ACTIVE
+    run_dir = Path(run_dir).resolve()
+    existing = read_result(run_dir)
+    if existing is not None and existing.get("status") == "completed":
+        return existing
+    run_dir.mkdir(parents=True, exist_ok=True)
+    previous_mask = (signal.pthread_sigmask(signal.SIG_BLOCK, PREEMPTION_SIGNALS)
+                     if threading.current_thread() is threading.main_thread() else None)
+    context = setup_distributed()
+    logger = None
+    try:
+        # ---- data, model, optimizers -------------------------------------------------------
+        random.seed(spec.seed)
+        np.random.seed(spec.seed)
+        torch.manual_seed(spec.seed)
+        world_size, batch_size, seq_len = context.world_size, spec.batch_size, spec.seq_len
+        if batch_size % world_size:
+            raise UserError(f"train.batch_size={batch_size} is not divisible by the {world_size} "
+                            "processes; use a multiple of the process count")
+        per_rank = batch_size // world_size  # sequences per rank per step
+        micro_batch = max(size for size in range(1, min(spec.micro_batch_size, per_rank) + 1)
+                          if per_rank % size == 0)
+        accumulation = per_rank // micro_batch
+        data = load_training_data(spec.data, seq_len, spec.seed, spec.tokens)
+        from models import build_model
+
+        model = build_model(spec.model, device=context.device, sparse_tables=spec.train.sparse_tables)
+        dense_optimizer, sparse_optimizer = build_optimizers(model, spec)
+        state = TrainingState(spec, run_dir, context, model, dense_optimizer, sparse_optimizer, data)
+        resumed = checkpoint.load_latest(run_dir, spec.run_id, map_location=context.device)
+        if resumed is not None:
+            restore_checkpoint(state, resumed)
+        sparse_parameters = list(model.sparse_parameters()) if spec.train.sparse_tables else []
+        forward_model: torch.nn.Module = model
+        if world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            if sparse_parameters:  # reduced by hand (all_reduce_sparse_gradients)
+                sparse_ids = {id(parameter) for parameter in sparse_parameters}
+                DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                    model, [name for name, parameter in model.named_parameters() if id(parameter) in sparse_ids])
+            forward_model = DistributedDataParallel(
+                model, device_ids=[context.device] if context.device.type == "cuda" else None)
+        if spec.train.compile:
+            forward_model = torch.compile(forward_model)
+        use_bf16 = spec.train.precision == "bf16" or (spec.train.precision == "auto"
+                                                       and context.device.type == "cuda")
+        autocast = (lambda: torch.autocast(context.device.type, dtype=torch.bfloat16)) if use_bf16 \
+            else contextlib.nullcontext
+        parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
+
+        # ---- logging and MFU ---------------------------------------------------------------
+        device_name = torch.cuda.get_device_name(context.device) if context.device.type == "cuda" else "cpu"
+        peak = measured_cpu_peak_flops() if device_name == "cpu" else lookup_peak_flops(device_name)
+        logger = MetricsLogger(run_dir, run_id=spec.run_id, total_steps=spec.steps, logger=spec.logger,
+                               config=spec.to_dict(), enabled=context.is_main)
+        if resumed is not None:
+            logger.log({"kind": "resume", "step": state.step})
+        tokens_per_step = batch_size * seq_len
+        flops_per_token = spec.flops_per_token_train
+        status, diverged_at_step = "completed", None
+        _ACTIVE = state
+
+        # ---- the loop ----------------------------------------------------------------------
+        model.train()
+        interval_start, interval_first_step = time.perf_counter(), state.step
+        while state.step < spec.steps:
+            _set_signals_blocked(True)
+            state.in_step = True
+            step_start = time.perf_counter()
+            learning_rate = learning_rate_at(state.step, spec)
+            set_learning_rate([dense_optimizer, sparse_optimizer], learning_rate)
+            batch = torch.from_numpy(data.train.next_batch(batch_size, context.rank, world_size))
+            batch = batch.to(context.device, dtype=torch.long)  # (per_rank, T + 1)
+            step_loss = torch.zeros((), device=context.device)
+            for micro_step in range(accumulation):
+                micro = batch[micro_step * micro_batch:(micro_step + 1) * micro_batch]
+                inputs, targets = micro[:, :-1], micro[:, 1:]  # (b, T), (b, T)
+                last = micro_step == accumulation - 1
+                sync = contextlib.nullcontext() if (last or world_size == 1) else forward_model.no_sync()
+                with sync, autocast():
+                    logits = forward_model(inputs)  # (b, T, V)
+                    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+                    loss = loss + model.auxiliary_loss()
+                    (loss / accumulation).backward()
+                step_loss += loss.detach() / accumulation
+            step_loss = context.all_reduce_mean(step_loss)
+            loss_value = float(step_loss.item())
+            if not math.isfinite(loss_value):  # stop before the update; the state stays as it was
+                status, diverged_at_step = "diverged", state.step + 1
+                state.in_step = False
+                break
+            if world_size > 1 and sparse_parameters:
+                all_reduce_sparse_gradients(sparse_parameters, world_size)
+            grad_norm = clip_gradients(parameters, spec.train.grad_clip)
+            dense_optimizer.step()
+            if sparse_optimizer is not None:
+                sparse_optimizer.step()
+            dense_optimizer.zero_grad(set_to_none=True)
+            if sparse_optimizer is not None:
+                sparse_optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.totals["elapsed_s"] += time.perf_counter() - step_start
+            state.totals["interval_loss_sum"] += loss_value
+            state.totals["interval_steps"] += 1
+            state.in_step = False
+
+            if state.step % spec.train.log_every_steps == 0 or state.step == spec.steps:
+                seconds = max(1e-9, time.perf_counter() - interval_start)
+                tokens_per_s = (state.step - interval_first_step) * tokens_per_step / seconds
+                mfu = flops_per_token * tokens_per_s / (peak * world_size) if peak else None
+                interval_loss = state.totals["interval_loss_sum"] / state.totals["interval_steps"]
+                state.totals.update(interval_loss_sum=0.0, interval_steps=0, last_interval_loss=interval_loss)
+                logger.log({"step": state.step, "tokens": state.step * tokens_per_step,
+                            "flops": state.step * tokens_per_step * flops_per_token, "loss": loss_value,
+                            "interval_loss": interval_loss, "lr": learning_rate, "grad_norm": grad_norm,
+                            "tokens_per_s": tokens_per_s, "mfu": mfu,
+                            "elapsed_s": state.totals["elapsed_s"]})
+                logger.progress(state.step, loss_value, tokens_per_s,
+                                mfu, seconds / max(1, state.step - interval_first_step))
+                interval_start, interval_first_step = time.perf_counter(), state.step
+            if state.step % spec.train.checkpoint_every_steps == 0 and state.step < spec.steps \
+                    and context.is_main:
+                save_checkpoint(state)
+            _set_signals_blocked(False)  # a pending preemption signal is handled here, between steps
+
+        # ---- evaluation and result ---------------------------------------------------------
+        _set_signals_blocked(False)
+        evaluation, routing, eval_notes = ({}, {}, [])
+        if status == "completed" and context.is_main:
+            evaluation, routing, eval_notes = evaluate_all(model, spec, data, context.device, autocast)
+        elapsed = state.totals["elapsed_s"]
+        trained_tokens = state.step * tokens_per_step
+        tokens_per_s = trained_tokens / elapsed if elapsed > 0 else 0.0
+        costs = spec.costs
+        result = {
+            "run_id": spec.run_id, "study": spec.study, "method": spec.method,
+            "budget_flops": spec.budget_flops, "status": status, "diverged_at_step": diverged_at_step,
+            "steps": state.step, "tokens": trained_tokens,
+            "realized_flops": trained_tokens * flops_per_token, "flops_per_token_train": flops_per_token,
+            "params": {"total": costs.get("n_params_total"), "active": costs.get("n_params_active"),
+                       "embedding": costs.get("n_params_embedding"),
+                       "non_embedding": costs.get("n_params_non_embedding"),
+                       "active_non_embedding": costs.get("n_params_active_non_embedding")},
+            "final_train_loss": state.totals["last_interval_loss"] if status == "completed" else None,
+            "eval": evaluation, "routing": routing, "wall_time_s": elapsed, "tokens_per_s": tokens_per_s,
+            "mfu": flops_per_token * tokens_per_s / (peak * world_size) if peak else None,
+            "code_version": code_version(), "data": data.describe(), "device": device_name,
+            "world_size": world_size, "notes": eval_notes,
+        }
+        if context.is_main:
+            write_result(run_dir, result)
+            logger.summary({"final_train_loss": result["final_train_loss"], "status": status})
+        context.barrier()
+        return result
+    finally:
+        _ACTIVE = None
+        if logger is not None:
+            logger.close()
+        teardown_distributed(context)
+        if previous_mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+
+
+def write_result(run_dir: Path, result: dict[str, Any]) -> None:
+    """``result.json`` atomically: write a temporary file, fsync, rename."""
+    temporary = run_dir / f"result.json.tmp-{os.getpid()}"
+    with open(temporary, "w") as handle:
+        json.dump(finite_or_null(result), handle, indent=2, allow_nan=False)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, run_dir / "result.json")
+
+
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every NaN/inf float replaced by None (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {key: finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def code_version() -> str:
+    """The git commit of the isoflop source tree, or the package version."""
+    from isoflop import __version__
+
+    source_root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source_root, capture_output=True,
+                                text=True, timeout=5, check=True).stdout.strip()
+        return commit or __version__
+    except (OSError, subprocess.SubprocessError):
+        return __version__
