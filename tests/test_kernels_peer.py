@@ -189,3 +189,17 @@ def test_triton_bf16_against_fp32_reference(glu: bool) -> None:
     actual = run_with_grads(low, "gelu", backend="triton")
     for name in expected:
         assert_close(actual[name], expected[name], 3e-2, f"bf16 {name}")
+
+
+def test_sparse_grad_drives_sparse_adam() -> None:
+    inputs = make_inputs(4, 2, 2, 8, 100, glu=False, device=torch.device("cpu"))
+    tables = [torch.nn.Parameter(inputs["down_table"].clone()), torch.nn.Parameter(inputs["up_table"].clone())]
+    before = [t.detach().clone() for t in tables]
+    optimizer = torch.optim.SparseAdam(tables, lr=0.1)
+    kernels.peer_experts(inputs["x"], inputs["expert_index"], inputs["scores"], *tables, sparse_grad=True).sum().backward()
+    optimizer.step()
+    touched = torch.zeros(100, dtype=torch.bool)
+    touched[inputs["expert_index"].unique()] = True
+    for table, old in zip(tables, before):
+        changed = (table.detach() != old).any(dim=1)
+        assert changed[touched].all() and not changed[~touched].any(), "SparseAdam must update exactly the touched rows"
