@@ -74,6 +74,7 @@ def plot_isoflop(runs: pd.DataFrame, optima: list[Optimum], stem: Path, value_co
     colors = group_colors(groups)
     budget_colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.9, len(budgets)))
     optimum_by_key = {(o.group, o.budget): o for o in optima}
+    any_extrapolated = False
     with plt.rc_context(STYLE):
         figure, axes = plt.subplots(figsize=FIGURE_SIZE_INCHES, layout="constrained")
         for group in groups:
@@ -93,6 +94,13 @@ def plot_isoflop(runs: pd.DataFrame, optima: list[Optimum], stem: Path, value_co
                 span = max(fit.log10_max - fit.log10_min, 1e-3)
                 grid = np.logspace(fit.log10_min - 0.08 * span, fit.log10_max + 0.08 * span, 200)
                 axes.plot(grid, fit.evaluate(grid), color=color, linestyle=linestyle, linewidth=1.6, alpha=0.9, zorder=2)
+                if fit.status == "vertex_outside_range":  # dotted extension out to the extrapolated minimum
+                    vertex = fit.vertex_log10
+                    reach = np.logspace(min(vertex, fit.log10_min), max(vertex, fit.log10_max), 200)
+                    outside = (np.log10(reach) < fit.log10_min) | (np.log10(reach) > fit.log10_max)
+                    axes.plot(reach[outside], fit.evaluate(reach[outside]), color=color, linestyle=":", linewidth=1.2,
+                              alpha=0.7, zorder=2)
+                    any_extrapolated = True
                 if optimum.n_opt is not None and optimum.loss_opt is not None:
                     extrapolated = optimum.params_fit.status != "ok"
                     if np.isfinite(optimum.n_opt_lo) and np.isfinite(optimum.n_opt_hi):
@@ -121,6 +129,9 @@ def plot_isoflop(runs: pd.DataFrame, optima: list[Optimum], stem: Path, value_co
             header = f"{legend_title} / budget"
         handles.append(Line2D([], [], color="black", marker="*", markersize=11, linestyle="none", markerfacecolor="0.6",
                               label="fitted optimum (95% CI)"))
+        if any_extrapolated:
+            handles.append(Line2D([], [], color="black", marker="*", markersize=11, linestyle="none", markerfacecolor="white",
+                                  label="extrapolated optimum"))
         figure.legend(handles=handles, loc="outside right upper", title=header, frameon=False)
         return _save(figure, stem)
 
