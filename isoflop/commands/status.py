@@ -1,0 +1,69 @@
+"""``isoflop status SWEEP_DIR``: one row per run and a summary line.
+
+The scheduler is asked once per call (one ``sacct`` for every SLURM job id);
+everything else comes from the sweep directory's files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from isoflop.commands.common import human_count
+
+FORMATS = ("table", "json")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR", help="the folder `isoflop submit` printed")
+    parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
+    parser.add_argument("--watch", action="store_true", help="refresh until every run has ended (= isoflop wait)")
+    parser.add_argument("--interval", type=float, default=10.0, metavar="SECONDS",
+                        help="refresh period with --watch (default: 10)")
+
+
+def summary_line(rows: list[Any]) -> str:
+    """``12 runs: 8 completed, 3 running, 1 pending`` (states in lifecycle order)."""
+    from isoflop.scheduler_state import STATES
+
+    counts = Counter(row.state for row in rows)
+    parts = [f"{counts[state]} {state}" for state in STATES if counts[state]]
+    return f"{len(rows)} runs: {', '.join(parts) if parts else 'none planned'}"
+
+
+def render_table(rows: list[Any]) -> str:
+    """The status table, under 120 columns."""
+    header = (f"{'run_id':<40} {'method':<10} {'budget':>8} {'params':>7} {'state':<10} "
+              f"{'progress':>8} {'loss':>7} {'job':>12}")
+    lines = [header]
+    for row in rows:
+        loss = f"{row.last_loss:.4f}" if row.last_loss is not None else "-"
+        lines.append(f"{row.run_id:<40} {row.method:<10.10} {row.budget_flops:>8.2g} "
+                     f"{human_count(row.n_params):>7} {row.state:<10} {row.progress:>7.0%} {loss:>7} "
+                     f"{row.job_id or '-':>12}")
+    lines.append(summary_line(rows))
+    return "\n".join(lines) + "\n"
+
+
+def render(rows: list[Any], output_format: str) -> str:
+    if output_format == "json":
+        return json.dumps({"runs": [row.to_dict() for row in rows], "summary": summary_line(rows)},
+                          indent=2) + "\n"
+    return render_table(rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    from isoflop.scheduler_state import sweep_status
+    from isoflop.sweep_dir import SweepDir
+
+    sweep = SweepDir.open(args.sweep_dir)
+    if args.watch:
+        from isoflop.commands.wait import follow
+
+        return follow(sweep, args.interval, args.format)
+    sys.stdout.write(render(sweep_status(sweep), args.format))
+    return 0

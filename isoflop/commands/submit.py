@@ -1,0 +1,133 @@
+"""``isoflop submit``: plan a study, write its sweep directory, submit every pending run.
+
+Resubmitting the same study never duplicates a run that is completed
+(``result.json``) or live in the scheduler (pending, running, preempted);
+failed and cancelled runs are resubmitted only with ``--retry-failed``. If
+the study's settings changed since the sweep was created (where jobs run,
+``cluster.*``, may change freely), submit refuses and shows the first
+differences, unless ``--new`` (a fresh sweep beside it) or ``--name``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from isoflop.commands.common import add_study_arguments, human_count
+from isoflop.errors import UserError
+
+SHOWN_CHANGES = 5
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_study_arguments(parser)
+    parser.add_argument("--root", type=Path, required=True, metavar="DIR",
+                        help="folder holding sweep directories; the sweep is DIR/<name>")
+    parser.add_argument("--name", default=None, help="sweep directory name (default: the study's name)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the plan and its cost estimate; write and submit nothing")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="also resubmit failed and cancelled runs (they resume from their checkpoints)")
+    parser.add_argument("--new", action="store_true",
+                        help="if the study changed since the sweep was created, create a new sweep "
+                             "<name>-2, <name>-3, ... instead of refusing")
+
+
+def cost_estimate(runs: Any, cluster: Any) -> str:
+    """Device-hours from the accounting's FLOPs, the assumed MFU and the accelerator's peak."""
+    from isoflop.hardware import peak_flops
+
+    peak = cluster.peak_flops or peak_flops(cluster.accelerator)
+    flops = sum(run.realized_flops for run in runs)
+    device_hours = flops / (peak * cluster.assumed_mfu) / 3600.0
+    longest = max((run.realized_flops for run in runs), default=0.0) / (peak * cluster.assumed_mfu) / 3600.0
+    devices = max(1, cluster.nodes * max(cluster.gpus_per_node, 1))
+    return (f"cost estimate: {human_count(flops)}FLOPs in {len(runs)} runs = {device_hours:.3g} "
+            f"{cluster.accelerator}-hours at MFU {cluster.assumed_mfu:g} (peak {human_count(peak)}FLOP/s); "
+            f"longest run {longest / devices * 60:.3g} min on {devices} device(s)")
+
+
+def choose_sweep_path(root: Path, name: str, resolved_yaml: str, explicit_name: bool, new: bool) -> Path:
+    """The sweep folder to use: ``root/name`` unless it holds a different study."""
+    from isoflop.sweep_dir import SweepDir, study_changes
+
+    candidate, suffix = root / name, 1
+    while True:
+        sweep = SweepDir(candidate)
+        if not sweep.exists():
+            return candidate
+        changes = study_changes(sweep.study_yaml.read_text() if sweep.study_yaml.is_file() else "",
+                                resolved_yaml)
+        if not changes:
+            return candidate
+        if not new:
+            shown = "; ".join(changes[:SHOWN_CHANGES])
+            more = f" (and {len(changes) - SHOWN_CHANGES} more)" if len(changes) > SHOWN_CHANGES else ""
+            fix = ("pass --new to create a new sweep beside it" if explicit_name else
+                   "pass --new to create a new sweep beside it, or --name NAME")
+            raise UserError(f"{candidate}: the study changed since this sweep was created: {shown}{more}; "
+                            f"{fix}, or undo the change to continue the sweep")
+        suffix += 1
+        candidate = root / f"{name}-{suffix}"
+
+
+def select_runs(sweep: Any, retry_failed: bool) -> tuple[list[Any], dict[str, int]]:
+    """Run folders to submit now, and how many runs are in each state."""
+    from isoflop.scheduler_state import sweep_status
+
+    chosen, counts = [], {}
+    for status in sweep_status(sweep):
+        counts[status.state] = counts.get(status.state, 0) + 1
+        if status.state == "planned" or (retry_failed and status.state in ("failed", "cancelled")):
+            chosen.append(sweep.run(status.run_id))
+    return chosen, counts
+
+
+def run(args: argparse.Namespace) -> int:
+    from isoflop.commands.plan import plan_rows, render_table
+    from isoflop.compose import load_study
+    from isoflop.planner import plan
+    from isoflop.submission import package_version, submit_runs
+    from isoflop.sweep_dir import SweepDir, write_json_atomic
+
+    composed = load_study(args.sweep, args.overrides, args.budgets)
+    study, cluster = composed.study, composed.study.cluster
+    study_plan = plan(study)
+    rows = plan_rows(study_plan.runs)
+    if args.dry_run:
+        sys.stdout.write(render_table(rows))
+        for note in study_plan.notes:
+            print(f"note: {note}")
+        print(f"would submit {len(rows)} runs with cluster.executor={cluster.executor} "
+              f"to {args.root / (args.name or study.name)}")
+        print(cost_estimate(study_plan.runs, cluster))
+        return 0
+    path = choose_sweep_path(args.root, args.name or study.name, composed.resolved_yaml,
+                             args.name is not None, args.new)
+    sweep = SweepDir(path)
+    sweep.create(composed.resolved_yaml, rows, {
+        "sweep": composed.sweep, "study": study.name, "created_at": time.time(),
+        "isoflop_version": package_version(), "runs": len(rows)})
+    with open(sweep.path / ".submit.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one submit per sweep at a time
+        for spec in study_plan.runs:
+            run_dir = sweep.run(spec.run_id)
+            if not run_dir.run_json.is_file():
+                write_json_atomic(run_dir.run_json, spec.to_dict())
+        to_submit, counts = select_runs(sweep, args.retry_failed)
+        specs = {spec.run_id: spec.to_dict() for spec in study_plan.runs}
+        records = submit_runs(cluster, sweep, [(run_dir, specs[run_dir.run_id]) for run_dir in to_submit])
+    skipped = ", ".join(f"{count} {state}" for state, count in sorted(counts.items())
+                        if state != "planned" and not (args.retry_failed and state in ("failed", "cancelled")))
+    jobs = sorted({record.job_id.split("_")[0] for record in records})
+    print(f"submitted {len(records)} of {len(rows)} runs to {cluster.executor}"
+          f"{' (jobs ' + ', '.join(jobs[:5]) + ')' if jobs else ''}"
+          f"{'; left alone: ' + skipped if skipped else ''}", file=sys.stderr)
+    if not args.retry_failed and counts.get("failed", 0) + counts.get("cancelled", 0):
+        print("some runs failed or were cancelled: pass --retry-failed to resubmit them", file=sys.stderr)
+    print(sweep.path)
+    return 0

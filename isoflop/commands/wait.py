@@ -1,0 +1,54 @@
+"""``isoflop wait SWEEP_DIR``: follow a sweep until every run has ended.
+
+Redraws the status table every ``--interval`` seconds (on a terminal; one
+summary line per change otherwise). Exit status 0 if every run completed,
+1 if any failed, diverged or was cancelled, 2 for a bad sweep directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR", help="the folder `isoflop submit` printed")
+    parser.add_argument("--interval", type=float, default=10.0, metavar="SECONDS",
+                        help="refresh period (default: 10)")
+    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                        help="give up after this long (exit 3)")
+
+
+def follow(sweep: Any, interval: float, output_format: str = "table", timeout: float | None = None) -> int:
+    """Poll ``sweep`` until no run is planned or live; returns the exit status."""
+    from isoflop.commands.status import render, summary_line
+    from isoflop.scheduler_state import TERMINAL, sweep_status
+
+    interactive = sys.stdout.isatty() and output_format == "table"
+    started, last_summary = time.monotonic(), None
+    while True:
+        rows = sweep_status(sweep)
+        summary = summary_line(rows)
+        done = all(row.state in TERMINAL for row in rows)
+        if interactive:
+            sys.stdout.write("\033[H\033[J" + render(rows, output_format))
+        elif summary != last_summary or done:
+            print(f"[{time.strftime('%H:%M:%S')}] {summary}", flush=True)
+        last_summary = summary
+        if done:
+            if not interactive:
+                sys.stdout.write(render(rows, output_format))
+            return 0 if all(row.state == "completed" for row in rows) else 1
+        if timeout is not None and time.monotonic() - started > timeout:
+            print(f"gave up after {timeout:g} s: {summary}", file=sys.stderr)
+            return 3
+        time.sleep(interval)
+
+
+def run(args: argparse.Namespace) -> int:
+    from isoflop.sweep_dir import SweepDir
+
+    return follow(SweepDir.open(args.sweep_dir), args.interval, timeout=args.timeout)
