@@ -1,0 +1,172 @@
+"""Benchmark FFW layers on this machine: ``isoflop bench layers``.
+
+Times forward+backward of a PEER layer (He 2024) beside a dense FFW
+(d_ff = 4·d_model) on the same tokens and reports the ratios of time and of
+peak memory, then builds a PEER layer with a million experts and runs it once.
+
+Peak memory is the highest total of bytes allocated by torch during one
+forward+backward (parameter gradients included, the parameters themselves
+not), read from the profiler's allocation events; on CUDA it is
+``torch.cuda.max_memory_allocated`` above the starting level.
+
+Usage::
+
+    python -m models.bench [--d-model 256] [--n-experts 65536] [--tokens 2048] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Callable
+
+import torch
+
+from models.builder import build_ffw
+from models.ffw.base import FFWLayer
+from models.ffw.dense_config import DenseFFWConfig
+from models.ffw.peer_config import PEERConfig
+from models.verify import KERNEL_BACKEND_VARIABLE
+
+
+def peak_step_bytes(step: Callable[[], None], device: torch.device) -> int:
+    """Highest bytes allocated above the starting level while running ``step``."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        start = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - start
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+        step()
+    memory_events = sorted((event.start_ns(), event.nbytes())
+                           for event in profiler.profiler.kineto_results.events() if event.name() == "[memory]")
+    running = peak = 0
+    for _, change in memory_events:
+        running += change
+        peak = max(peak, running)
+    return peak
+
+
+def make_step(layer: FFWLayer, tokens: int, device: torch.device,
+              kernel_backend: str | None = None) -> Callable[[], None]:
+    """One forward+backward of ``layer`` on fixed (1, tokens, d) inputs (gradients reset first)."""
+    torch.manual_seed(0)
+    x = torch.randn(1, tokens, layer.d_model, device=device, requires_grad=True)  # (1, T, d)
+    upstream = torch.randn(1, tokens, layer.d_model, device=device)  # dL/dy
+
+    def step() -> None:
+        for parameter in layer.parameters():
+            parameter.grad = None
+        x.grad = None
+        previous = os.environ.get(KERNEL_BACKEND_VARIABLE)
+        if kernel_backend is not None:
+            os.environ[KERNEL_BACKEND_VARIABLE] = kernel_backend
+        try:
+            layer(x).backward(upstream)
+        finally:
+            if kernel_backend is not None:
+                os.environ.pop(KERNEL_BACKEND_VARIABLE)
+                if previous is not None:
+                    os.environ[KERNEL_BACKEND_VARIABLE] = previous
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return step
+
+
+def measure_steps(steps: dict[str, Callable[[], None]], repeats: int,
+                  device: torch.device) -> dict[str, dict[str, float]]:
+    """Median seconds and peak bytes per step; repetitions are interleaved across
+    the steps so that a change in machine load hits all of them alike."""
+    for step in steps.values():
+        step()  # warm-up
+    seconds: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            seconds[name].append(time.perf_counter() - start)
+    return {name: {"seconds": sorted(times)[len(times) // 2],
+                   "peak_bytes": float(peak_step_bytes(steps[name], device))}
+            for name, times in seconds.items()}
+
+
+def compare_peer_to_dense(args: argparse.Namespace, device: torch.device) -> dict[str, dict[str, float]]:
+    """Dense FFW vs PEER (dense and sparse table gradients, and the materialising reference)."""
+    d_model = args.d_model
+    dense = build_ffw(DenseFFWConfig(d_ff=4 * d_model, activation="gelu"), d_model, 12, device=device)
+    peer_config = PEERConfig(n_experts=args.n_experts, n_heads=args.heads, top_k=args.top_k, d_key=args.d_key)
+    peer = build_ffw(peer_config, d_model, 12, device=device)
+    peer_sparse = build_ffw(peer_config, d_model, 12, device=device, sparse_tables=True)
+    steps = {"dense": make_step(dense, args.tokens, device), "peer": make_step(peer, args.tokens, device),
+             "peer_sparse_tables": make_step(peer_sparse, args.tokens, device)}
+    if not args.skip_reference:
+        steps["peer_reference_backend"] = make_step(peer, args.tokens, device, kernel_backend="reference")
+    results = measure_steps(steps, args.repeats, device)
+    for result in results.values():
+        result["time_vs_dense"] = result["seconds"] / results["dense"]["seconds"]
+        result["memory_vs_dense"] = result["peak_bytes"] / max(1.0, results["dense"]["peak_bytes"])
+    return results
+
+
+def run_million_experts(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+    """Build a PEER layer with N = 1024² experts and run one forward+backward."""
+    start = time.perf_counter()
+    config = PEERConfig(n_experts=1024 ** 2, n_heads=args.heads, top_k=args.top_k, d_key=args.d_key)
+    layer = build_ffw(config, args.d_model, 12, device=device, sparse_tables=True)
+    build_seconds = time.perf_counter() - start
+    result = measure_steps({"peer": make_step(layer, args.large_tokens, device)}, 1, device)["peer"]
+    result.update(build_seconds=build_seconds, tokens=args.large_tokens,
+                  n_params=float(sum(p.numel() for p in layer.parameters())))
+    return result
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="isoflop bench layers", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--d-model", type=int, default=256, help="residual width d")
+    parser.add_argument("--n-experts", type=int, default=256 ** 2, help="PEER experts N (a perfect square)")
+    parser.add_argument("--heads", type=int, default=8, help="PEER heads h")
+    parser.add_argument("--top-k", type=int, default=16, help="PEER experts per head k")
+    parser.add_argument("--d-key", type=int, default=128, help="PEER query/key width")
+    parser.add_argument("--tokens", type=int, default=2048, help="tokens per forward+backward")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions (median reported)")
+    parser.add_argument("--large-tokens", type=int, default=128, help="tokens for the N = 1024² run")
+    parser.add_argument("--skip-large", action="store_true", help="skip the N = 1024² run")
+    parser.add_argument("--skip-reference", action="store_true", help="skip the materialising reference backend")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(argv)
+    device = torch.device(args.device)
+    print(f"device={device} threads={torch.get_num_threads()} d_model={args.d_model} tokens={args.tokens} "
+          f"PEER N={args.n_experts} h={args.heads} k={args.top_k} d_key={args.d_key}", flush=True)
+    comparison = compare_peer_to_dense(args, device)
+    print(f"{'layer':<24}{'fwd+bwd ms':>12}{'peak MiB':>10}{'time/dense':>12}{'mem/dense':>11}")
+    for name, result in comparison.items():
+        print(f"{name:<24}{1e3 * result['seconds']:>12.1f}{result['peak_bytes'] / 2 ** 20:>10.1f}"
+              f"{result['time_vs_dense']:>12.2f}{result['memory_vs_dense']:>11.2f}", flush=True)
+    report: dict[str, object] = {"comparison": comparison}
+    if not args.skip_large:
+        large = run_million_experts(args, device)
+        report["million_experts"] = large
+        print(f"PEER N=1024² d={args.d_model}: {large['n_params'] / 1e6:.0f}M params, built in "
+              f"{large['build_seconds']:.1f} s, fwd+bwd of {args.large_tokens} tokens {large['seconds']:.2f} s, "
+              f"peak {large['peak_bytes'] / 2 ** 20:.0f} MiB (sparse table gradients)")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(report, handle, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
