@@ -145,7 +145,7 @@ class StreamingCorpus:
 
     def state_dict(self) -> dict:
         return {"kind": "streaming", "documents_consumed": self.documents_consumed,
-                "passes": self.passes, "buffer": self._buffer.tolist()}
+                "passes": self.passes, "buffer": self._buffer.copy()}
 
     def load_state_dict(self, state: dict) -> None:
         self.documents_consumed = int(state["documents_consumed"])

@@ -18,9 +18,16 @@ consistent state, those signals are blocked (``signal.pthread_sigmask``) from
 the start of :func:`run` and unblocked only between optimizer steps (and
 during the final evaluation): a signal that arrives mid-step waits, pending,
 until the step has finished. Threads started while the signals are blocked
-inherit the mask, so the signals reach the main thread; should one still be
-handled mid-step, :func:`checkpoint_active_run` declines (returns False) and
-the last periodic checkpoint is used.
+inherit the mask, so the signals reach the main thread. A thread that existed
+before (e.g. torch's intra-op pool, created by earlier work in the same
+process) may still take the signal and Python then runs the handler in the
+main thread mid-step; for that case each step starts by snapshotting the small
+part of the state the step changes before its update (data position, RNG
+states, model buffers such as BatchNorm statistics, running totals), and a
+checkpoint taken mid-step saves the state at the start of the step: the
+parameters and optimizer states change only in the update at the step's end.
+Only a signal handled during that update is declined (returns False; the last
+periodic checkpoint is used).
 """
 
 from __future__ import annotations
@@ -71,7 +78,15 @@ class TrainingState:
     step: int = 0  # optimizer steps done
     totals: dict = field(default_factory=lambda: {"elapsed_s": 0.0, "interval_loss_sum": 0.0,
                                                   "interval_steps": 0, "last_interval_loss": math.nan})
-    in_step: bool = False
+    in_step: bool = False  # between the start of a step and its update's end
+    in_update: bool = False  # parameters/optimizer states being changed
+    step_start_snapshot: dict = field(default_factory=dict)
+
+    def snapshot(self) -> None:
+        """What a mid-step checkpoint needs of the state at the start of this step."""
+        self.step_start_snapshot = {
+            "data": self.data.train.state_dict(), "rng": rng_states(), "totals": dict(self.totals),
+            "buffers": {name: buffer.detach().clone() for name, buffer in self.model.named_buffers()}}
 
 
 _ACTIVE: TrainingState | None = None
@@ -87,28 +102,41 @@ def checkpoint_active_run() -> bool:
     state = _ACTIVE
     if state is None:
         return False
-    if state.in_step:
-        print("isoflop train: warning: checkpoint requested mid-step; keeping the last periodic one",
-              flush=True)
+    if state.in_update:
+        print("isoflop train: warning: checkpoint requested during a parameter update; keeping the last "
+              "periodic one", flush=True)
         return False
     if state.context.is_main:
         save_checkpoint(state)
     return True
 
 
+def rng_states() -> dict:
+    """Python, numpy, torch CPU and CUDA random states."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
 def save_checkpoint(state: TrainingState) -> Path:
-    """Checkpoint of ``state`` after ``state.step`` steps (see :mod:`isoflop.checkpoint`)."""
+    """Checkpoint after ``state.step`` steps (see :mod:`isoflop.checkpoint`); called
+    mid-step, it saves the state at the start of the step (module docstring)."""
+    model_state = state.model.state_dict()
+    if state.in_step:
+        snapshot = state.step_start_snapshot
+        model_state.update({name: snapshot["buffers"][name] for name in snapshot["buffers"]
+                            if name in model_state})
+        data_state, rng, totals = snapshot["data"], snapshot["rng"], snapshot["totals"]
+    else:
+        data_state, rng, totals = state.data.train.state_dict(), rng_states(), dict(state.totals)
     payload = {
         "step": state.step,
-        "model": state.model.state_dict(),
+        "model": model_state,
         "dense_optimizer": state.dense_optimizer.state_dict(),
         "sparse_optimizer": state.sparse_optimizer.state_dict() if state.sparse_optimizer else None,
         "scheduler": {"kind": "warmup_cosine", "step": state.step},  # the lr is a function of the step
-        "data": state.data.train.state_dict(),
-        "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-        "totals": dict(state.totals),
+        "data": data_state,
+        "rng": rng,
+        "totals": totals,
     }
     return checkpoint.save(state.run_dir, state.step, state.spec.run_id, payload)
 
@@ -211,6 +239,7 @@ def run(spec: RunSpec, run_dir: str | Path) -> dict:
         interval_start, interval_first_step = time.perf_counter(), state.step
         while state.step < spec.steps:
             _set_signals_blocked(True)
+            state.snapshot()
             state.in_step = True
             step_start = time.perf_counter()
             learning_rate = learning_rate_at(state.step, spec)
@@ -237,6 +266,7 @@ def run(spec: RunSpec, run_dir: str | Path) -> dict:
                 break
             if world_size > 1 and sparse_parameters:
                 all_reduce_sparse_gradients(sparse_parameters, world_size)
+            state.in_update = True
             grad_norm = clip_gradients(parameters, spec.train.grad_clip)
             dense_optimizer.step()
             if sparse_optimizer is not None:
@@ -248,7 +278,7 @@ def run(spec: RunSpec, run_dir: str | Path) -> dict:
             state.totals["elapsed_s"] += time.perf_counter() - step_start
             state.totals["interval_loss_sum"] += loss_value
             state.totals["interval_steps"] += 1
-            state.in_step = False
+            state.in_step = state.in_update = False
 
             if state.step % spec.train.log_every_steps == 0 or state.step == spec.steps:
                 seconds = max(1e-9, time.perf_counter() - interval_start)

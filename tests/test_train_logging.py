@@ -1,0 +1,41 @@
+"""wandb offline logging into the run directory; peak FLOP/s lookup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from isoflop.errors import UserError
+from isoflop.hardware import lookup_peak_flops, measured_cpu_peak_flops, peak_flops
+from isoflop.study_config import DataConfig
+from isoflop.train import run
+from train_support import tiny_spec, write_corpus
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_directory_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    spec = tiny_spec(steps=2, logger="wandb",
+                     data=DataConfig(source="files", paths=[str(corpus)], validation_fraction=0.1))
+    result = run(spec, tmp_path / "run")
+    assert result["status"] == "completed"
+    offline_runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert offline_runs, "no offline wandb run under run_dir/wandb"
+    assert any(offline_runs[0].glob("*.wandb"))
+
+
+def test_peak_flops_table_and_cpu_measurement() -> None:
+    assert lookup_peak_flops("NVIDIA H100 80GB HBM3") == pytest.approx(989.4e12)
+    assert lookup_peak_flops("NVIDIA H100 PCIe") == pytest.approx(756e12)
+    assert lookup_peak_flops("NVIDIA A100-SXM4-80GB") == pytest.approx(312e12)
+    assert lookup_peak_flops("NVIDIA L40S") == pytest.approx(362.05e12)
+    assert lookup_peak_flops("NVIDIA H200") == pytest.approx(989.4e12)
+    assert lookup_peak_flops("mystery accelerator") is None
+    with pytest.raises(UserError, match="peak_flops"):
+        peak_flops("mystery accelerator")
+    measured = measured_cpu_peak_flops()
+    assert 1e8 < measured < 1e14 and peak_flops("cpu") == measured  # cached per process
