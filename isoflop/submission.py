@@ -169,11 +169,15 @@ class RunJob(Checkpointable):
 
 
 def _python_command(snapshot: Path) -> str:
-    """The job's interpreter, with the code snapshot first on its import path."""
+    """The job's interpreter, with the code snapshot first on its import path.
+
+    ``PYTHONSAFEPATH`` keeps ``python -m`` from putting the working directory
+    (often a checkout that keeps changing) ahead of the snapshot.
+    """
     import shlex
 
     python_path = os.pathsep.join(filter(None, [str(snapshot), os.environ.get("PYTHONPATH", "")]))
-    return shlex.join(["env", f"PYTHONPATH={python_path}", sys.executable])
+    return shlex.join(["env", "PYTHONSAFEPATH=1", f"PYTHONPATH={python_path}", sys.executable])
 
 
 def make_executor(cluster: ClusterConfig, sweep: SweepDir, snapshot: Path) -> submitit.Executor:

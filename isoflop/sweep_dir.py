@@ -154,7 +154,8 @@ class RunDir:
         append_jsonl(self.jobs_jsonl, {"event": event, "time": time.time(), **fields})
 
     def last_metrics(self) -> dict[str, Any] | None:
-        """The last line of metrics.jsonl that has a ``step`` (reads the file's tail only)."""
+        """The last training record (``step`` and ``loss``) of metrics.jsonl, else the last
+        record with a ``step``; reads the file's tail only."""
         path = self.metrics_jsonl
         try:
             with path.open("rb") as handle:
@@ -164,14 +165,17 @@ class RunDir:
                 lines = handle.read().decode(errors="replace").splitlines()
         except OSError:
             return None
+        fallback = None
         for line in reversed(lines):
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
             if isinstance(record, dict) and "step" in record:
-                return record
-        return None
+                if "loss" in record:
+                    return record
+                fallback = fallback or record
+        return fallback
 
 
 class SweepDir:

@@ -1,0 +1,87 @@
+"""Shared fixtures: the orchestration test sweep and a real single-node SLURM cluster.
+
+The SLURM cluster is started by ``scripts/slurm/start.sh`` (CI runs it before
+pytest); tests marked ``slurm`` skip with the reason when none answers.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from isoflop.cli import main
+
+SWEEP = "orchestration_test"
+
+
+def isoflop(*argv: str) -> int:
+    """Run the ``isoflop`` CLI in this process; returns its exit status."""
+    return main([str(arg) for arg in argv])
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.5) -> object:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def events(run_dir: Path) -> list[dict]:
+    path = run_dir / "jobs.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def status_rows(sweep: Path, capsys: pytest.CaptureFixture) -> list[dict]:
+    capsys.readouterr()
+    assert isoflop("status", sweep, "--format", "json") == 0
+    return json.loads(capsys.readouterr().out)["runs"]
+
+
+def _slurm_problem() -> str | None:
+    if shutil.which("sbatch") is None or shutil.which("sacct") is None:
+        return "no SLURM client commands on PATH (run scripts/slurm/start.sh)"
+    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, check=False)
+    if ping.returncode != 0 or "UP" not in ping.stdout:
+        return f"no SLURM controller answers ({' '.join((ping.stdout + ping.stderr).split())[:120]})"
+    accounting = subprocess.run(["sacct", "--noheader", "--starttime=now-1minute"], capture_output=True,
+                                text=True, check=False)
+    if accounting.returncode != 0:
+        return f"SLURM accounting is not running ({' '.join(accounting.stderr.split())[:120]})"
+    return None
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> str:
+    """The name of the default partition of a running SLURM cluster (skips without one)."""
+    problem = _slurm_problem()
+    if problem:
+        pytest.skip(problem)
+    partitions = subprocess.run(["sinfo", "--noheader", "--format=%P"], capture_output=True, text=True,
+                                check=True).stdout.split()
+    default = next((name.rstrip("*") for name in partitions if name.endswith("*")), partitions[0])
+    return default
+
+
+@pytest.fixture(scope="session")
+def urgent_partition(slurm_cluster: str) -> str:
+    """A partition whose jobs preempt the default one's (scripts/slurm/slurm.conf.in: ``urgent``)."""
+    partitions = subprocess.run(["sinfo", "--noheader", "--format=%P"], capture_output=True, text=True,
+                                check=True).stdout.split()
+    if "urgent" not in partitions:
+        pytest.skip("no `urgent` partition to preempt with (start the cluster with scripts/slurm/start.sh)")
+    return "urgent"
