@@ -14,8 +14,10 @@ hash is recorded with each submission. This module imports no torch.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
+import io
 import os
 import shutil
 import socket
@@ -215,7 +217,7 @@ def _scheduler_error(error: Exception) -> str:
     if isinstance(text, bytes):
         text = text.decode(errors="replace")
     lines = [line.strip() for line in str(text).splitlines() if "error" in line.lower()]
-    return (lines[-1] if lines else " ".join(str(text).split()))[:300]
+    return (" / ".join(dict.fromkeys(lines)) if lines else " ".join(str(text).split()))[:300]
 
 
 def submit_runs(cluster: ClusterConfig, sweep: SweepDir, runs: list[tuple[RunDir, dict[str, Any]]]
@@ -233,10 +235,12 @@ def submit_runs(cluster: ClusterConfig, sweep: SweepDir, runs: list[tuple[RunDir
     executor = make_executor(cluster, sweep, snapshot)
     slots = str(sweep.path / "slots") if cluster.executor == "local" else None
     jobs_to_submit = [RunJob(spec, str(run.path), slots, cluster.max_parallel) for run, spec in runs]
+    scheduler_output = io.StringIO()  # submitit echoes sbatch's stderr; the error below says it once
     try:
-        with executor.batch():
+        with contextlib.redirect_stderr(scheduler_output), executor.batch():
             jobs = [executor.submit(job) for job in jobs_to_submit]
-    except (subprocess.CalledProcessError, submitit.core.utils.FailedSubmissionError, OSError) as error:
+    except (subprocess.CalledProcessError, submitit.core.utils.FailedSubmissionError,
+            submitit.core.utils.FailedJobError, OSError) as error:
         raise UserError(f"the scheduler refused the jobs: {_scheduler_error(error)}; check the cluster "
                         "settings (cluster.partition, account, qos, ...) in conf/cluster/") from None
     records = []

@@ -18,6 +18,7 @@ import pytest
 from isoflop.cli import main
 
 SWEEP = "orchestration_test"
+LONG_RUN = ("--budget", "5e9", "ladder.shapes=[[1,32,2]]")  # one run of 288 steps, to interrupt
 
 
 def isoflop(*argv: str) -> int:
@@ -50,6 +51,15 @@ def status_rows(sweep: Path, capsys: pytest.CaptureFixture) -> list[dict]:
     capsys.readouterr()
     assert isoflop("status", sweep, "--format", "json") == 0
     return json.loads(capsys.readouterr().out)["runs"]
+
+
+@pytest.fixture(scope="session")
+def reference_result(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """result.json of the long run trained without interruption (in-process)."""
+    root = tmp_path_factory.mktemp("reference")
+    assert isoflop("submit", "--sweep", SWEEP, "--root", root, *LONG_RUN, "cluster=debug") == 0
+    (result,) = (root / SWEEP / "runs").glob("*/result.json")
+    return json.loads(result.read_text())
 
 
 def _slurm_problem() -> str | None:

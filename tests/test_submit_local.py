@@ -10,18 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SWEEP, events, isoflop, metrics, status_rows, wait_until
-
-LONG_RUN = ("--budget", "3e9", "ladder.shapes=[[1,32,2]]")  # one run, 173 steps
-
-
-@pytest.fixture(scope="session")
-def reference_result(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """result.json of the long run trained without interruption (in-process)."""
-    root = tmp_path_factory.mktemp("reference")
-    assert isoflop("submit", "--sweep", SWEEP, "--root", root, *LONG_RUN, "cluster=debug") == 0
-    (result,) = (root / SWEEP / "runs").glob("*/result.json")
-    return json.loads(result.read_text())
+from conftest import LONG_RUN, SWEEP, events, isoflop, metrics, status_rows, wait_until
 
 
 @pytest.mark.slow
