@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -87,7 +87,7 @@ class PackedCorpus:
 class StreamingCorpus:
     """Documents streamed in order (Hub datasets), packed on the fly."""
 
-    def __init__(self, documents: "callable", tokenizer: Tokenizer, seq_len: int,
+    def __init__(self, documents: Callable[[], Iterator[str]], tokenizer: Tokenizer, seq_len: int,
                  validation_fraction: float | None, allow_multiple_epochs: bool) -> None:
         self._open_documents = documents  # () -> Iterator[str], a fresh pass each call
         self.tokenizer = tokenizer
@@ -161,7 +161,7 @@ class TrainingData:
 
     train: PackedCorpus | StreamingCorpus
     tokenizer: Tokenizer
-    validation_tokens: "callable"  # (max_tokens) -> (n,) int32 ids
+    validation_tokens: Callable[[int], np.ndarray]  # max_tokens -> (<= max_tokens + 1,) int32 ids
     source: str
     content_hash: str
     n_documents: int | None
