@@ -94,7 +94,9 @@ def test_preempted_job_checkpoints_requeues_and_finishes_like_an_uninterrupted_r
     wait_until(lambda: status_rows(sweep, capsys)[0]["state"] in ("preempted", "pending", "running"), 30,
                "the job to be requeued")
     wait_until(lambda: count("started") >= 2, 120, "the requeued job to start again")
-    resumed_at = [m for m in metrics(run_dir) if m.get("kind") == "resume"][0]["step"]
+    resumes = wait_until(lambda: [m for m in metrics(run_dir) if m.get("kind") == "resume"], 60,
+                         "the requeued job to resume from its checkpoint")
+    resumed_at = resumes[0]["step"]
     assert resumed_at >= 10
 
     # 2. submitit's simulated preemption
