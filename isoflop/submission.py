@@ -121,7 +121,12 @@ class RunJob(Checkpointable):
             result = train.run(RunSpec.from_dict(self.spec), Path(self.run_dir))
         except BaseException as error:
             if rank == 0 and not isinstance(error, SystemExit):
-                run.record_event("failed", job_id=_job_id(self.in_process_job_id), error=f"{type(error).__name__}: {error}"[:500])
+                # A preempting scheduler may requeue the job itself first, so that
+                # submitit's own `scontrol requeue` is refused: not a failure of the run.
+                refused = isinstance(error, subprocess.CalledProcessError) and "requeue" in error.cmd
+                run.record_event("requeue_refused" if refused else "failed",
+                                 job_id=_job_id(self.in_process_job_id),
+                                 error=f"{type(error).__name__}: {error}"[:500])
             raise
         finally:
             if slot is not None:

@@ -18,7 +18,7 @@ import pytest
 from isoflop.cli import main
 
 SWEEP = "orchestration_test"
-LONG_RUN = ("--budget", "5e9", "ladder.shapes=[[1,32,2]]")  # one run of 288 steps, to interrupt
+LONG_RUN = ("--budget", "1e10", "ladder.shapes=[[1,32,2]]")  # one run of 577 steps, to interrupt
 
 
 def isoflop(*argv: str) -> int:
@@ -26,7 +26,7 @@ def isoflop(*argv: str) -> int:
     return main([str(arg) for arg in argv])
 
 
-def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.5) -> object:
+def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.2) -> object:
     """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -1,0 +1,42 @@
+"""Sweep directory primitives: atomic writes, job records, array-id expansion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from isoflop.scheduler_state import expand_job_ids, run_state
+from isoflop.sweep_dir import RunDir, append_jsonl, read_jsonl, write_json_atomic
+
+
+def test_atomic_write_leaves_no_temporary_files(tmp_path: Path) -> None:
+    write_json_atomic(tmp_path / "result.json", {"status": "completed"})
+    write_json_atomic(tmp_path / "result.json", {"status": "diverged"})
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+    assert RunDir(tmp_path).result() == {"status": "diverged"}
+
+
+def test_a_torn_last_record_is_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.jsonl"
+    append_jsonl(path, {"event": "submitted", "job_id": "1"})
+    with path.open("a") as handle:
+        handle.write('{"event": "sta')
+    assert read_jsonl(path) == [{"event": "submitted", "job_id": "1"}]
+
+
+def test_pending_array_ranges_expand() -> None:
+    assert expand_job_ids("12_[0-2,5%4]") == ["12_0", "12_1", "12_2", "12_5"]
+    assert expand_job_ids("12_3") == ["12_3"]
+
+
+def test_run_state_from_files_and_scheduler_view(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "run")
+    assert run_state(run, None, None, now=0) == "planned"
+    submission = {"event": "submitted", "job_id": "7_0", "executor": "slurm", "time": 100.0}
+    assert run_state(run, submission, "unknown", now=110) == "pending"  # sacct lags
+    assert run_state(run, submission, "unknown", now=1000) == "failed"
+    run.record_event("started", job_id="7_0")
+    run.record_event("checkpointed", job_id="7_0")
+    assert run_state(run, submission, "pending", now=200) == "preempted"
+    assert run_state(run, submission, "cancelled", now=200) == "cancelled"
+    write_json_atomic(run.result_json, {"status": "completed"})
+    assert run_state(run, submission, "running", now=200) == "completed"
