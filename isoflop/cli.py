@@ -70,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         raise
     parser = OneLineArgumentParser(prog=prog, description=help_text)
     module.add_arguments(parser)
-    args = parser.parse_args(argv[1:])
+    # KEY=VALUE overrides may follow any flag (`submit --dry-run cluster=slurm`);
+    # argparse's intermixed parsing allows that but not REMAINDER arguments.
+    takes_remainder = any(action.nargs == argparse.REMAINDER for action in parser._actions)
+    args = parser.parse_args(argv[1:]) if takes_remainder else parser.parse_intermixed_args(argv[1:])
     try:
         return int(module.run(args) or 0)
     except UserError as error:

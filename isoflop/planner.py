@@ -167,9 +167,10 @@ def plan(study: StudyConfig) -> Plan:
                                 f">= {minimum:.3g} FLOPs or lower ladder.min_steps / train.batch_size")
             below = sum(run in data_rich for run in kept)
             above = len(kept) - below
-            if below < 2 or above < 2:
+            if below < min(2, ladder.sizes_below) or above < min(2, ladder.sizes_above):
                 notes.append(f"{method} at {budget_flops:.3g} FLOPs: {below} sizes below and {above} above "
-                             f"the D={ladder.tokens_per_param:g}N estimate (wanted >= 2 each side); widen "
+                             f"the D={ladder.tokens_per_param:g}N estimate (wanted {ladder.sizes_below} and "
+                             f"{ladder.sizes_above}); widen "
                              "the ladder (ladder.min_layers/max_layers) or change the budget")
             runs.extend(kept)
     return Plan(runs=tuple(runs), dropped=tuple(dropped), notes=tuple(notes))

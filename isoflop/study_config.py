@@ -82,9 +82,9 @@ class LadderConfig:
     min_steps: int = 100
 
     def __post_init__(self) -> None:
-        _require(self.sizes_below >= 2, "ladder.sizes_below", self.sizes_below, "must be >= 2",
+        _require(self.sizes_below >= 1, "ladder.sizes_below", self.sizes_below, "must be >= 1",
                  "use 2 or more so the optimum is bracketed")
-        _require(self.sizes_above >= 2, "ladder.sizes_above", self.sizes_above, "must be >= 2",
+        _require(self.sizes_above >= 1, "ladder.sizes_above", self.sizes_above, "must be >= 1",
                  "use 2 or more so the optimum is bracketed")
         _require(self.size_ratio >= 1, "ladder.size_ratio", self.size_ratio, "must be >= 1",
                  "use e.g. 1.5 (1 keeps every candidate)")

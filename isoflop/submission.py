@@ -175,7 +175,7 @@ class RunJob(Checkpointable):
                     pass
 
 
-def _python_command(snapshot: Path) -> str:
+def _python_command(snapshot: Path, threads_per_task: int) -> str:
     """The job's interpreter, with the code snapshot first on its import path.
 
     ``PYTHONSAFEPATH`` keeps ``python -m`` from putting the working directory
@@ -184,13 +184,18 @@ def _python_command(snapshot: Path) -> str:
     import shlex
 
     python_path = os.pathsep.join(filter(None, [str(snapshot), os.environ.get("PYTHONPATH", "")]))
-    return shlex.join(["env", "PYTHONSAFEPATH=1", f"PYTHONPATH={python_path}", sys.executable])
+    # Threads per task = the CPUs the scheduler gives it: torch and BLAS otherwise
+    # start one thread per core of the machine, and jobs that share the machine
+    # (local max_parallel, or SLURM jobs on one node) slow each other down several-fold.
+    threads = [f"{name}={threads_per_task}" for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                                         "OPENBLAS_NUM_THREADS")]
+    return shlex.join(["env", "PYTHONSAFEPATH=1", f"PYTHONPATH={python_path}", *threads, sys.executable])
 
 
 def make_executor(cluster: ClusterConfig, sweep: SweepDir, snapshot: Path) -> submitit.Executor:
     """A submitit executor (local or slurm) writing into ``<sweep>/submitit/``."""
     folder = sweep.submitit_dir
-    python = _python_command(snapshot)
+    python = _python_command(snapshot, cluster.cpus_per_task)
     if cluster.executor == "local":
         executor = submitit.LocalExecutor(folder, max_num_timeout=cluster.max_requeues, python=python)
         executor.update_parameters(timeout_min=cluster.timeout_min, tasks_per_node=cluster.tasks_per_node,

@@ -6,6 +6,18 @@ pytest); tests marked ``slurm`` skip with the reason when none answers.
 
 from __future__ import annotations
 
+import os
+
+# One BLAS/OpenMP thread per process: the suite runs several training processes
+# at once on small machines, and oversubscribed BLAS threads slow the
+# optimisers' small matrix work by an order of magnitude. Set before numpy loads.
+for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
+
+# Triton kernels run on the CPU interpreter when there is no GPU; the variable
+# must be set before anything imports triton (see tests/kernel_support.py).
+import kernel_support  # noqa: E402,F401
+
 import json
 import shutil
 import subprocess

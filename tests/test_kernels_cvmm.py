@@ -2,38 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
+import pytest
 import torch
+from kernel_support import BACKENDS, DEVICE, HAS_CUDA, TOLERANCE, assert_close  # sets TRITON_INTERPRET
+from torch.utils.flop_counter import FlopCounterMode
 
-if not torch.cuda.is_available():  # must precede the first triton import
-    os.environ["TRITON_INTERPRET"] = "1"
-
-import pytest  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-import kernels  # noqa: E402
-
-HAS_CUDA = torch.cuda.is_available()
-DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
-TOLERANCE = 2e-2 if HAS_CUDA else 1e-4  # GPU fp32 tl.dot uses TF32
-
-try:
-    import triton  # noqa: F401
-
-    HAS_TRITON = True
-except ImportError:
-    HAS_TRITON = False
-
-BACKENDS = ["torch", pytest.param("triton", marks=pytest.mark.skipif(not HAS_TRITON, reason="triton not installed"))]
-
-
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, tolerance: float, name: str) -> None:
-    """Max abs error relative to the reference's scale."""
-    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    scale = expected.abs().max().clamp_min(1e-6)
-    error = ((actual.float() - expected.float()).abs().max() / scale).item()
-    assert error < tolerance, f"{name}: relative error {error:.2e} >= {tolerance:.0e}"
+import kernels
 
 
 def make_index(rows: int, experts: int, used: list[int] | None, generator: torch.Generator) -> torch.Tensor:

@@ -87,27 +87,18 @@ def select_runs(sweep: Any, retry_failed: bool) -> tuple[list[Any], dict[str, in
     return chosen, counts
 
 
-def run(args: argparse.Namespace) -> int:
-    from isoflop.commands.plan import plan_rows, render_table
-    from isoflop.compose import load_study
+def submit_study(composed: Any, root: Path, name: str | None, retry_failed: bool, new: bool) -> Any:
+    """Write (or reuse) the sweep directory of ``composed`` under ``root`` and submit
+    every pending run; returns the :class:`~isoflop.sweep_dir.SweepDir`."""
+    from isoflop.commands.plan import plan_rows
     from isoflop.planner import plan
     from isoflop.submission import package_version, submit_runs
     from isoflop.sweep_dir import SweepDir, write_json_atomic
 
-    composed = load_study(args.sweep, args.overrides, args.budgets)
     study, cluster = composed.study, composed.study.cluster
     study_plan = plan(study)
     rows = plan_rows(study_plan.runs)
-    if args.dry_run:
-        sys.stdout.write(render_table(rows))
-        for note in study_plan.notes:
-            print(f"note: {note}")
-        print(f"would submit {len(rows)} runs with cluster.executor={cluster.executor} "
-              f"to {args.root / (args.name or study.name)}")
-        print(cost_estimate(study_plan.runs, cluster))
-        return 0
-    path = choose_sweep_path(args.root, args.name or study.name, composed.resolved_yaml,
-                             args.name is not None, args.new)
+    path = choose_sweep_path(root, name or study.name, composed.resolved_yaml, name is not None, new)
     sweep = SweepDir(path)
     sweep.create(composed.resolved_yaml, rows, {
         "sweep": composed.sweep, "study": study.name, "created_at": time.time(),
@@ -118,16 +109,35 @@ def run(args: argparse.Namespace) -> int:
             run_dir = sweep.run(spec.run_id)
             if not run_dir.run_json.is_file():
                 write_json_atomic(run_dir.run_json, spec.to_dict())
-        to_submit, counts = select_runs(sweep, args.retry_failed)
+        to_submit, counts = select_runs(sweep, retry_failed)
         specs = {spec.run_id: spec.to_dict() for spec in study_plan.runs}
         records = submit_runs(cluster, sweep, [(run_dir, specs[run_dir.run_id]) for run_dir in to_submit])
     skipped = ", ".join(f"{count} {state}" for state, count in sorted(counts.items())
-                        if state != "planned" and not (args.retry_failed and state in ("failed", "cancelled")))
+                        if state != "planned" and not (retry_failed and state in ("failed", "cancelled")))
     jobs = sorted({record.job_id.split("_")[0] for record in records})
     print(f"submitted {len(records)} of {len(rows)} runs to {cluster.executor}"
           f"{' (jobs ' + ', '.join(jobs[:5]) + ')' if jobs else ''}"
           f"{'; left alone: ' + skipped if skipped else ''}", file=sys.stderr)
-    if not args.retry_failed and counts.get("failed", 0) + counts.get("cancelled", 0):
+    if not retry_failed and counts.get("failed", 0) + counts.get("cancelled", 0):
         print("some runs failed or were cancelled: pass --retry-failed to resubmit them", file=sys.stderr)
+    return sweep
+
+
+def run(args: argparse.Namespace) -> int:
+    from isoflop.commands.plan import plan_rows, render_table
+    from isoflop.compose import load_study
+    from isoflop.planner import plan
+
+    composed = load_study(args.sweep, args.overrides, args.budgets)
+    if args.dry_run:
+        study_plan = plan(composed.study)
+        sys.stdout.write(render_table(plan_rows(study_plan.runs)))
+        for note in study_plan.notes:
+            print(f"note: {note}")
+        print(f"would submit {len(study_plan.runs)} runs with cluster.executor="
+              f"{composed.study.cluster.executor} to {args.root / (args.name or composed.study.name)}")
+        print(cost_estimate(study_plan.runs, composed.study.cluster))
+        return 0
+    sweep = submit_study(composed, args.root, args.name, args.retry_failed, args.new)
     print(sweep.path)
     return 0

@@ -1,0 +1,54 @@
+"""``isoflop study``: plan, train and analyse a whole study, following progress.
+
+The laptop path through the tool: the study's runs are submitted (the local
+executor by default), followed live until every run has ended, then analysed
+into ``<sweep>/report``. Re-running the same command continues an interrupted
+study: completed runs are kept, live ones are left alone, and failed or
+interrupted ones resume from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from isoflop.commands.common import add_study_arguments
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_study_arguments(parser)
+    parser.add_argument("--root", type=Path, required=True, metavar="DIR",
+                        help="folder holding sweep directories; the study goes to DIR/<name>")
+    parser.add_argument("--name", default=None, help="sweep directory name (default: the study's name)")
+    parser.add_argument("--interval", type=float, default=5.0, metavar="SECONDS",
+                        help="progress refresh period (default: 5)")
+    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                        help="bootstrap resamples of the analysis (default: 1000)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import analysis.command
+    from isoflop.commands.submit import submit_study
+    from isoflop.commands.wait import follow
+    from isoflop.compose import load_study
+
+    started = time.monotonic()
+    composed = load_study(args.sweep, args.overrides, args.budgets)
+    sweep = submit_study(composed, args.root, args.name, retry_failed=True, new=False)
+    print(f"sweep: {sweep.path}", file=sys.stderr)
+    all_completed = follow(sweep, args.interval) == 0
+    trained = time.monotonic()
+
+    analyze_parser = argparse.ArgumentParser(prog="isoflop analyze")
+    analysis.command.add_arguments(analyze_parser)
+    analyze_args = analyze_parser.parse_args([str(sweep.path), "--bootstrap", str(args.bootstrap)])
+    analysis_status = analysis.command.run(analyze_args)
+    print(f"study {composed.study.name}: training {trained - started:.0f} s, analysis "
+          f"{time.monotonic() - trained:.0f} s; report: {sweep.path / 'report' / 'report.md'}")
+    if not all_completed:
+        print("some runs did not complete (see `isoflop status`); re-run this command to continue them",
+              file=sys.stderr)
+        return 1
+    return analysis_status

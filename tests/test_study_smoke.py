@@ -1,0 +1,42 @@
+"""The whole pipeline on the smoke study: plan, train (local processes), analyse."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from isoflop.cli import main
+
+FIT_STATUSES = {"ok", "too_few_points", "concave", "vertex_outside_range"}
+
+
+@pytest.mark.slow
+def test_smoke_study_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["study", "--sweep", "smoke", "--root", str(tmp_path), "--interval", "1", "--bootstrap", "50"])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err[-2000:]
+    sweep = tmp_path / "smoke"
+    run_dirs = sorted((sweep / "runs").iterdir())
+    assert len(run_dirs) >= 16
+    for run_dir in run_dirs:
+        result = json.loads((run_dir / "result.json").read_text())
+        assert result["status"] == "completed", run_dir.name
+        assert result["eval"]["validation"]["loss"] > 0
+    report = sweep / "report"
+    with open(report / "optima.csv") as handle:
+        optima = list(csv.DictReader(handle))
+    assert {row["method"] for row in optima} == {"dense", "moe", "pkm", "peer"}
+    assert all(row["status"] in FIT_STATUSES for row in optima)
+    assert all(row["n_opt"] for row in optima if row["status"] == "ok")
+    assert (report / "powerlaws.csv").stat().st_size > 0
+    for figure in ("isoflop.png", "isoflop.pdf", "scaling.png", "scaling.pdf"):
+        assert (report / figure).stat().st_size > 1000, figure
+    assert "isoflop.png" in (report / "report.md").read_text()
+    assert str(report / "report.md") in captured.out
+
+    # Running the same study again continues it: nothing is trained twice.
+    assert main(["study", "--sweep", "smoke", "--root", str(tmp_path), "--interval", "1", "--bootstrap", "50"]) == 0
+    assert f"submitted 0 of {len(run_dirs)}" in capsys.readouterr().err
