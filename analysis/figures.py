@@ -74,7 +74,14 @@ def plot_isoflop(runs: pd.DataFrame, optima: list[Optimum], stem: Path, value_co
     colors = group_colors(groups)
     budget_colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.9, len(budgets)))
     optimum_by_key = {(o.group, o.budget): o for o in optima}
-    any_extrapolated = False
+    any_extrapolated = any_clipped = False
+    # The x window: the sampled sizes and the fitted optima, with a quarter decade
+    # of margin. A bootstrap interval reaching past it (a flat resample puts its
+    # vertex decades away) is clipped at the edge and marked with a triangle,
+    # so one wide interval does not squeeze every curve into a corner.
+    window_sizes = [float(runs["params"].min()), float(runs["params"].max())]
+    window_sizes += [o.n_opt for o in optima if o.n_opt is not None and np.isfinite(o.n_opt) and o.n_opt > 0]
+    window_low, window_high = min(window_sizes) / 10**0.25, max(window_sizes) * 10**0.25
     with plt.rc_context(STYLE):
         figure, axes = plt.subplots(figsize=FIGURE_SIZE_INCHES, layout="constrained")
         for group in groups:
@@ -104,11 +111,18 @@ def plot_isoflop(runs: pd.DataFrame, optima: list[Optimum], stem: Path, value_co
                 if optimum.n_opt is not None and optimum.loss_opt is not None:
                     extrapolated = optimum.params_fit.status != "ok"
                     if np.isfinite(optimum.n_opt_lo) and np.isfinite(optimum.n_opt_hi):
+                        low_end, high_end = max(optimum.n_opt_lo, window_low), min(optimum.n_opt_hi, window_high)
                         axes.errorbar(optimum.n_opt, optimum.loss_opt, capsize=3, color=color, linewidth=1.2, zorder=4,
-                                      xerr=[[optimum.n_opt - optimum.n_opt_lo], [optimum.n_opt_hi - optimum.n_opt]])
+                                      xerr=[[max(optimum.n_opt - low_end, 0.0)], [max(high_end - optimum.n_opt, 0.0)]])
+                        for end, clipped, triangle in ((low_end, optimum.n_opt_lo < window_low, "<"),
+                                                       (high_end, optimum.n_opt_hi > window_high, ">")):
+                            if clipped:
+                                axes.scatter(end, optimum.loss_opt, marker=triangle, s=40, color=color, zorder=4)
+                                any_clipped = True
                     axes.scatter(optimum.n_opt, optimum.loss_opt, marker="*", s=170, zorder=5, linewidths=0.8,
                                  color="white" if extrapolated else color, edgecolors="black")
         axes.set_xscale("log")
+        axes.set_xlim(window_low, window_high)
         axes.set_xlabel(f"Parameters ({params_label})")
         axes.set_ylabel(value_label)
         axes.set_title(title)
@@ -132,6 +146,9 @@ def plot_isoflop(runs: pd.DataFrame, optima: list[Optimum], stem: Path, value_co
         if any_extrapolated:
             handles.append(Line2D([], [], color="black", marker="*", markersize=11, linestyle="none", markerfacecolor="white",
                                   label="extrapolated optimum"))
+        if any_clipped:
+            handles.append(Line2D([], [], color="0.35", marker=">", linestyle="none",
+                                  label="interval continues past the axis"))
         figure.legend(handles=handles, loc="outside right upper", title=header, frameon=False)
         return _save(figure, stem)
 
