@@ -230,6 +230,29 @@ def _scheduler_error(error: Exception) -> str:
     return (" / ".join(dict.fromkeys(lines)) if lines else " ".join(str(text).split()))[:300]
 
 
+@contextlib.contextmanager
+def _standard_streams_closed_to_children():  # noqa: ANN202 - a context manager
+    """Point file descriptors 1 and 2 at /dev/null while local jobs are started.
+
+    submitit's local controllers inherit this process's descriptors; a job
+    holding ``isoflop submit``'s stdout open would keep ``isoflop submit | tail``
+    waiting until every job ended. The jobs write their own log files.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for descriptor in (*saved, null):
+            os.close(descriptor)
+
+
 def submit_runs(cluster: ClusterConfig, sweep: SweepDir, runs: list[tuple[RunDir, dict[str, Any]]]
                 ) -> list[JobRecord]:
     """Submit one job per (run folder, spec dict); SLURM gets a single job array.
@@ -247,7 +270,8 @@ def submit_runs(cluster: ClusterConfig, sweep: SweepDir, runs: list[tuple[RunDir
     jobs_to_submit = [RunJob(spec, str(run.path), slots, cluster.max_parallel) for run, spec in runs]
     scheduler_output = io.StringIO()  # submitit echoes sbatch's stderr; the error below says it once
     try:
-        with contextlib.redirect_stderr(scheduler_output), executor.batch():
+        detach = _standard_streams_closed_to_children() if cluster.executor == "local" else contextlib.nullcontext()
+        with detach, contextlib.redirect_stderr(scheduler_output), executor.batch():
             jobs = [executor.submit(job) for job in jobs_to_submit]
     except (subprocess.CalledProcessError, submitit.core.utils.FailedSubmissionError,
             submitit.core.utils.FailedJobError, OSError) as error:
