@@ -1,7 +1,10 @@
 """``isoflop cancel SWEEP_DIR [--run RUN_ID]...``: cancel live jobs of a sweep.
 
 SLURM jobs are cancelled with one ``scancel`` call; local jobs get SIGINT
-(submitit's cancel: the controller stops its tasks). Each cancelled run gets
+(submitit's cancel: the controller stops its tasks) and, if they still run
+after a grace period — a process started where SIGINT is ignored, such as
+under ``nohup`` or a non-interactive background shell, never sees it — the
+controller and its tasks are killed. The run resumes from its last checkpoint. Each cancelled run gets
 a ``cancelled`` record in its jobs.jsonl; ``submit --retry-failed`` resumes it.
 """
 
@@ -12,7 +15,45 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+
+LOCAL_GRACE_S = 5.0
+
+
+def _children(parent_pid: int) -> list[int]:
+    """Pids whose parent is ``parent_pid`` (from /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == parent_pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def stop_local_job(controller_pid: int, grace_s: float = LOCAL_GRACE_S) -> None:
+    """SIGINT a local job's controller; SIGKILL it and its tasks if it outlives ``grace_s``."""
+    from isoflop.scheduler_state import local_job_alive
+
+    tasks = _children(controller_pid)
+    try:
+        os.kill(controller_pid, signal.SIGINT)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if not local_job_alive(str(controller_pid)):
+            return
+        time.sleep(0.1)
+    for pid in (*tasks, controller_pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,11 +80,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"scancel failed: {' '.join(completed.stderr.split())[:300]}; "
                             "check the job ids with squeue")
     for row in targets:
-        if row.executor == "local" and row.job_id:
-            try:
-                os.kill(int(row.job_id), signal.SIGINT)
-            except (ProcessLookupError, ValueError):
-                pass
+        if row.executor == "local" and row.job_id and row.job_id.isdigit():
+            stop_local_job(int(row.job_id))
         sweep.run(row.run_id).record_event("cancelled", job_id=row.job_id)
     print(f"cancelled {len(targets)} run(s)" + (f" ({len(slurm_ids)} SLURM jobs)" if slurm_ids else ""),
           file=sys.stderr)
