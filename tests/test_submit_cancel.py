@@ -7,19 +7,24 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LONG_RUN, SWEEP, isoflop, metrics, status_rows, wait_until
+from conftest import SWEEP, isoflop, metrics, status_rows, wait_until
+
+# One run of 5770 steps: long enough (seconds, even on a fast machine) to be cancelled mid-run.
+CANCELLABLE_RUN = ("--budget", "1e11", "ladder.shapes=[[1,32,2]]")
 
 
 @pytest.mark.slow
 def test_cancel_a_live_local_run_and_retry_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert isoflop("submit", "--sweep", SWEEP, "--root", tmp_path, *LONG_RUN, "cluster=local") == 0
+    assert isoflop("submit", "--sweep", SWEEP, "--root", tmp_path, *CANCELLABLE_RUN, "cluster=local") == 0
     sweep = tmp_path / SWEEP
     (run_dir,) = (sweep / "runs").iterdir()
     wait_until(lambda: any(m.get("step", 0) >= 5 for m in metrics(run_dir)), 120, "training to start")
+    capsys.readouterr()
     assert isoflop("cancel", sweep) == 0
+    assert "cancelled 1 run(s)" in capsys.readouterr().err
     wait_until(lambda: status_rows(sweep, capsys)[0]["state"] == "cancelled", 60, "the run to show cancelled")
     assert not (run_dir / "result.json").exists()
-    assert isoflop("submit", "--sweep", SWEEP, "--root", tmp_path, *LONG_RUN, "cluster=local",
+    assert isoflop("submit", "--sweep", SWEEP, "--root", tmp_path, *CANCELLABLE_RUN, "cluster=local",
                    "--retry-failed") == 0
     assert isoflop("wait", sweep, "--interval", "0.5", "--timeout", "240") == 0
     assert json.loads((run_dir / "result.json").read_text())["status"] == "completed"

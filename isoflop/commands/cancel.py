@@ -79,10 +79,15 @@ def run(args: argparse.Namespace) -> int:
         if completed.returncode != 0:
             raise UserError(f"scancel failed: {' '.join(completed.stderr.split())[:300]}; "
                             "check the job ids with squeue")
+    cancelled = 0
     for row in targets:
         if row.executor == "local" and row.job_id and row.job_id.isdigit():
             stop_local_job(int(row.job_id))
-        sweep.run(row.run_id).record_event("cancelled", job_id=row.job_id)
-    print(f"cancelled {len(targets)} run(s)" + (f" ({len(slurm_ids)} SLURM jobs)" if slurm_ids else ""),
+        run_dir = sweep.run(row.run_id)
+        if run_dir.result() is not None:  # it finished before the signal reached it
+            continue
+        run_dir.record_event("cancelled", job_id=row.job_id)
+        cancelled += 1
+    print(f"cancelled {cancelled} run(s)" + (f" ({len(slurm_ids)} SLURM jobs)" if slurm_ids else ""),
           file=sys.stderr)
     return 0
