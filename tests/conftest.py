@@ -30,7 +30,7 @@ import pytest
 from isoflop.cli import main
 
 SWEEP = "orchestration_test"
-LONG_RUN = ("--budget", "1e10", "ladder.shapes=[[1,32,2]]")  # one run of 577 steps, to interrupt
+LONG_RUN = ("--budget", "3e10", "ladder.shapes=[[1,32,2]]")  # one run of 1731 steps (~4 s of training), to interrupt
 
 
 def isoflop(*argv: str) -> int:
