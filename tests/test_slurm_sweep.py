@@ -89,7 +89,8 @@ def test_preempted_job_checkpoints_requeues_and_finishes_like_an_uninterrupted_r
     # 1. a job in the higher-priority partition takes every CPU of the node
     wait_until(lambda: progressed_past(20), 120, "the run to train 20 steps")
     subprocess.run(["sbatch", f"--partition={urgent_partition}", "--cpus-per-task=8", "--mem=500M",
-                    "--job-name=isoflop-urgent", "--wrap=sleep 2"], check=True, capture_output=True)
+                    "--job-name=isoflop-urgent", f"--output={tmp_path}/urgent-%j.out", "--wrap=sleep 2"],
+                   check=True, capture_output=True)
     wait_until(lambda: count("checkpointed") >= 1, 60, "the preempted job to checkpoint")
     wait_until(lambda: status_rows(sweep, capsys)[0]["state"] in ("preempted", "pending", "running"), 30,
                "the job to be requeued")
