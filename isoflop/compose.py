@@ -89,8 +89,6 @@ def load_study(sweep: str | None = None, overrides: list[str] | tuple[str, ...] 
             merged = OmegaConf.merge(schema, composed)
             resolved_yaml = OmegaConf.to_yaml(merged, resolve=True)
             study = OmegaConf.to_object(merged)
-        except UserError:
-            raise
         except (HydraException, OmegaConfBaseException, ValueError) as error:
             raise UserError(_explain(error)) from None
     if not isinstance(study, StudyConfig):  # pragma: no cover - schema guarantees it
@@ -122,7 +120,7 @@ def _explain(error: Exception) -> str:
     text = " ".join(str(error).split())
     full_key = getattr(error, "full_key", None)
     if "not in struct" in text or "ConfigKeyError" in type(error).__name__ or "Key '" in text:
-        key = full_key or text.split("'")[1] if "'" in text else text
+        key = full_key or (text.split("'")[1] if "'" in text else text)
         return (f"unknown config key {key!r}; check the spelling against conf/ (or add it with "
                 f"+{key}=VALUE if it is meant to be new)")
     if "Could not find" in text or "MissingConfig" in type(error).__name__:

@@ -9,6 +9,7 @@ Torch-free.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -285,7 +286,8 @@ class StudyConfig:
                 value = float(budget)
             except (TypeError, ValueError):
                 raise UserError(f"budgets: {budget!r} is not a number; pass FLOPs such as 6e18") from None
-            _require(value > 0, "budget", budget, "must be > 0 FLOPs", "pass e.g. --budget 6e18")
+            _require(math.isfinite(value) and value > 0, "budget", budget, "must be a finite number > 0 FLOPs",
+                     "pass e.g. --budget 6e18")
             budgets.append(value)
         object.__setattr__(self, "budgets", tuple(sorted(set(budgets))))
         _require(len(self.methods) > 0, "methods", self.methods, "needs at least one method",
