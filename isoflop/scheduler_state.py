@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
-from isoflop.sweep_dir import RunDir, SweepDir
+from isoflop.sweep_dir import SweepDir, last_submission
 
 LIVE = ("pending", "running", "preempted")
 TERMINAL = ("completed", "diverged", "failed", "cancelled")
@@ -134,16 +134,17 @@ class RunStatus:
         return asdict(self)
 
 
-def run_state(run: RunDir, submission: dict[str, Any] | None, view: str | None, now: float) -> str:
-    """The state of one run from its result, its job events and the scheduler's view."""
-    result = run.result()
+def run_state(result: dict[str, Any] | None, events: list[dict[str, Any]], submission: dict[str, Any] | None,
+              view: str | None, now: float) -> str:
+    """The state of one run from its result.json, its jobs.jsonl records, its last
+    submission and the scheduler's view of that job."""
     if result is not None:
         status = result.get("status")
         return status if status in ("completed", "diverged") else "failed"
     if submission is None:
         return "planned"
     job_id = submission["job_id"]
-    events = [event.get("event") for event in run.events()
+    events = [event.get("event") for event in events
               if event.get("job_id") == job_id and event.get("time", 0) >= submission.get("time", 0)]
     if view in ("pending", "running") and submission.get("executor") == "local":
         view = "running" if "started" in events else "pending"
@@ -163,8 +164,9 @@ def run_state(run: RunDir, submission: dict[str, Any] | None, view: str | None, 
 def sweep_status(sweep: SweepDir) -> list[RunStatus]:
     """The status of every run of ``sweep``, with one scheduler query per executor."""
     plan = sweep.plan_rows()
-    runs = list(sweep.runs())
-    submissions = {run.run_id: run.last_submission() for run in runs}
+    runs = list(sweep.runs(plan))
+    events = {run.run_id: run.events() for run in runs}
+    submissions = {run_id: last_submission(records) for run_id, records in events.items()}
     view = scheduler_view([record for record in submissions.values() if record is not None])
     now = time.time()
     rows = []
@@ -172,12 +174,12 @@ def sweep_status(sweep: SweepDir) -> list[RunStatus]:
         row = plan.get(run.run_id, {})
         submission = submissions[run.run_id]
         job_id = submission["job_id"] if submission else None
-        state = run_state(run, submission, view.get(job_id) if job_id else None, now)
+        result = run.result()
+        state = run_state(result, events[run.run_id], submission, view.get(job_id) if job_id else None, now)
         steps = int(float(row.get("steps", 0) or 0))
         metrics = run.last_metrics() or {}
         step = int(metrics.get("step", 0))
-        if state in ("completed", "diverged"):
-            result = run.result() or {}
+        if state in ("completed", "diverged") and result is not None:
             step = int(result.get("steps", step) or step)
         loss = metrics.get("loss")
         progress = 1.0 if state == "completed" else (min(1.0, step / steps) if steps else 0.0)

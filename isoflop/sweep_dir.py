@@ -115,6 +115,12 @@ class JobRecord:
                 "isoflop_version": self.isoflop_version}
 
 
+def last_submission(events: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The newest ``submitted`` record among a run's jobs.jsonl ``events``, or None."""
+    submissions = [event for event in events if event.get("event") == "submitted"]
+    return submissions[-1] if submissions else None
+
+
 class RunDir:
     """``runs/<run_id>/`` of a sweep."""
 
@@ -126,15 +132,7 @@ class RunDir:
     jobs_jsonl = property(lambda self: self.path / "jobs.jsonl")
     metrics_jsonl = property(lambda self: self.path / "metrics.jsonl")
     result_json = property(lambda self: self.path / "result.json")
-    checkpoints = property(lambda self: self.path / "checkpoints")
     logs = property(lambda self: self.path / "logs")
-
-    def spec_dict(self) -> dict[str, Any]:
-        """The content of run.json (raises UserError if it is missing)."""
-        spec = read_json(self.run_json)
-        if spec is None:
-            raise UserError(f"{self.run_json}: missing or unreadable; resubmit the sweep to rewrite it")
-        return spec
 
     def result(self) -> dict[str, Any] | None:
         """result.json, or None while the run has not ended."""
@@ -143,11 +141,6 @@ class RunDir:
     def events(self) -> list[dict[str, Any]]:
         """Every record of jobs.jsonl, oldest first."""
         return read_jsonl(self.jobs_jsonl)
-
-    def last_submission(self) -> dict[str, Any] | None:
-        """The newest ``submitted`` record, or None if the run was never submitted."""
-        submissions = [event for event in self.events() if event.get("event") == "submitted"]
-        return submissions[-1] if submissions else None
 
     def record_event(self, event: str, **fields: Any) -> None:
         """Append ``{"event": event, "time": now, **fields}`` to jobs.jsonl."""
@@ -206,17 +199,12 @@ class SweepDir:
     def run(self, run_id: str) -> RunDir:
         return RunDir(self.runs_dir / run_id)
 
-    def runs(self) -> Iterator[RunDir]:
-        """Every run of the plan, in plan order (plan.csv), else sorted by id."""
-        ids = self.planned_run_ids()
+    def runs(self, plan_rows: dict[str, dict[str, str]] | None = None) -> Iterator[RunDir]:
+        """Every run of the plan, in plan order (plan.csv, or ``plan_rows`` already
+        read from it), else sorted by id."""
+        ids = list(self.plan_rows() if plan_rows is None else plan_rows)
         for run_id in ids or sorted(p.name for p in self.runs_dir.iterdir() if p.is_dir()):
             yield self.run(run_id)
-
-    def planned_run_ids(self) -> list[str]:
-        if not self.plan_csv.is_file():
-            return []
-        with self.plan_csv.open(newline="") as handle:
-            return [row["run_id"] for row in csv.DictReader(handle)]
 
     def plan_rows(self) -> dict[str, dict[str, str]]:
         """plan.csv rows by run_id."""
@@ -224,9 +212,6 @@ class SweepDir:
             return {}
         with self.plan_csv.open(newline="") as handle:
             return {row["run_id"]: row for row in csv.DictReader(handle)}
-
-    def metadata(self) -> dict[str, Any]:
-        return read_json(self.marker) or {}
 
     def create(self, resolved_yaml: str, plan_rows: list[dict[str, Any]], metadata: dict[str, Any]) -> None:
         """Write study.yaml, plan.csv and sweep.json (the last one marks the folder a sweep)."""

@@ -30,13 +30,13 @@ def test_pending_array_ranges_expand() -> None:
 
 def test_run_state_from_files_and_scheduler_view(tmp_path: Path) -> None:
     run = RunDir(tmp_path / "run")
-    assert run_state(run, None, None, now=0) == "planned"
+    assert run_state(run.result(), run.events(), None, None, now=0) == "planned"
     submission = {"event": "submitted", "job_id": "7_0", "executor": "slurm", "time": 100.0}
-    assert run_state(run, submission, "unknown", now=110) == "pending"  # sacct lags
-    assert run_state(run, submission, "unknown", now=1000) == "failed"
+    assert run_state(run.result(), run.events(), submission, "unknown", now=110) == "pending"  # sacct lags
+    assert run_state(run.result(), run.events(), submission, "unknown", now=1000) == "failed"
     run.record_event("started", job_id="7_0")
     run.record_event("checkpointed", job_id="7_0")
-    assert run_state(run, submission, "pending", now=200) == "preempted"
-    assert run_state(run, submission, "cancelled", now=200) == "cancelled"
+    assert run_state(run.result(), run.events(), submission, "pending", now=200) == "preempted"
+    assert run_state(run.result(), run.events(), submission, "cancelled", now=200) == "cancelled"
     write_json_atomic(run.result_json, {"status": "completed"})
-    assert run_state(run, submission, "running", now=200) == "completed"
+    assert run_state(run.result(), run.events(), submission, "running", now=200) == "completed"
