@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 
 from isoflop.errors import UserError
-from isoflop.flops import model_costs
+from isoflop.flops import ModelCosts, model_costs
 from isoflop.run_spec import RunSpec
 from isoflop.study_config import StudyConfig
 from models.config import BackboneConfig, ModelConfig
@@ -81,9 +81,14 @@ def build_model_config(study: StudyConfig, ffw: FFWConfigBase, shape: tuple[int,
 
 
 def build_run(study: StudyConfig, method: str, budget_flops: float, model: ModelConfig) -> RunSpec:
-    """Cost one model at one budget and resolve every number its job needs."""
+    """Cost one model at one budget and resolve every number its job needs (with its run_id)."""
+    return _unnamed_run(study, method, budget_flops, model, model_costs(model, study.train.seq_len)).with_run_id()
+
+
+def _unnamed_run(study: StudyConfig, method: str, budget_flops: float, model: ModelConfig,
+                 costs: ModelCosts) -> RunSpec:
+    """`build_run` from a model already costed, before its run_id (a hash of the spec) is set."""
     train = study.train
-    costs = model_costs(model, train.seq_len)
     tokens_per_step = train.batch_size * train.seq_len
     steps = int(budget_flops // (costs.flops_per_token_train * tokens_per_step))
     micro_batch_size = train.micro_batch_size or train.batch_size
@@ -99,7 +104,7 @@ def build_run(study: StudyConfig, method: str, budget_flops: float, model: Model
         costs=costs.summary(), params_by_component=dict(costs.params),
         params_active_by_component=dict(costs.params_active),
         forward_flops_by_component=dict(costs.forward_flops_per_token), seed=train.seed)
-    return spec.with_run_id()
+    return spec
 
 
 def _spread(runs: list[RunSpec], count: int, size_ratio: float) -> list[RunSpec]:
@@ -140,17 +145,23 @@ def plan(study: StudyConfig) -> Plan:
     runs: list[RunSpec] = []
     dropped: list[DroppedRun] = []
     notes: list[str] = []
+    shapes = candidate_shapes(study)
+    costed_models = {method: [(model, model_costs(model, study.train.seq_len))
+                              for model in (build_model_config(study, ffw, shape) for shape in shapes)]
+                     for method, ffw in study.methods.items()}
+
+    def data_rich(run: RunSpec) -> bool:
+        """At least ``tokens_per_param`` tokens per active non-embedding parameter."""
+        return run.tokens >= ladder.tokens_per_param * run.costs["n_params_active_non_embedding"]
+
     for budget_flops in study.budgets:
-        for method, ffw in study.methods.items():
-            candidates = []
-            for shape in candidate_shapes(study):
-                run = build_run(study, method, budget_flops, build_model_config(study, ffw, shape))
-                candidates.append(run)
+        for method in study.methods:
+            candidates = [_unnamed_run(study, method, budget_flops, model, costs)
+                          for model, costs in costed_models[method]]
             candidates.sort(key=lambda run: run.costs["n_params_active_non_embedding"])
-            data_rich = [run for run in candidates
-                         if run.tokens >= ladder.tokens_per_param * run.costs["n_params_active_non_embedding"]]
-            data_poor = [run for run in candidates if run not in data_rich]
-            chosen = (_spread(data_rich[::-1], ladder.sizes_below, ladder.size_ratio)[::-1]
+            rich = [run for run in candidates if data_rich(run)]
+            data_poor = [run for run in candidates if not data_rich(run)]
+            chosen = (_spread(rich[::-1], ladder.sizes_below, ladder.size_ratio)[::-1]
                       + _spread(data_poor, ladder.sizes_above, ladder.size_ratio))
             kept = []
             for run in chosen:
@@ -159,13 +170,13 @@ def plan(study: StudyConfig) -> Plan:
                                               run.model.backbone.d_model,
                                               f"{run.steps} steps < ladder.min_steps={ladder.min_steps}"))
                 else:
-                    kept.append(run)
+                    kept.append(run.with_run_id())
             if not kept:
                 minimum = smallest_feasible_budget(study)
                 raise UserError(f"budget {budget_flops:.3g} FLOPs is too small for method {method}: no "
                                 f"model size trains ladder.min_steps={ladder.min_steps} steps; use a budget "
                                 f">= {minimum:.3g} FLOPs or lower ladder.min_steps / train.batch_size")
-            below = sum(run in data_rich for run in kept)
+            below = sum(map(data_rich, kept))
             above = len(kept) - below
             if below < min(2, ladder.sizes_below) or above < min(2, ladder.sizes_above):
                 notes.append(f"{method} at {budget_flops:.3g} FLOPs: {below} sizes below and {above} above "
