@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from isoflop.study_config import DataConfig, EvalDatasetConfig, TrainConfig
+from isoflop.study_config import DataConfig, TrainConfig
 from models.config import ModelConfig
 
 RUN_SPEC_VERSION = 1
@@ -96,9 +96,7 @@ class RunSpec:
         values = dict(values)
         values["model"] = ModelConfig.from_dict(values["model"])
         values["train"] = TrainConfig(**values["train"])
-        data = dict(values["data"])
-        data["eval_datasets"] = [EvalDatasetConfig(**item) for item in data.get("eval_datasets", [])]
-        values["data"] = DataConfig(**data)
+        values["data"] = DataConfig(**values["data"])  # it converts its eval_datasets dicts itself
         return cls(**values)
 
     def content_hash(self) -> str:
