@@ -75,6 +75,12 @@ def choose_sweep_path(root: Path, name: str, resolved_yaml: str, explicit_name: 
         candidate = root / f"{name}-{suffix}"
 
 
+def submittable(state: str, retry_failed: bool) -> bool:
+    """Whether a run in ``state`` is (re)submitted: planned ones always, failed and
+    cancelled ones with ``--retry-failed``."""
+    return state == "planned" or (retry_failed and state in ("failed", "cancelled"))
+
+
 def select_runs(sweep: Any, retry_failed: bool) -> tuple[list[Any], dict[str, int]]:
     """Run folders to submit now, and how many runs are in each state."""
     from isoflop.scheduler_state import sweep_status
@@ -82,7 +88,7 @@ def select_runs(sweep: Any, retry_failed: bool) -> tuple[list[Any], dict[str, in
     chosen, counts = [], {}
     for status in sweep_status(sweep):
         counts[status.state] = counts.get(status.state, 0) + 1
-        if status.state == "planned" or (retry_failed and status.state in ("failed", "cancelled")):
+        if submittable(status.state, retry_failed):
             chosen.append(sweep.run(status.run_id))
     return chosen, counts
 
@@ -103,17 +109,17 @@ def submit_study(composed: Any, root: Path, name: str | None, retry_failed: bool
     sweep.create(composed.resolved_yaml, rows, {
         "sweep": composed.sweep, "study": study.name, "created_at": time.time(),
         "isoflop_version": package_version(), "runs": len(rows)})
+    specs = {spec.run_id: spec.to_dict() for spec in study_plan.runs}
     with open(sweep.path / ".submit.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one submit per sweep at a time
-        for spec in study_plan.runs:
-            run_dir = sweep.run(spec.run_id)
+        for run_id, spec_dict in specs.items():
+            run_dir = sweep.run(run_id)
             if not run_dir.run_json.is_file():
-                write_json_atomic(run_dir.run_json, spec.to_dict())
+                write_json_atomic(run_dir.run_json, spec_dict)
         to_submit, counts = select_runs(sweep, retry_failed)
-        specs = {spec.run_id: spec.to_dict() for spec in study_plan.runs}
         records = submit_runs(cluster, sweep, [(run_dir, specs[run_dir.run_id]) for run_dir in to_submit])
     skipped = ", ".join(f"{count} {state}" for state, count in sorted(counts.items())
-                        if state != "planned" and not (retry_failed and state in ("failed", "cancelled")))
+                        if not submittable(state, retry_failed))
     jobs = sorted({record.job_id.split("_")[0] for record in records})
     print(f"submitted {len(records)} of {len(rows)} runs to {cluster.executor}"
           f"{' (jobs ' + ', '.join(jobs[:5]) + ')' if jobs else ''}"
