@@ -69,6 +69,16 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
         os.close(descriptor)
 
 
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    """CSV with a header of the first row's keys (empty text for no rows)."""
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return buffer.getvalue()
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Records of a JSON-lines file; a torn last line (a crash mid-write) is skipped."""
     if not path.is_file():
@@ -229,13 +239,8 @@ class SweepDir:
             write_json_atomic(self.marker, metadata)
 
     def write_plan(self, rows: list[dict[str, Any]]) -> None:
-        """plan.csv: one row per run, columns of the first row."""
-        buffer = io.StringIO()
-        if rows:
-            writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-        write_atomic(self.plan_csv, buffer.getvalue())
+        """plan.csv: the rows of ``isoflop plan --format csv``."""
+        write_atomic(self.plan_csv, csv_text(rows))
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:

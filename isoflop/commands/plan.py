@@ -8,16 +8,14 @@ planned model on the meta device and measures its forward FLOPs with
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from isoflop.commands.common import add_study_arguments, human_count
 from isoflop.errors import UserError
+from isoflop.sweep_dir import csv_text, write_atomic
 
 FORMATS = ("table", "csv", "json")
 VERIFY_TOLERANCE = 0.01
@@ -84,11 +82,7 @@ def render(rows: list[dict[str, Any]], output_format: str, runs: Any) -> str:
         full = [{**row, "model": run.model.to_dict(), "forward_flops_by_component": run.forward_flops_by_component,
                  "params_by_component": run.params_by_component} for row, run in zip(rows, runs)]
         return json.dumps(full, indent=2) + "\n"
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["run_id"], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
+    return csv_text(rows)
 
 
 def verify_flops(rows: list[dict[str, Any]], runs: Any) -> bool:
@@ -100,15 +94,17 @@ def verify_flops(rows: list[dict[str, Any]], runs: Any) -> bool:
                         "run without --verify-flops") from None
     from isoflop.flops import TRAINING_FLOPS_PER_FORWARD_FLOP, model_costs
 
-    measured_by_model: dict[str, float] = {}
+    measured_by_model: dict[str, tuple[float, float]] = {}  # forward FLOPs/token, ratio
     all_agree = True
     for row, run in zip(rows, runs):
         key = json.dumps(run.model.to_dict(), sort_keys=True) + str(run.micro_batch_size)
         if key not in measured_by_model:
-            measured_by_model[key] = measure_forward_flops_per_token(run.model, run.seq_len, run.micro_batch_size)
-        expected = model_costs(run.model, run.seq_len).flops_per_token_forward_measurable
-        row["measured_flops_per_token_train"] = TRAINING_FLOPS_PER_FORWARD_FLOP * measured_by_model[key]
-        row["measured_over_accounted"] = measured_by_model[key] / expected
+            measured = measure_forward_flops_per_token(run.model, run.seq_len, run.micro_batch_size)
+            expected = model_costs(run.model, run.seq_len).flops_per_token_forward_measurable
+            measured_by_model[key] = (measured, measured / expected)
+        measured, ratio = measured_by_model[key]
+        row["measured_flops_per_token_train"] = TRAINING_FLOPS_PER_FORWARD_FLOP * measured
+        row["measured_over_accounted"] = ratio
         all_agree &= abs(row["measured_over_accounted"] - 1.0) <= VERIFY_TOLERANCE
     return all_agree
 
@@ -120,12 +116,11 @@ def write_output(text: str, out: Path | None) -> None:
         return
     if out.is_dir():
         raise UserError(f"--out {out}: is a directory; pass a file path such as {out / 'plan.csv'}")
-    temporary = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: cannot write (no such directory {out.parent}); choose a writable path")
     try:
-        temporary.write_text(text)
-        os.replace(temporary, out)
+        write_atomic(out, text)
     except OSError as error:
-        temporary.unlink(missing_ok=True)
         raise UserError(f"--out {out}: cannot write ({error.strerror}); choose a writable path") from None
 
 
