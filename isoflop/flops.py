@@ -132,20 +132,21 @@ def model_costs(model: ModelConfig, seq_len: int) -> ModelCosts:
     flops["attention"] = 2.0 * params["attention"]
     flops["attention_scores"] = backbone.n_layers * 2.0 * 2.0 * seq_len * d_model
 
-    for block_index in range(backbone.n_layers):
-        block_ffw = model.block_ffw(block_index)
-        costs = block_ffw.costs(d_model)
-        if block_index in model.replaced_blocks:
-            for name, count in costs.params.items():
+    replaced = set(model.replaced_blocks)
+    replacement_costs = model.ffw.costs(d_model) if replaced else None
+    dense_costs = backbone.dense_ffw().costs(d_model) if len(replaced) < backbone.n_layers else None
+    for block_index in range(backbone.n_layers):  # summed block by block (float sums as in the model)
+        if block_index in replaced:
+            for name, count in replacement_costs.params.items():
                 _add(params, f"ffw.{name}", count)
-            for name, count in costs.params_active.items():
+            for name, count in replacement_costs.params_active.items():
                 _add(active_extra, f"ffw.{name}", count)
-            for name, value in costs.forward_flops_per_token.items():
+            for name, value in replacement_costs.forward_flops_per_token.items():
                 _add(flops, f"ffw.{name}", value)
-            invisible.update(f"ffw.{name}" for name in costs.flop_counter_invisible)
+            invisible.update(f"ffw.{name}" for name in replacement_costs.flop_counter_invisible)
         else:
-            _add(params, "dense_ffw", costs.n_params)
-            _add(flops, "dense_ffw", costs.forward_flops)
+            _add(params, "dense_ffw", dense_costs.n_params)
+            _add(flops, "dense_ffw", dense_costs.forward_flops)
 
     if not backbone.tie_embeddings:
         params["lm_head"] = vocab * d_model
