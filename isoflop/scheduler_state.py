@@ -83,16 +83,26 @@ def slurm_states(job_ids: Iterable[str]) -> dict[str, str]:
     return {job_id: states[job_id] for job_id in job_ids if job_id in states}
 
 
+def proc_stat_fields(pid: int | str) -> list[str] | None:
+    """Fields of ``/proc/<pid>/stat`` after the command name (state first, then the
+    parent pid, see proc(5)), or None if there is no such process."""
+    try:
+        with open(f"/proc/{int(pid)}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def local_job_alive(job_id: str) -> bool:
     """Whether the local job's controller process (pid ``job_id``) still runs."""
-    try:
-        with open(f"/proc/{int(job_id)}/stat") as handle:
-            state = handle.read().rsplit(")", 1)[1].split()[0]
-        with open(f"/proc/{int(job_id)}/cmdline", "rb") as handle:
-            command = handle.read()
-    except (OSError, ValueError, IndexError):
+    fields = proc_stat_fields(job_id)
+    if not fields or fields[0] in ("Z", "X"):
         return False
-    return state not in ("Z", "X") and b"submitit" in command
+    try:
+        with open(f"/proc/{int(job_id)}/cmdline", "rb") as handle:
+            return b"submitit" in handle.read()
+    except OSError:
+        return False
 
 
 def scheduler_view(submissions: list[dict[str, Any]]) -> dict[str, str]:

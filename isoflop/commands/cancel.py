@@ -24,14 +24,13 @@ LOCAL_GRACE_S = 5.0
 
 def _children(parent_pid: int) -> list[int]:
     """Pids whose parent is ``parent_pid`` (from /proc)."""
+    from isoflop.scheduler_state import proc_stat_fields
+
     children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == parent_pid:
-            children.append(int(stat.parent.name))
+    for process in Path("/proc").glob("[0-9]*"):
+        fields = proc_stat_fields(process.name)
+        if fields and int(fields[1]) == parent_pid:
+            children.append(int(process.name))
     return children
 
 
@@ -72,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     unknown = [run_id for run_id in args.run_ids or [] if run_id not in rows]
     if unknown:
         raise UserError(f"--run {unknown[0]}: no such run in {sweep.path}; see `isoflop status {sweep.path}`")
-    targets = [rows[run_id] for run_id in (args.run_ids or rows) if rows[run_id].state in LIVE]
+    targets = [rows[run_id] for run_id in dict.fromkeys(args.run_ids or rows) if rows[run_id].state in LIVE]
     slurm_ids = [row.job_id for row in targets if row.executor == "slurm" and row.job_id]
     if slurm_ids:
         completed = subprocess.run(["scancel", *slurm_ids], capture_output=True, text=True, check=False)
