@@ -44,15 +44,15 @@ class ComposedStudy:
 def _sweep_search_root(sweep: str, scratch: Path) -> tuple[Path, str]:
     """Search-path root whose ``sweeps/`` holds ``sweep``, and the sweep's name."""
     as_path = Path(sweep)
+    names = available_sweeps()
     if sweep.endswith((".yaml", ".yml")) or as_path.is_file():
         if not as_path.is_file():
-            raise UserError(f"--sweep {sweep}: no such file; pass a YAML file or one of "
-                            f"{', '.join(available_sweeps())}")
+            raise UserError(f"--sweep {sweep}: no such file; pass a YAML file or one of {', '.join(names)}")
         (scratch / "sweeps").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(as_path, scratch / "sweeps" / f"{as_path.stem}.yaml")
         return scratch, as_path.stem
-    if sweep not in available_sweeps():
-        raise UserError(f"--sweep {sweep}: unknown study; available: {', '.join(available_sweeps())} "
+    if sweep not in names:
+        raise UserError(f"--sweep {sweep}: unknown study; available: {', '.join(names)} "
                         "(or pass a path to a YAML file)")
     return config_root(), sweep
 

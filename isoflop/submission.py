@@ -108,8 +108,9 @@ class RunJob(Checkpointable):
         run = RunDir(Path(self.run_dir))
         slot = self._acquire_slot()
         rank = _global_rank()
+        job_id = _job_id(self.in_process_job_id)
         if rank == 0:
-            run.record_event("started", job_id=_job_id(self.in_process_job_id), host=socket.gethostname(), pid=os.getpid(),
+            run.record_event("started", job_id=job_id, host=socket.gethostname(), pid=os.getpid(),
                              code=str(Path(__file__).resolve().parents[1]))
             self._link_logs(run)
         try:
@@ -125,14 +126,13 @@ class RunJob(Checkpointable):
                 # submitit's own `scontrol requeue` is refused: not a failure of the run.
                 refused = isinstance(error, subprocess.CalledProcessError) and "requeue" in error.cmd
                 run.record_event("requeue_refused" if refused else "failed",
-                                 job_id=_job_id(self.in_process_job_id),
-                                 error=f"{type(error).__name__}: {error}"[:500])
+                                 job_id=job_id, error=f"{type(error).__name__}: {error}"[:500])
             raise
         finally:
             if slot is not None:
                 slot.close()
         if rank == 0:
-            run.record_event("finished", job_id=_job_id(self.in_process_job_id), status=(result or {}).get("status"))
+            run.record_event("finished", job_id=job_id, status=(result or {}).get("status"))
         return result
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
