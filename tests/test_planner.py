@@ -11,8 +11,13 @@ from isoflop.run_spec import RunSpec
 
 
 @pytest.fixture(scope="module")
-def peer_plan():
-    return plan(load_study("peer_paper").study)
+def peer_study():
+    return load_study("peer_paper").study
+
+
+@pytest.fixture(scope="module")
+def peer_plan(peer_study):
+    return plan(peer_study)
 
 
 def test_realized_flops_within_one_step_of_budget(peer_plan) -> None:
@@ -24,8 +29,8 @@ def test_realized_flops_within_one_step_of_budget(peer_plan) -> None:
         assert run.tokens == run.steps * run.batch_size * run.seq_len
 
 
-def test_at_least_five_sizes_bracketing_the_estimate(peer_plan) -> None:
-    study = load_study("peer_paper").study
+def test_at_least_five_sizes_bracketing_the_estimate(peer_study, peer_plan) -> None:
+    study = peer_study
     for budget in (6e18, 2e19):
         for method in ("dense", "moe", "pkm", "peer"):
             runs = [r for r in peer_plan.runs if r.budget_flops == budget and r.method == method]
