@@ -17,8 +17,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import sys
 import time
 from typing import Callable
@@ -29,7 +29,7 @@ from models.builder import build_ffw
 from models.ffw.base import FFWLayer
 from models.ffw.dense_config import DenseFFWConfig
 from models.ffw.peer_config import PEERConfig
-from models.verify import KERNEL_BACKEND_VARIABLE
+from models.verify import forced_kernel_backend
 
 
 def peak_step_bytes(step: Callable[[], None], device: torch.device) -> int:
@@ -56,25 +56,23 @@ def peak_step_bytes(step: Callable[[], None], device: torch.device) -> int:
 
 def make_step(layer: FFWLayer, tokens: int, device: torch.device,
               kernel_backend: str | None = None) -> Callable[[], None]:
-    """One forward+backward of ``layer`` on fixed (1, tokens, d) inputs (gradients reset first)."""
+    """One forward+backward of ``layer`` on fixed (1, tokens, d) inputs.
+
+    The gradients it creates are freed again at its end, so every step (and
+    the one :func:`peak_step_bytes` measures) starts without any and its peak
+    includes them.
+    """
     torch.manual_seed(0)
     x = torch.randn(1, tokens, layer.d_model, device=device, requires_grad=True)  # (1, T, d)
     upstream = torch.randn(1, tokens, layer.d_model, device=device)  # dL/dy
 
     def step() -> None:
+        backend = forced_kernel_backend(kernel_backend) if kernel_backend is not None else contextlib.nullcontext()
+        with backend:
+            layer(x).backward(upstream)
         for parameter in layer.parameters():
             parameter.grad = None
         x.grad = None
-        previous = os.environ.get(KERNEL_BACKEND_VARIABLE)
-        if kernel_backend is not None:
-            os.environ[KERNEL_BACKEND_VARIABLE] = kernel_backend
-        try:
-            layer(x).backward(upstream)
-        finally:
-            if kernel_backend is not None:
-                os.environ.pop(KERNEL_BACKEND_VARIABLE)
-                if previous is not None:
-                    os.environ[KERNEL_BACKEND_VARIABLE] = previous
         if device.type == "cuda":
             torch.cuda.synchronize()
 

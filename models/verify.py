@@ -36,24 +36,31 @@ from typing import Iterator
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from kernels.dispatch import ENV_BACKEND
 from models.config import ModelConfig
 from models.ffw.cost_model import FFWConfigBase
 
-KERNEL_BACKEND_VARIABLE = "ISOFLOP_KERNEL_BACKEND"
+
+@contextmanager
+def forced_kernel_backend(backend: str) -> Iterator[None]:
+    """Set ``$ISOFLOP_KERNEL_BACKEND`` (what "auto" resolves to) to ``backend``
+    while inside; its previous value, or its absence, is restored on exit."""
+    previous = os.environ.get(ENV_BACKEND)
+    os.environ[ENV_BACKEND] = backend
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[ENV_BACKEND]
+        else:
+            os.environ[ENV_BACKEND] = previous
 
 
 @contextmanager
 def reference_kernels() -> Iterator[None]:
     """Force the ``reference`` kernel backend (visible matmuls) while inside."""
-    previous = os.environ.get(KERNEL_BACKEND_VARIABLE)
-    os.environ[KERNEL_BACKEND_VARIABLE] = "reference"
-    try:
+    with forced_kernel_backend("reference"):
         yield
-    finally:
-        if previous is None:
-            del os.environ[KERNEL_BACKEND_VARIABLE]
-        else:
-            os.environ[KERNEL_BACKEND_VARIABLE] = previous
 
 
 def count_forward_flops(module: torch.nn.Module, inputs: torch.Tensor) -> int:
