@@ -46,17 +46,17 @@ class FFWLayer(nn.Module):
     Attributes:
         config: the family's resolved config.
         d_model: residual width d.
-        n_experts: experts a router chooses among (``None`` for unrouted layers).
+        n_experts: experts a router chooses among, the config's ``n_experts``
+            (``None`` for unrouted layers, whose configs have none).
         auxiliary_losses: weighted auxiliary losses of the last forward, by name.
         routing_accumulator: set by :class:`models.routing.RoutingTracker`.
     """
-
-    n_experts: int | None = None
 
     def __init__(self, config: FFWConfigBase, d_model: int) -> None:
         super().__init__()
         self.config = config
         self.d_model = d_model
+        self.n_experts: int | None = getattr(config, "n_experts", None)
         self.auxiliary_losses: dict[str, torch.Tensor] = {}
         self.routing_accumulator: RoutingAccumulator | None = None
         self.register_forward_pre_hook(_clear_auxiliary_losses)

@@ -49,7 +49,6 @@ class ExpertChoiceMoEFFW(FFWLayer):
         super().__init__(config, d_model)
         if config.expert_size is None:
             raise ValueError("ExpertChoiceMoEConfig.expert_size is unresolved; call resolve() first")
-        self.n_experts = config.n_experts
         self.router = nn.Linear(d_model, config.n_experts, bias=False)
         self.expert_up = nn.Parameter(torch.empty(config.n_experts, d_model, config.expert_size))
         self.expert_down = nn.Parameter(torch.empty(config.n_experts, config.expert_size, d_model))
@@ -66,8 +65,9 @@ class ExpertChoiceMoEFFW(FFWLayer):
         # Each expert picks, at each position, its top-C of the B tokens there.
         by_position = affinity.permute(1, 2, 0)  # (T, E, B)
         picked_scores, picked_rows = by_position.topk(capacity, dim=-1)  # (T, E, C) each
-        self.record_routing(
-            torch.arange(config.n_experts, device=x.device).view(1, -1, 1).expand_as(picked_rows), picked_scores)
+        if self.routing_accumulator is not None:  # expert ids only built when a tracker listens
+            self.record_routing(
+                torch.arange(config.n_experts, device=x.device).view(1, -1, 1).expand_as(picked_rows), picked_scores)
 
         # Token ids in the flattened (B·T) order: row b at position t is b·T + t.
         position_ids = torch.arange(positions, device=x.device).view(-1, 1, 1)  # (T, 1, 1)

@@ -140,7 +140,6 @@ class TokenChoiceMoEFFW(FFWLayer):
         super().__init__(config, d_model)
         if config.expert_size is None:
             raise ValueError("TokenChoiceMoEConfig.expert_size is unresolved; call resolve() first")
-        self.n_experts = config.n_experts
         self.router = nn.Linear(d_model, config.n_experts, bias=False)
         self.expert_up = nn.Parameter(torch.empty(config.n_experts, d_model, config.expert_size))
         self.expert_down = nn.Parameter(torch.empty(config.n_experts, config.expert_size, d_model))
@@ -174,22 +173,24 @@ class TokenChoiceMoEFFW(FFWLayer):
             gates (B, T, K) and expert_index (B, T, K) int64.
         """
         config = self.config
+        # Softmax routers select by and gate with the same probabilities.
+        probabilities = logits.softmax(dim=-1) if config.router in ("softmax", "softmax_renorm") else None
         if config.router == "sinkhorn" and self.training:
             # Balance over the batch at each position: (T, B, N_E) groups of B tokens.
             balanced = sinkhorn_balanced_log_assignment(logits.transpose(0, 1), config.sinkhorn_iterations)
             selection_scores = balanced.transpose(0, 1)  # (B, T, N_E)
-        elif config.router in ("softmax", "softmax_renorm"):
-            selection_scores = logits.softmax(dim=-1)
+        elif probabilities is not None:
+            selection_scores = probabilities
         else:
             selection_scores = logits.sigmoid()
         if self.training and config.expert_dropout > 0:
             dropped = torch.rand_like(selection_scores) < config.expert_dropout
             selection_scores = selection_scores.masked_fill(dropped, float("-inf"))
         top_scores, expert_index = selection_scores.topk(config.top_k, dim=-1)  # (B, T, K)
-        if config.router in ("sigmoid", "sinkhorn"):
+        if probabilities is None:  # sigmoid, sinkhorn
             gates = logits.gather(-1, expert_index).sigmoid()
         else:
-            gates = logits.softmax(dim=-1).gather(-1, expert_index)
+            gates = probabilities.gather(-1, expert_index)
             if config.router == "softmax_renorm":
                 gates = gates / gates.sum(dim=-1, keepdim=True)
         if self.training and config.expert_dropout > 0:
