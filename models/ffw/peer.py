@@ -25,22 +25,10 @@ import torch
 from torch import nn
 
 import kernels
-from models.ffw.base import FFWLayer
+from models.ffw.base import FFWLayer, residual_std
 from models.ffw.peer_config import PEERConfig
-from models.ffw.product_keys import ProductKeyRetrieval
+from models.ffw.product_keys import ProductKeyRetrieval, router_scores
 from models.registry import FFW_MODULES
-
-
-def router_scores(key_scores: torch.Tensor, score: str) -> torch.Tensor:
-    """Router scores g from the top-k key scores (..., k): softmax over the k
-    (PEER Eq. 5; PKM, Lample Eq. 2), sigmoid, or ReLU (Csordás et al. 2023 §6.2)."""
-    if score == "softmax":
-        return key_scores.softmax(dim=-1)
-    if score == "sigmoid":
-        return key_scores.sigmoid()
-    if score == "relu":
-        return key_scores.relu()
-    raise ValueError(f"score={score!r} is not supported; use softmax, sigmoid or relu")
 
 
 @FFW_MODULES.register(PEERConfig.family)
@@ -56,7 +44,6 @@ class PEERFFW(FFWLayer):
 
     def __init__(self, config: PEERConfig, d_model: int, n_layers: int, sparse_tables: bool = False) -> None:
         super().__init__(config, d_model)
-        self.n_experts = config.n_experts
         self.sparse_tables = sparse_tables
         self.retrieval = ProductKeyRetrieval(d_model, config.n_heads, config.n_keys, config.d_key,
                                              config.top_k, config.query_batchnorm)
@@ -67,7 +54,7 @@ class PEERFFW(FFWLayer):
         # u·x ~ N(0, 1) for unit-variance x; the h·k weighted outputs sum to ~ the scale
         # of a GPT-2 residual projection.
         nn.init.normal_(self.down_table, std=d_model ** -0.5)
-        nn.init.normal_(self.up_table, std=0.02 / (2 * n_layers) ** 0.5)
+        nn.init.normal_(self.up_table, std=residual_std(n_layers))
         if self.gate_table is not None:
             nn.init.normal_(self.gate_table, std=d_model ** -0.5)
 

@@ -22,9 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.ffw.base import FFWLayer, init_linear, residual_std
-from models.ffw.peer import router_scores
 from models.ffw.pkm_config import PKMConfig
-from models.ffw.product_keys import ProductKeyRetrieval
+from models.ffw.product_keys import ProductKeyRetrieval, router_scores
 from models.registry import FFW_MODULES
 
 
@@ -34,7 +33,6 @@ class PKMFFW(FFWLayer):
 
     def __init__(self, config: PKMConfig, d_model: int, n_layers: int, sparse_tables: bool = False) -> None:
         super().__init__(config, d_model)
-        self.n_experts = config.n_experts
         self.sparse_tables = sparse_tables
         d_value = config.d_value or d_model
         self.retrieval = ProductKeyRetrieval(d_model, config.n_heads, config.n_keys, config.d_key,

@@ -13,6 +13,9 @@ batch statistics in training, so in train mode a token's retrieval depends on
 the other tokens of the batch (not causal); in eval mode it uses running
 statistics.
 
+:func:`router_scores` turns the retrieved key scores into the weights both
+layers use (softmax, sigmoid or ReLU over the top-k).
+
 FLOPs per token seen by FlopCounterMode: query 2·d·h·d_key, sub-key scores
 2·h·n·d_key. Not seen (no matmul): BatchNorm, the k² candidate sums, the
 top-k selections and the index arithmetic.
@@ -84,3 +87,15 @@ def product_key_top_k(first_scores: torch.Tensor, second_scores: torch.Tensor,
     best_scores, best_position = candidate_scores.topk(top_k, dim=-1)  # (..., k)
     best_index = candidate_index.flatten(-2).gather(-1, best_position)  # (..., k)
     return best_scores, best_index
+
+
+def router_scores(key_scores: torch.Tensor, score: str) -> torch.Tensor:
+    """Router scores g from the top-k key scores (..., k): softmax over the k
+    (PEER Eq. 5; PKM, Lample Eq. 2), sigmoid, or ReLU (Csordás et al. 2023 §6.2)."""
+    if score == "softmax":
+        return key_scores.softmax(dim=-1)
+    if score == "sigmoid":
+        return key_scores.sigmoid()
+    if score == "relu":
+        return key_scores.relu()
+    raise ValueError(f"score={score!r} is not supported; use softmax, sigmoid or relu")
