@@ -119,6 +119,43 @@ def product_key_count(family: str, n_experts: int, top_k: int, d_key: int) -> in
     return n_keys
 
 
+def product_key_retrieval_costs(d_model: int, n_heads: int, n_keys: int, d_key: int,
+                                query_batchnorm: bool) -> tuple[dict[str, int], dict[str, int], dict[str, float]]:
+    """Costs of the product-key retrieval shared by PEER and PKM (``models/ffw/product_keys.py``).
+
+    Params: query d·h·d_key, sub-keys h·n·d_key (two halves of n keys x
+    d_key/2 per head), query BatchNorm 2·h·d_key (scale and shift) if used.
+    FLOPs/token: query 2·d·h·d_key; sub-key scores 2·h·n·d_key. BatchNorm,
+    candidate combination, top-k and gathers: 0 matmul FLOPs.
+
+    Returns:
+        params ``{"query", "keys"}``, the BatchNorm params (``{"query_batchnorm"}``,
+        empty without it; kept apart so callers list it after their own
+        components) and FLOPs ``{"query", "keys"}``, all read by every token.
+    """
+    head_key_dims = n_heads * d_key
+    params = {"query": d_model * head_key_dims, "keys": n_heads * n_keys * d_key}
+    batchnorm_params = {"query_batchnorm": 2 * head_key_dims} if query_batchnorm else {}
+    flops = {"query": 2.0 * d_model * head_key_dims, "keys": 2.0 * n_heads * n_keys * d_key}
+    return params, batchnorm_params, flops
+
+
+class ProductKeyConfig(FFWConfigBase):
+    """Base of the product-key families' configs (PEER, PKM), which define the
+    fields ``n_experts``, ``n_heads``, ``top_k``, ``d_key`` and ``query_batchnorm``."""
+
+    n_experts: int
+    n_heads: int
+    top_k: int
+    d_key: int
+    query_batchnorm: bool
+
+    @property
+    def n_keys(self) -> int:
+        """Sub-keys per half, sqrt(N)."""
+        return product_key_count(self.family, self.n_experts, self.top_k, self.d_key)
+
+
 def resolve_int(value: int | None, default: float) -> int:
     """``value`` if set, else ``default`` rounded to an int (at least 1)."""
     return int(value) if value is not None else max(1, int(round(default)))

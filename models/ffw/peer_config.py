@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from models.ffw.cost_model import (
-    FFWConfigBase, FFWCosts, product_key_count, require_choice, require_positive,
+    FFWCosts, ProductKeyConfig, product_key_count, product_key_retrieval_costs, require_choice, require_positive,
 )
 
 
 @dataclass(frozen=True)
-class PEERConfig(FFWConfigBase):
+class PEERConfig(ProductKeyConfig):
     """h heads each retrieve the top-k of N = n² singleton experts by product keys.
 
     Expert i is a one-neuron MLP: e_i(x) = act(u_i·x)·v_i (GLU: act(u_i·x)·(w_i·x)·v_i).
@@ -47,11 +47,6 @@ class PEERConfig(FFWConfigBase):
         require_choice(self.family, "activation", self.activation, ("gelu", "relu"))
         product_key_count(self.family, self.n_experts, self.top_k, self.d_key)
 
-    @property
-    def n_keys(self) -> int:
-        """Sub-keys per half, sqrt(N)."""
-        return product_key_count(self.family, self.n_experts, self.top_k, self.d_key)
-
     def costs(self, d_model: int) -> FFWCosts:
         """Params: query d·h·d_key (+2·h·d_key BatchNorm), sub-keys h·n·d_key,
         expert tables N·d each for U and V (and W with GLU).
@@ -61,16 +56,12 @@ class PEERConfig(FFWConfigBase):
         top-k and gathers: 0 matmul FLOPs.
         """
         n_tables = 3 if self.glu else 2
-        head_key_dims = self.n_heads * self.d_key
-        params = {"query": d_model * head_key_dims, "keys": self.n_heads * self.n_keys * self.d_key,
-                  "experts": n_tables * self.n_experts * d_model}
-        if self.query_batchnorm:
-            params["query_batchnorm"] = 2 * head_key_dims
+        retrieval, batchnorm, retrieval_flops = product_key_retrieval_costs(
+            d_model, self.n_heads, self.n_keys, self.d_key, self.query_batchnorm)
+        params = {**retrieval, "experts": n_tables * self.n_experts * d_model, **batchnorm}
         active = {name: count for name, count in params.items() if name != "experts"}
         active["experts"] = n_tables * self.n_heads * self.top_k * d_model
-        flops = {"query": 2.0 * d_model * head_key_dims,
-                 "keys": 2.0 * self.n_heads * self.n_keys * self.d_key,
-                 "experts": 2.0 * n_tables * self.n_heads * self.top_k * d_model}
+        flops = {**retrieval_flops, "experts": 2.0 * n_tables * self.n_heads * self.top_k * d_model}
         return FFWCosts(params, active, flops)
 
     def summary(self) -> str:

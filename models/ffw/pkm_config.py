@@ -7,12 +7,13 @@ from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from models.ffw.cost_model import (
-    FFWConfigBase, FFWCosts, product_key_count, require_choice, require_positive, resolve_int,
+    FFWCosts, ProductKeyConfig, product_key_count, product_key_retrieval_costs, require_choice, require_positive,
+    resolve_int,
 )
 
 
 @dataclass(frozen=True)
-class PKMConfig(FFWConfigBase):
+class PKMConfig(ProductKeyConfig):
     """h heads each retrieve the top-k of N = n² memory values by product keys.
 
     Attributes:
@@ -40,11 +41,6 @@ class PKMConfig(FFWConfigBase):
         require_choice(self.family, "score", self.score, ("softmax", "relu"))
         product_key_count(self.family, self.n_experts, self.top_k, self.d_key)
 
-    @property
-    def n_keys(self) -> int:
-        """Sub-keys per half, sqrt(N)."""
-        return product_key_count(self.family, self.n_experts, self.top_k, self.d_key)
-
     def resolve(self, d_model: int, ffw_multiplier: float) -> "PKMConfig":
         return replace(self, d_value=resolve_int(self.d_value, d_model))
 
@@ -62,16 +58,12 @@ class PKMConfig(FFWConfigBase):
         ``values`` is listed in ``flop_counter_invisible``.
         """
         d_value = self.d_value or d_model
-        head_key_dims = self.n_heads * self.d_key
-        params = {"query": d_model * head_key_dims, "keys": self.n_heads * self.n_keys * self.d_key,
-                  "values": self.n_experts * d_value}
-        if self.query_batchnorm:
-            params["query_batchnorm"] = 2 * head_key_dims
+        retrieval, batchnorm, retrieval_flops = product_key_retrieval_costs(
+            d_model, self.n_heads, self.n_keys, self.d_key, self.query_batchnorm)
+        params = {**retrieval, "values": self.n_experts * d_value, **batchnorm}
         active = {name: count for name, count in params.items() if name != "values"}
         active["values"] = self.n_heads * self.top_k * d_value
-        flops = {"query": 2.0 * d_model * head_key_dims,
-                 "keys": 2.0 * self.n_heads * self.n_keys * self.d_key,
-                 "values": 2.0 * self.n_heads * self.top_k * d_value}
+        flops = {**retrieval_flops, "values": 2.0 * self.n_heads * self.top_k * d_value}
         if d_value != d_model:
             params["output"] = active["output"] = d_value * d_model
             flops["output"] = 2.0 * d_value * d_model
