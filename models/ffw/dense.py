@@ -21,9 +21,7 @@ class DenseFFW(FFWLayer):
 
     def __init__(self, config: DenseFFWConfig, d_model: int, n_layers: int, sparse_tables: bool = False) -> None:
         super().__init__(config, d_model)
-        d_ff = config.d_ff
-        if d_ff is None:
-            raise ValueError("DenseFFWConfig.d_ff is unresolved; call resolve(d_model, ffw_multiplier) first")
+        d_ff = config._d_ff()
         self.up = nn.Linear(d_model, d_ff, bias=False)
         self.gate = nn.Linear(d_model, d_ff, bias=False) if config.activation == "swiglu" else None
         self.down = nn.Linear(d_ff, d_model, bias=False)

@@ -41,6 +41,7 @@ class DenseFFWConfig(FFWConfigBase):
         return f"dense d_ff={self._d_ff()} {self.activation}"
 
     def _d_ff(self) -> int:
+        """The resolved hidden width; raises ``ValueError`` while it is unresolved."""
         if self.d_ff is None:
-            raise ValueError("DenseFFWConfig.d_ff is unresolved; call resolve() first")
+            raise ValueError("DenseFFWConfig.d_ff is unresolved; call resolve(d_model, ffw_multiplier) first")
         return self.d_ff
