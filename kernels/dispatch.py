@@ -51,13 +51,18 @@ def _module(kind: str, backend: str) -> ModuleType:
     return importlib.import_module(f"kernels.{kind}_{backend}")
 
 
+def _impl(kind: str, name: str, backend: str) -> Any:
+    """The function `<name>_<backend>` of `kernels.<kind>_<backend>`, e.g. peer_forward_triton."""
+    return getattr(_module(kind, backend), f"{name}_{backend}")
+
+
 # --------------------------------------------------------------------------- PEER custom ops
 @torch.library.custom_op("isoflop::peer_experts_forward", mutates_args=())
 def _peer_forward_op(
     x: torch.Tensor, expert_index: torch.Tensor, scores: torch.Tensor, down_table: torch.Tensor,
     up_table: torch.Tensor, gate_table: torch.Tensor | None, activation: str, backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    forward = getattr(_module("peer", backend), f"peer_forward_{backend}")
+    forward = _impl("peer", "peer_forward", backend)
     return forward(x, expert_index, scores, down_table, up_table, gate_table, activation)
 
 
@@ -75,7 +80,7 @@ def _peer_backward_op(
     down_table: torch.Tensor, up_table: torch.Tensor, gate_table: torch.Tensor | None, pre_down: torch.Tensor,
     pre_gate: torch.Tensor, activation: str, backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    backward = getattr(_module("peer", backend), f"peer_backward_{backend}")
+    backward = _impl("peer", "peer_backward", backend)
     grads = backward(grad_out, x, expert_index, scores, down_table, up_table, gate_table, pre_down, pre_gate,
                      activation, False)
     return (*grads[:4], grads[4] if grads[4] is not None else x.new_empty(0))
@@ -111,7 +116,7 @@ class _PeerSparseGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, expert_index: torch.Tensor, scores: torch.Tensor, down_table: torch.Tensor,
                 up_table: torch.Tensor, gate_table: torch.Tensor | None, activation: str, backend: str) -> torch.Tensor:
-        forward = getattr(_module("peer", backend), f"peer_forward_{backend}")
+        forward = _impl("peer", "peer_forward", backend)
         out, pre_down, pre_gate = forward(x, expert_index, scores, down_table, up_table, gate_table, activation)
         ctx.save_for_backward(x, expert_index, scores, down_table, up_table, gate_table, pre_down, pre_gate)
         ctx.activation, ctx.backend = activation, backend
@@ -120,7 +125,7 @@ class _PeerSparseGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple:
         x, expert_index, scores, down_table, up_table, gate_table, pre_down, pre_gate = ctx.saved_tensors
-        backward = getattr(_module("peer", ctx.backend), f"peer_backward_{ctx.backend}")
+        backward = _impl("peer", "peer_backward", ctx.backend)
         dx, dscores, ddown, dup, dgate = backward(grad_out.contiguous(), x, expert_index, scores, down_table,
                                                   up_table, gate_table, pre_down, pre_gate, ctx.activation, True)
         return dx, None, dscores, ddown, dup, dgate, None, None
@@ -171,7 +176,7 @@ def peer_experts(
 @torch.library.custom_op("isoflop::cvmm_forward", mutates_args=())
 def _cvmm_forward_op(x_rows: torch.Tensor, expert_index: torch.Tensor, weights: torch.Tensor,
                      backend: str) -> torch.Tensor:
-    return getattr(_module("cvmm", backend), f"cvmm_forward_{backend}")(x_rows, expert_index, weights)
+    return _impl("cvmm", "cvmm_forward", backend)(x_rows, expert_index, weights)
 
 
 @_cvmm_forward_op.register_fake
@@ -182,7 +187,7 @@ def _(x_rows, expert_index, weights, backend):  # type: ignore[no-untyped-def]
 @torch.library.custom_op("isoflop::cvmm_backward", mutates_args=())
 def _cvmm_backward_op(grad_out: torch.Tensor, x_rows: torch.Tensor, expert_index: torch.Tensor,
                       weights: torch.Tensor, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return getattr(_module("cvmm", backend), f"cvmm_backward_{backend}")(grad_out, x_rows, expert_index, weights)
+    return _impl("cvmm", "cvmm_backward", backend)(grad_out, x_rows, expert_index, weights)
 
 
 @_cvmm_backward_op.register_fake
@@ -208,7 +213,7 @@ _cvmm_forward_op.register_autograd(_cvmm_autograd_backward, setup_context=_cvmm_
 @torch.library.custom_op("isoflop::cvmm_weighted_reduce_forward", mutates_args=())
 def _cvmm_reduce_forward_op(h_rows: torch.Tensor, expert_index: torch.Tensor, gates: torch.Tensor,
                             weights: torch.Tensor, backend: str) -> torch.Tensor:
-    forward = getattr(_module("cvmm", backend), f"cvmm_weighted_reduce_forward_{backend}")
+    forward = _impl("cvmm", "cvmm_weighted_reduce_forward", backend)
     return forward(h_rows, expert_index, gates, weights)
 
 
@@ -221,7 +226,7 @@ def _(h_rows, expert_index, gates, weights, backend):  # type: ignore[no-untyped
 def _cvmm_reduce_backward_op(grad_out: torch.Tensor, h_rows: torch.Tensor, expert_index: torch.Tensor,
                              gates: torch.Tensor, weights: torch.Tensor,
                              backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    backward = getattr(_module("cvmm", backend), f"cvmm_weighted_reduce_backward_{backend}")
+    backward = _impl("cvmm", "cvmm_weighted_reduce_backward", backend)
     return backward(grad_out, h_rows, expert_index, gates, weights)
 
 

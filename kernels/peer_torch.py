@@ -86,6 +86,22 @@ def finish_table_grad(
                                    check_invariants=False)
 
 
+def table_grad_rows(
+    expert_index: torch.Tensor, table_rows: int, sparse: bool
+) -> tuple[torch.Tensor | None, torch.Tensor, int]:
+    """Rows of the table-gradient buffers and each (t, e) pair's row in them.
+
+    Dense: the buffer is the whole (N, d) table, so the slot is the expert id.
+    Sparse: a compact buffer over the touched rows (sorted ids), slot = position in it.
+    Returns:
+        touched_rows (R,) int64 or None (dense), slot (T, E) int64, rows R (N when dense).
+    """
+    if not sparse:
+        return None, expert_index, table_rows
+    touched_rows, slot = torch.unique(expert_index, sorted=True, return_inverse=True)
+    return touched_rows, slot, touched_rows.numel()
+
+
 def row_accumulator(slot: torch.Tensor, rows: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Returns acc(coef (T, E), src (T, d)) -> (rows, d) fp32 with out[slot[t, e]] += coef[t, e] * src[t].
 
@@ -157,10 +173,7 @@ def peer_backward_torch(
             dx = dx + F.embedding_bag(index, gate_table, per_sample_weights=coef_gate[sl].to(gate_table.dtype),
                                       mode="sum")
         grad_x[sl] = dx
-    touched_rows, slot, rows = None, expert_index, down_table.shape[0]
-    if sparse:
-        touched_rows, slot = torch.unique(expert_index, sorted=True, return_inverse=True)
-        rows = touched_rows.numel()
+    touched_rows, slot, rows = table_grad_rows(expert_index, down_table.shape[0], sparse)
     accumulate = row_accumulator(slot, rows)
     return (
         grad_x,

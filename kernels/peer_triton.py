@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.peer_torch import finish_table_grad
+from kernels.peer_torch import finish_table_grad, table_grad_rows
 
 ACTIVATION_CODES = {"relu": 0, "gelu": 1, "silu": 2}
 # Elements of one (E, BLOCK_D) register tile.
@@ -196,10 +196,7 @@ def peer_backward_triton(
     index, scores = expert_index.contiguous(), scores.contiguous()
     down_table, up_table = down_table.contiguous(), up_table.contiguous()
     gate = gate_table.contiguous() if gate_table is not None else down_table
-    touched_rows, slot, rows = None, index, down_table.shape[0]
-    if sparse:
-        touched_rows, slot = torch.unique(index, sorted=True, return_inverse=True)
-        rows = touched_rows.numel()
+    touched_rows, slot, rows = table_grad_rows(index, down_table.shape[0], sparse)
     buffers = [torch.zeros(rows, dim, device=x.device, dtype=torch.float32) for _ in range(2)]
     grad_gate = torch.zeros(rows, dim, device=x.device, dtype=torch.float32) if gate_table is not None else None
     grad_x = torch.empty_like(x)
