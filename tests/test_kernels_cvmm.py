@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_support import BACKENDS, DEVICE, HAS_CUDA, TOLERANCE, assert_close  # sets TRITON_INTERPRET
+from kernel_support import (  # sets TRITON_INTERPRET
+    BACKENDS, DEVICE, HAS_CUDA, TOLERANCE, assert_close, grads_of, to_bf16,
+)
 from torch.utils.flop_counter import FlopCounterMode
 
 import kernels
@@ -14,13 +16,6 @@ def make_index(rows: int, experts: int, used: list[int] | None, generator: torch
     """(rows,) unsorted expert ids drawn from `used` (default: all experts)."""
     pool = torch.tensor(used if used is not None else list(range(experts)))
     return pool[torch.randint(0, len(pool), (rows,), generator=generator)]
-
-
-def grads_of(function, tensors: dict[str, torch.Tensor], **kwargs: object) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
-    leaves = {k: v.detach().clone().requires_grad_(v.is_floating_point()) for k, v in tensors.items()}
-    out = function(**leaves, **kwargs)
-    out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out))
-    return {"out": out.detach(), **{"d_" + k: v.grad for k, v in leaves.items() if v.is_floating_point()}}
 
 
 CVMM_CASES = [
@@ -119,14 +114,12 @@ def test_triton_bf16_against_fp32_reference() -> None:
           "expert_index": torch.randint(0, experts, (tokens * top_k,), generator=generator).to(DEVICE),
           "weights": (torch.randn(experts, d_model, d_expert, generator=generator) / d_model**0.5).to(DEVICE)}
     expected = grads_of(kernels.cvmm, up, backend="reference")
-    low = {k: v.bfloat16() if v.is_floating_point() else v for k, v in up.items()}
-    actual = grads_of(kernels.cvmm, low, backend="triton")
+    actual = grads_of(kernels.cvmm, to_bf16(up), backend="triton")
     for name in expected:
         assert_close(actual[name], expected[name], 3e-2, f"bf16 cvmm {name}")
     down = {"h_rows": up["x_rows"][:, :d_expert], "expert_index": up["expert_index"],
             "gates": torch.rand(tokens, top_k, generator=generator).to(DEVICE), "weights": up["weights"].transpose(1, 2)}
     expected = grads_of(kernels.cvmm_weighted_reduce, down, backend="reference")
-    low = {k: v.bfloat16() if v.is_floating_point() else v for k, v in down.items()}
-    actual = grads_of(kernels.cvmm_weighted_reduce, low, backend="triton")
+    actual = grads_of(kernels.cvmm_weighted_reduce, to_bf16(down), backend="triton")
     for name in expected:
         assert_close(actual[name], expected[name], 3e-2, f"bf16 weighted reduce {name}")

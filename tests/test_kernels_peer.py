@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_support import BACKENDS, DEVICE, HAS_CUDA, TOLERANCE, assert_close  # sets TRITON_INTERPRET
+from kernel_support import (  # sets TRITON_INTERPRET
+    BACKENDS, DEVICE, HAS_CUDA, TOLERANCE, assert_close, grads_of, to_bf16,
+)
 from torch.utils.flop_counter import FlopCounterMode
 
 import kernels
@@ -32,19 +34,6 @@ def make_inputs(tokens: int, heads: int, top_k: int, dim: int, rows: int, glu: b
     }
 
 
-def run_with_grads(inputs: dict, activation: str, **kwargs: object) -> dict[str, torch.Tensor]:
-    leaves = {k: v.detach().clone().requires_grad_(True) if v is not None and v.is_floating_point() else v
-              for k, v in inputs.items()}
-    out = kernels.peer_experts(**leaves, activation=activation, **kwargs)
-    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out)
-    out.backward(grad_out)
-    grads = {"out": out.detach()}
-    for name in ("x", "scores", "down_table", "up_table", "gate_table"):
-        if leaves[name] is not None:
-            grads["d_" + name] = leaves[name].grad
-    return grads
-
-
 CASES = [
     # tokens, heads, top_k, dim, rows, activation, glu
     (7, 2, 3, 37, 50, "gelu", False),
@@ -62,8 +51,8 @@ def test_matches_reference(case: tuple, backend: str, sparse_grad: bool) -> None
     tokens, heads, top_k, dim, rows, activation, glu = case
     device = DEVICE if backend == "triton" else torch.device("cpu")
     inputs = make_inputs(tokens, heads, top_k, dim, rows, glu, device)
-    expected = run_with_grads(inputs, activation, backend="reference")
-    actual = run_with_grads(inputs, activation, backend=backend, sparse_grad=sparse_grad)
+    expected = grads_of(kernels.peer_experts, inputs, activation=activation, backend="reference")
+    actual = grads_of(kernels.peer_experts, inputs, activation=activation, backend=backend, sparse_grad=sparse_grad)
     assert expected.keys() == actual.keys()
     tolerance = TOLERANCE if backend == "triton" else 1e-4
     for name in expected:
@@ -155,9 +144,8 @@ def test_torch_compile_fullgraph() -> None:
 @pytest.mark.parametrize("glu", [False, True])
 def test_triton_bf16_against_fp32_reference(glu: bool) -> None:
     inputs = make_inputs(64, 8, 16, 256, 4096, glu, DEVICE)
-    expected = run_with_grads(inputs, "gelu", backend="reference")
-    low = {k: v.bfloat16() if v is not None and v.is_floating_point() else v for k, v in inputs.items()}
-    actual = run_with_grads(low, "gelu", backend="triton")
+    expected = grads_of(kernels.peer_experts, inputs, activation="gelu", backend="reference")
+    actual = grads_of(kernels.peer_experts, to_bf16(inputs), activation="gelu", backend="triton")
     for name in expected:
         assert_close(actual[name], expected[name], 3e-2, f"bf16 {name}")
 
