@@ -10,6 +10,7 @@ model for FLOP and parameter checks at full size without memory).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 
 import torch
@@ -28,6 +29,13 @@ for _module_path in FFW_MODULE_PATHS:
     importlib.import_module(_module_path)
 
 
+def _device_context(device: torch.device | str | None) -> contextlib.AbstractContextManager:
+    """``torch.device(device)`` as a context, or no context at all when ``device`` is None
+    (so an enclosing ``with torch.device(...)`` keeps applying; on torch < 2.8
+    ``torch.get_default_device()`` does not see such a context)."""
+    return torch.device(device) if device is not None else contextlib.nullcontext()
+
+
 def build_ffw(ffw_config: FFWConfigBase, d_model: int, n_layers: int, *,
               device: torch.device | str | None = None, sparse_tables: bool = False) -> FFWLayer:
     """One FFW layer of ``ffw_config``'s family (looked up in ``FFW_MODULES``).
@@ -40,7 +48,7 @@ def build_ffw(ffw_config: FFWConfigBase, d_model: int, n_layers: int, *,
         sparse_tables: PEER/PKM tables get sparse gradients.
     """
     module_class = FFW_MODULES.get(ffw_config.family)
-    with torch.device(device if device is not None else torch.get_default_device()):
+    with _device_context(device):
         return module_class(ffw_config, d_model, n_layers, sparse_tables=sparse_tables)
 
 
@@ -49,8 +57,8 @@ def build_model(config: ModelConfig, *, device: torch.device | str | None = None
     """The transformer of ``config``: replaced blocks get ``config.ffw``, the
     others the backbone's dense FFW."""
     backbone = config.backbone
-    with torch.device(device if device is not None else torch.get_default_device()):
+    with _device_context(device):
         ffw_layers = [build_ffw(config.block_ffw(index), backbone.d_model, backbone.n_layers,
-                                sparse_tables=sparse_tables)
+                                device=device, sparse_tables=sparse_tables)
                       for index in range(backbone.n_layers)]
         return TransformerLM(config, ffw_layers)
