@@ -22,7 +22,6 @@ from torch import nn
 
 from models.config import BackboneConfig, ModelConfig
 from models.ffw.base import FFWLayer, residual_std
-from models.routing import auxiliary_loss_terms
 
 ROTARY_BASE = 10000.0
 
@@ -33,19 +32,29 @@ def make_norm(backbone: BackboneConfig) -> nn.Module:
     return nn.LayerNorm(backbone.d_model)
 
 
-def apply_rotary(x: torch.Tensor) -> torch.Tensor:
+def rotary_tables(positions: int, head_dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin) of the angles t·θ_i, θ_i = base^(-2i/D), in float32, each (T, D/2).
+
+    Computed once per model forward and shared by every block's :func:`apply_rotary`.
+    """
+    inverse_frequency = ROTARY_BASE ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32)
+                                        / head_dim)  # (D/2,)
+    angles = torch.arange(positions, device=device, dtype=torch.float32).unsqueeze(-1) * inverse_frequency
+    return angles.cos(), angles.sin()  # (T, D/2) each
+
+
+def apply_rotary(x: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Rotate pairs (x[2i], x[2i+1]) by angle t·θ_i, θ_i = base^(-2i/D) (Su et al. 2021, Eq. 34).
 
     Elementwise only (no matmul), so FlopCounterMode counts 0, as the accounting does.
 
     Args:
         x: (B, H, T, D) queries or keys, D even.
+        tables: float32 (cos, sin) of :func:`rotary_tables` for (T, D); computed here when None.
     """
-    positions, head_dim = x.shape[-2], x.shape[-1]
-    inverse_frequency = ROTARY_BASE ** (-torch.arange(0, head_dim, 2, device=x.device, dtype=torch.float32)
-                                        / head_dim)  # (D/2,)
-    angles = torch.arange(positions, device=x.device, dtype=torch.float32).unsqueeze(-1) * inverse_frequency
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)  # (T, D/2) each
+    if tables is None:
+        tables = rotary_tables(x.shape[-2], x.shape[-1], x.device)
+    cos, sin = tables[0].to(x.dtype), tables[1].to(x.dtype)  # (T, D/2) each
     even, odd = x[..., 0::2], x[..., 1::2]  # (B, H, T, D/2) each
     rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)  # (B, H, T, D/2, 2)
     return rotated.flatten(-2)  # (B, H, T, D)
@@ -62,13 +71,18 @@ class CausalSelfAttention(nn.Module):
         nn.init.normal_(self.qkv.weight, std=0.02)
         nn.init.normal_(self.proj.weight, std=residual_std(backbone.n_layers))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor,
+                rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Attention output (B, T, d) of ``x`` (B, T, d); ``rotary``: the forward's
+        :func:`rotary_tables` (computed here when None and the positions are rotary)."""
         batch, positions, d_model = x.shape  # (B, T, d)
         query, key, value = self.qkv(x).split(d_model, dim=-1)  # (B, T, d) each
         shape = (batch, positions, self.n_heads, d_model // self.n_heads)
         query, key, value = (t.view(shape).transpose(1, 2) for t in (query, key, value))  # (B, H, T, D)
         if self.rotary:
-            query, key = apply_rotary(query), apply_rotary(key)
+            if rotary is None:
+                rotary = rotary_tables(positions, d_model // self.n_heads, x.device)
+            query, key = apply_rotary(query, rotary), apply_rotary(key, rotary)
         attended = F.scaled_dot_product_attention(query, key, value, is_causal=True)  # (B, H, T, D)
         return self.proj(attended.transpose(1, 2).reshape(batch, positions, d_model))  # (B, T, d)
 
@@ -83,8 +97,10 @@ class Block(nn.Module):
         self.ffw_norm = make_norm(backbone)
         self.ffw = ffw
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x))  # (B, T, d)
+    def forward(self, x: torch.Tensor,
+                rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Block output (B, T, d); ``rotary``: the forward's :func:`rotary_tables` or None."""
+        x = x + self.attention(self.attention_norm(x), rotary)  # (B, T, d)
         return x + self.ffw(self.ffw_norm(x))  # (B, T, d)
 
 
@@ -118,13 +134,17 @@ class TransformerLM(nn.Module):
         x = self.token_embedding(tokens)  # (B, T, d)
         if self.position_embedding is not None:
             x = x + self.position_embedding(torch.arange(positions, device=tokens.device))  # (B, T, d)
+        backbone = self.config.backbone
+        rotary = (rotary_tables(positions, backbone.d_model // backbone.n_heads, x.device)
+                  if backbone.positions == "rotary" else None)  # (T, D/2) each, shared by the blocks
         for block in self.blocks:
-            x = block(x)  # (B, T, d)
+            x = block(x, rotary)  # (B, T, d)
         return self.lm_head(self.final_norm(x))  # (B, T, V)
 
     def auxiliary_loss(self) -> torch.Tensor:
-        """Sum of the weighted auxiliary losses of the last forward (0 when none)."""
-        terms = list(auxiliary_loss_terms(self).values())
+        """Sum of the weighted auxiliary losses of the last forward (0 when none): every
+        block's FFW ``auxiliary_losses``, the terms of ``models.routing.auxiliary_loss_terms``."""
+        terms = [value for block in self.blocks for value in block.ffw.auxiliary_losses.values()]
         if not terms:
             return torch.zeros((), device=self.lm_head.weight.device)
         return torch.stack([term.float() for term in terms]).sum()
