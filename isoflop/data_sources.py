@@ -78,15 +78,6 @@ def resolve_paths(patterns: list[str] | tuple[str, ...], where: str = "data.path
     return resolved
 
 
-def files_fingerprint(paths: list[str]) -> str:
-    """Hash of the files' paths, sizes and modification times (cheap; not their bytes)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        stat = os.stat(path)
-        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
-    return digest.hexdigest()[:16]
-
-
 def file_documents(paths: list[str], text_field: str, where: str = "data.paths") -> Iterator[str]:
     """Documents of local files (already resolved by :func:`resolve_paths`), streamed."""
     import datasets

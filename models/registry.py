@@ -46,9 +46,6 @@ class Registry(Generic[RegisteredClass]):
     def names(self) -> list[str]:
         return sorted(self._classes)
 
-    def __contains__(self, name: object) -> bool:
-        return name in self._classes
-
 
 FFW_MODULES: Registry = Registry("FFW family")
 """Family key -> ``FFWLayer`` subclass. Filled by importing ``models.ffw.<family>``
