@@ -105,7 +105,14 @@ class StreamingCorpus:
         return float(self.passes) if self.passes else None
 
     def _documents(self) -> Iterator[str]:
+        """Training documents in stream order, pass after pass when allowed.
+
+        Raises :class:`UserError` when a whole pass yields no training document
+        (an empty corpus, or every document in the validation split), or when the
+        corpus runs out without ``allow_multiple_epochs``.
+        """
         while True:
+            whole_pass = self.documents_consumed == 0  # a resumed pass starts mid-corpus
             produced = False
             for index, text in enumerate(self._open_documents()):
                 if index < self.documents_consumed:
@@ -116,8 +123,13 @@ class StreamingCorpus:
                     continue
                 produced = True
                 yield text
-            if not produced and self.documents_consumed == 0:
-                raise UserError("the training corpus has no documents; check data.name/split")
+            if whole_pass and not produced:
+                if self.documents_consumed == 0:
+                    raise UserError("the training corpus has no documents; check data.name/split")
+                raise UserError(f"the training corpus has no documents outside the validation split (all "
+                                f"{self.documents_consumed} fall in data.validation_fraction="
+                                f"{self.validation_fraction}); check data.name/split or lower "
+                                "data.validation_fraction")
             if not self.allow_multiple_epochs:
                 raise UserError("the training corpus ran out before the run's tokens were reached; set "
                                 "data.allow_multiple_epochs=true or lower the budget")
@@ -165,7 +177,6 @@ class TrainingData:
     source: str
     content_hash: str
     n_documents: int | None
-    train_tokens_available: int | None
 
     def describe(self) -> dict:
         """The ``data`` entry of ``result.json``."""
@@ -238,8 +249,7 @@ def load_training_data(config: DataConfig, seq_len: int, seed: int, tokens_neede
               f"of {available} tokens)", file=sys.stderr)
     return TrainingData(train=corpus, tokenizer=tokenizer,
                         validation_tokens=lambda max_tokens: validation[:max_tokens + 1],
-                        source=config.source, content_hash=content_hash, n_documents=n_documents,
-                        train_tokens_available=available)
+                        source=config.source, content_hash=content_hash, n_documents=n_documents)
 
 
 def _hub_training_data(config: DataConfig, tokenizer: Tokenizer, seq_len: int) -> TrainingData:
@@ -261,7 +271,7 @@ def _hub_training_data(config: DataConfig, tokenizer: Tokenizer, seq_len: int) -
     identity = f"hub:{config.name}:{config.subset}:{config.split}:{config.tokenizer}"
     return TrainingData(train=corpus, tokenizer=tokenizer, validation_tokens=validation_tokens,
                         source="hub", content_hash=hashlib.sha256(identity.encode()).hexdigest()[:16],
-                        n_documents=None, train_tokens_available=None)
+                        n_documents=None)
 
 
 def collect_tokens(documents: Iterator[str], tokenizer: Tokenizer, max_tokens: int) -> np.ndarray:

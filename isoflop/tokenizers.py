@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Protocol
 
 import numpy as np
@@ -77,8 +78,13 @@ class HuggingFaceTokenizer:
         return np.asarray(list(ids) + [self.end_of_document], dtype=np.int32)
 
 
+@lru_cache(maxsize=8)
 def build_tokenizer(name: str, vocab_size: int | None) -> Tokenizer:
-    """The tokenizer called ``name`` (``bytes`` or a Hugging Face name)."""
+    """The tokenizer called ``name`` (``bytes`` or a Hugging Face name).
+
+    Cached per process (a Hugging Face tokenizer is loaded once): tokenizers
+    only encode, they hold no state that changes, so callers share one.
+    """
     if name == "bytes":
         return ByteTokenizer()
     return HuggingFaceTokenizer(name, int(vocab_size or 0))

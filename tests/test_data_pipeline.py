@@ -91,6 +91,17 @@ def test_streaming_positions_restore_exactly() -> None:
             once.next_batch(4)
 
 
+def test_streaming_corpus_without_training_documents_fails() -> None:
+    documents = [f"held-out document {index}" for index in range(20)]
+    all_validation = StreamingCorpus(lambda: iter(documents), ByteTokenizer(), 16, validation_fraction=1.0,
+                                     allow_multiple_epochs=True)
+    with pytest.raises(UserError, match="no documents outside the validation split"):
+        all_validation.next_batch(4)  # used to start pass after pass forever
+    empty = StreamingCorpus(lambda: iter([]), ByteTokenizer(), 16, None, allow_multiple_epochs=True)
+    with pytest.raises(UserError, match="has no documents; check data.name/split"):
+        empty.next_batch(4)
+
+
 def test_evaluation_sequences_predict_every_token_once() -> None:
     sequences = evaluation_sequences(np.arange(21, dtype=np.int32), seq_len=8)
     assert [len(sequence) for sequence in sequences] == [9, 9, 5]
