@@ -27,7 +27,8 @@ def evaluation_loss(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, ba
                     device: torch.device, autocast: Callable) -> tuple[float, int]:
     """(mean loss in nats/token, tokens predicted) of ``model`` on packed ``tokens``."""
     sequences = evaluation_sequences(tokens, seq_len)
-    total_loss, total_tokens = 0.0, 0
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device, read once
+    total_tokens = 0
     batches: list[list[np.ndarray]] = []
     for sequence in sequences:  # equal-length sequences share a batch
         if batches and len(batches[-1]) < batch_size and batches[-1][0].size == sequence.size:
@@ -39,9 +40,9 @@ def evaluation_loss(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, ba
         with autocast():
             logits = model(stacked[:, :-1])  # (b, T, V)
         loss = F.cross_entropy(logits.float().flatten(0, 1), stacked[:, 1:].flatten(), reduction="sum")
-        total_loss += float(loss.item())
+        total_loss += loss.double()  # float64 sums, as Python floats would
         total_tokens += stacked[:, 1:].numel()
-    return total_loss / max(1, total_tokens), total_tokens
+    return float(total_loss.item()) / max(1, total_tokens), total_tokens
 
 
 def evaluate_all(model: torch.nn.Module, spec: RunSpec, data: TrainingData, device: torch.device,
