@@ -70,17 +70,17 @@ def save(run_dir: Path, step: int, run_id: str, state: dict[str, Any]) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    payload = buffer.getvalue()
     final = root / f"step_{step:06d}"
     temporary = root / f"step_{step:06d}.tmp-{os.getpid()}"
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir()
-    with open(temporary / "state.pt", "wb") as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
-    manifest = {"format": CHECKPOINT_FORMAT, "step": step, "run_id": run_id,
-                "sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload)}
+    with buffer.getbuffer() as payload:  # a view of the serialized state, not a copy
+        with open(temporary / "state.pt", "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        manifest = {"format": CHECKPOINT_FORMAT, "step": step, "run_id": run_id,
+                    "sha256": hashlib.sha256(payload).hexdigest(), "bytes": payload.nbytes}
     with open(temporary / "manifest.json", "w") as handle:
         json.dump(manifest, handle)
         handle.flush()
@@ -111,31 +111,35 @@ def verify(path: Path, run_id: str) -> str | None:
     return None
 
 
-def load_latest(run_dir: Path, run_id: str, map_location: str | torch.device = "cpu"
-                ) -> dict[str, Any] | None:
+def load_latest(run_dir: Path, run_id: str, map_location: str | torch.device = "cpu", *,
+                clean_up: bool = True) -> dict[str, Any] | None:
     """The newest good checkpoint's state, or None when there is none.
 
-    Leftover ``.tmp`` folders are removed; corrupt checkpoints are reported and
-    renamed ``corrupt-step_N``. Raises :class:`UserError` when checkpoints exist
-    and none is good.
+    With ``clean_up`` (one process of a run: the main rank, before the others
+    read) leftover ``.tmp`` folders are removed and corrupt checkpoints are
+    reported and renamed ``corrupt-step_N``; without it the folder is only read
+    (bad checkpoints are skipped in place). Raises :class:`UserError` when
+    checkpoints exist and none is good.
     """
     root = checkpoint_dir(run_dir)
     if not root.is_dir():
         return None
-    for leftover in root.glob("step_*.tmp-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
+    if clean_up:
+        for leftover in root.glob("step_*.tmp-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
     problems: list[tuple[Path, str]] = []
     for _, path in _step_dirs(root):
         problem = verify(path, run_id)
         if problem is not None:
             problems.append((path, problem))
             continue
-        for bad, reason in problems:  # newer than the good one: set aside, never reused
-            corrupt = root / f"corrupt-{bad.name}"
-            shutil.rmtree(corrupt, ignore_errors=True)
-            os.replace(bad, corrupt)
-            print(f"isoflop train: warning: checkpoint {bad} is unusable ({reason}); moved to "
-                  f"{corrupt.name}, resuming from {path.name}", file=sys.stderr)
+        if clean_up:
+            for bad, reason in problems:  # newer than the good one: set aside, never reused
+                corrupt = root / f"corrupt-{bad.name}"
+                shutil.rmtree(corrupt, ignore_errors=True)
+                os.replace(bad, corrupt)
+                print(f"isoflop train: warning: checkpoint {bad} is unusable ({reason}); moved to "
+                      f"{corrupt.name}, resuming from {path.name}", file=sys.stderr)
         return torch.load(path / "state.pt", map_location=map_location, weights_only=False)
     if problems:
         bad, reason = problems[0]

@@ -6,9 +6,9 @@ after each line. Training lines carry ``step`` (optimizer steps done),
 accounting's flops_per_token_train), ``loss`` (mean LM + auxiliary loss of the
 step, nats/token), ``lr``, ``grad_norm`` (before clipping), ``tokens_per_s``
 and ``mfu`` (over the last logging interval) and ``elapsed_s`` (training time
-over all attempts). Evaluation lines add ``"kind": "eval"``; a line with
-``"kind": "resume"`` marks a restart from a checkpoint, after which steps past
-that checkpoint may be logged again — the later line of a step wins.
+over all attempts). A line with ``"kind": "resume"`` marks a restart from a
+checkpoint, after which steps past that checkpoint may be logged again — the
+later line of a step wins.
 
 The progress line goes to stderr: loss, tokens/s, MFU and ETA, rewritten in
 place on a terminal, one line per log step otherwise (job logs).
@@ -27,8 +27,13 @@ from pathlib import Path
 from typing import Any
 
 
-def _json_number(value: Any) -> Any:
-    """NaN/inf are not JSON: write them as null."""
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every NaN/inf float replaced by None (JSON has no NaN),
+    inside dicts, lists and tuples too."""
+    if isinstance(value, dict):
+        return {key: finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(item) for item in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
@@ -53,9 +58,8 @@ class MetricsLogger:
         """Append one line to metrics.jsonl (and wandb)."""
         if not self.enabled:
             return
-        line = {key: _json_number(value) for key, value in record.items()}
-        self._file.write(json.dumps(line) + "\n")
-        self._file.flush()
+        line = finite_or_null(record)
+        self._file.write(json.dumps(line) + "\n")  # line-buffered: flushed at the newline
         if self._wandb_run is not None:
             numbers = {key: value for key, value in line.items()
                        if isinstance(value, (int, float)) and key != "step"}

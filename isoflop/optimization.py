@@ -73,9 +73,10 @@ def set_learning_rate(optimizers: list[torch.optim.Optimizer | None], learning_r
                 group["lr"] = learning_rate
 
 
-def clip_gradients(parameters: list[nn.Parameter], max_norm: float) -> float:
+def clip_gradients(parameters: list[nn.Parameter], max_norm: float) -> torch.Tensor:
     """Scale all gradients (dense and sparse) so their joint L2 norm is at most
-    ``max_norm`` (no clipping when ``max_norm`` <= 0); returns the norm before."""
+    ``max_norm`` (no clipping when ``max_norm`` <= 0); returns the norm before,
+    a float32 scalar tensor left on the device (no host sync; read it only when needed)."""
     squares = []
     for parameter in parameters:
         gradient = parameter.grad
@@ -88,7 +89,7 @@ def clip_gradients(parameters: list[nn.Parameter], max_norm: float) -> float:
         else:
             squares.append(gradient.float().pow(2).sum())
     if not squares:
-        return 0.0
+        return torch.zeros(())
     total_norm = torch.stack(squares).sum().sqrt()
     if max_norm > 0:
         scale = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
@@ -98,7 +99,7 @@ def clip_gradients(parameters: list[nn.Parameter], max_norm: float) -> float:
                     parameter.grad = parameter.grad * scale.to(parameter.grad.dtype)
                 else:
                     parameter.grad.mul_(scale.to(parameter.grad.dtype))
-    return float(total_norm.item())
+    return total_norm
 
 
 def all_reduce_sparse_gradients(parameters: list[nn.Parameter], world_size: int) -> None:
@@ -116,9 +117,10 @@ def all_reduce_sparse_gradients(parameters: list[nn.Parameter], world_size: int)
                                                parameter.shape)
         gradient = gradient.coalesce()
         indices, values = gradient.indices()[0], gradient.values()  # (nnz,), (nnz, d)
-        counts = [torch.zeros(1, dtype=torch.long, device=indices.device) for _ in range(world_size)]
-        dist.all_gather(counts, torch.tensor([indices.numel()], device=indices.device))
-        longest = max(int(count.item()) for count in counts)
+        gathered_counts = [torch.zeros(1, dtype=torch.long, device=indices.device) for _ in range(world_size)]
+        dist.all_gather(gathered_counts, torch.tensor([indices.numel()], device=indices.device))
+        counts: list[int] = torch.cat(gathered_counts).tolist()  # rows per rank, one host sync
+        longest = max(counts)
         padded_indices = torch.zeros(longest, dtype=torch.long, device=indices.device)
         padded_values = torch.zeros(longest, *values.shape[1:], dtype=values.dtype, device=values.device)
         padded_indices[:indices.numel()] = indices
@@ -127,7 +129,7 @@ def all_reduce_sparse_gradients(parameters: list[nn.Parameter], world_size: int)
         gathered_values = [torch.empty_like(padded_values) for _ in range(world_size)]
         dist.all_gather(gathered_indices, padded_indices)
         dist.all_gather(gathered_values, padded_values)
-        all_indices = torch.cat([part[:int(count.item())] for part, count in zip(gathered_indices, counts)])
-        all_values = torch.cat([part[:int(count.item())] for part, count in zip(gathered_values, counts)])
+        all_indices = torch.cat([part[:count] for part, count in zip(gathered_indices, counts)])
+        all_values = torch.cat([part[:count] for part, count in zip(gathered_values, counts)])
         parameter.grad = torch.sparse_coo_tensor(all_indices.unsqueeze(0), all_values / world_size,
                                                  parameter.shape).coalesce()

@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
 import signal
 import subprocess
@@ -43,7 +42,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -54,12 +52,13 @@ from isoflop.data import TrainingData, load_training_data
 from isoflop.distributed import DistributedContext, setup_distributed, teardown_distributed
 from isoflop.errors import UserError
 from isoflop.evaluation import evaluate_all
-from isoflop.hardware import lookup_peak_flops, measured_cpu_peak_flops
-from isoflop.metrics_log import MetricsLogger
+from isoflop.hardware import current_device_name, lookup_peak_flops, measured_cpu_peak_flops
+from isoflop.metrics_log import MetricsLogger, finite_or_null
 from isoflop.optimization import (
     all_reduce_sparse_gradients, build_optimizers, clip_gradients, learning_rate_at, set_learning_rate,
 )
 from isoflop.run_spec import RunSpec
+from isoflop.sweep_dir import read_json, write_atomic
 
 PREEMPTION_SIGNALS = {signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM}
 
@@ -156,29 +155,41 @@ def restore_checkpoint(state: TrainingState, payload: dict) -> None:
     state.step = int(payload["step"])
 
 
-def read_result(run_dir: Path) -> dict | None:
-    """``result.json`` if it exists and is readable, else None."""
+def load_resume_checkpoint(run_dir: Path, run_id: str, context: DistributedContext) -> dict | None:
+    """The newest good checkpoint of the run (see :func:`isoflop.checkpoint.load_latest`), or None.
+
+    The main rank reads first and is the only one to tidy the folder (leftover
+    ``.tmp`` folders, corrupt checkpoints set aside); the other ranks read after
+    a barrier, so no rank sees a folder another one is renaming. The barrier is
+    passed even when the main rank fails, so the others fail too instead of waiting.
+    """
+    if not context.is_main:
+        context.barrier()
+        return checkpoint.load_latest(run_dir, run_id, map_location=context.device, clean_up=False)
     try:
-        return json.loads((Path(run_dir) / "result.json").read_text())
-    except (OSError, ValueError):
-        return None
+        return checkpoint.load_latest(run_dir, run_id, map_location=context.device)
+    finally:
+        context.barrier()
 
 
-def _set_signals_blocked(blocked: bool) -> None:
+def _set_signals_blocked(blocked: bool) -> set[signal.Signals] | None:
+    """Block (or unblock) the preemption signals in the main thread; returns the
+    previous signal mask, or None where nothing was changed (another thread, or
+    no ``pthread_sigmask`` on this platform)."""
     if threading.current_thread() is threading.main_thread() and hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_BLOCK if blocked else signal.SIG_UNBLOCK, PREEMPTION_SIGNALS)
+        return signal.pthread_sigmask(signal.SIG_BLOCK if blocked else signal.SIG_UNBLOCK, PREEMPTION_SIGNALS)
+    return None
 
 
 def run(spec: RunSpec, run_dir: str | Path) -> dict:
     """Train ``spec`` in ``run_dir`` (resuming if possible); return the result dict."""
     global _ACTIVE
     run_dir = Path(run_dir).resolve()
-    existing = read_result(run_dir)
+    existing = read_json(run_dir / "result.json")
     if existing is not None and existing.get("status") == "completed":
         return existing
     run_dir.mkdir(parents=True, exist_ok=True)
-    previous_mask = (signal.pthread_sigmask(signal.SIG_BLOCK, PREEMPTION_SIGNALS)
-                     if threading.current_thread() is threading.main_thread() else None)
+    previous_mask = _set_signals_blocked(True)
     context = setup_distributed()
     logger = None
     try:
@@ -199,8 +210,9 @@ def run(spec: RunSpec, run_dir: str | Path) -> dict:
 
         model = build_model(spec.model, device=context.device, sparse_tables=spec.train.sparse_tables)
         dense_optimizer, sparse_optimizer = build_optimizers(model, spec)
+        optimizers = [dense_optimizer] + ([sparse_optimizer] if sparse_optimizer is not None else [])
         state = TrainingState(spec, run_dir, context, model, dense_optimizer, sparse_optimizer, data)
-        resumed = checkpoint.load_latest(run_dir, spec.run_id, map_location=context.device)
+        resumed = load_resume_checkpoint(run_dir, spec.run_id, context)
         if resumed is not None:
             restore_checkpoint(state, resumed)
         sparse_parameters = list(model.sparse_parameters()) if spec.train.sparse_tables else []
@@ -223,7 +235,7 @@ def run(spec: RunSpec, run_dir: str | Path) -> dict:
         parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
 
         # ---- logging and MFU ---------------------------------------------------------------
-        device_name = torch.cuda.get_device_name(context.device) if context.device.type == "cuda" else "cpu"
+        device_name = current_device_name()  # setup_distributed made context.device the current one
         peak = measured_cpu_peak_flops() if device_name == "cpu" else lookup_peak_flops(device_name)
         logger = MetricsLogger(run_dir, run_id=spec.run_id, total_steps=spec.steps, logger=spec.logger,
                                config=spec.to_dict(), enabled=context.is_main)
@@ -231,6 +243,11 @@ def run(spec: RunSpec, run_dir: str | Path) -> dict:
             logger.log({"kind": "resume", "step": state.step})
         tokens_per_step = batch_size * seq_len
         flops_per_token = spec.flops_per_token_train
+
+        def model_flops_utilization(tokens_per_s: float) -> float | None:
+            """Achieved training FLOP/s over the peak of all ``world_size`` devices (None: unknown peak)."""
+            return flops_per_token * tokens_per_s / (peak * world_size) if peak else None
+
         status, diverged_at_step = "completed", None
         _ACTIVE = state
 
@@ -243,7 +260,7 @@ def run(spec: RunSpec, run_dir: str | Path) -> dict:
             state.in_step = True
             step_start = time.perf_counter()
             learning_rate = learning_rate_at(state.step, spec)
-            set_learning_rate([dense_optimizer, sparse_optimizer], learning_rate)
+            set_learning_rate(optimizers, learning_rate)
             batch = torch.from_numpy(data.train.next_batch(batch_size, context.rank, world_size))
             batch = batch.to(context.device, dtype=torch.long)  # (per_rank, T + 1)
             step_loss = torch.zeros((), device=context.device)
@@ -252,10 +269,11 @@ def run(spec: RunSpec, run_dir: str | Path) -> dict:
                 inputs, targets = micro[:, :-1], micro[:, 1:]  # (b, T), (b, T)
                 last = micro_step == accumulation - 1
                 sync = contextlib.nullcontext() if (last or world_size == 1) else forward_model.no_sync()
-                with sync, autocast():
-                    logits = forward_model(inputs)  # (b, T, V)
-                    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-                    loss = loss + model.auxiliary_loss()
+                with sync:
+                    with autocast():  # forward and loss only; backward runs outside autocast
+                        logits = forward_model(inputs)  # (b, T, V)
+                        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+                        loss = loss + model.auxiliary_loss()
                     (loss / accumulation).backward()
                 step_loss += loss.detach() / accumulation
             step_loss = context.all_reduce_mean(step_loss)
@@ -267,13 +285,11 @@ def run(spec: RunSpec, run_dir: str | Path) -> dict:
             if world_size > 1 and sparse_parameters:
                 all_reduce_sparse_gradients(sparse_parameters, world_size)
             state.in_update = True
-            grad_norm = clip_gradients(parameters, spec.train.grad_clip)
-            dense_optimizer.step()
-            if sparse_optimizer is not None:
-                sparse_optimizer.step()
-            dense_optimizer.zero_grad(set_to_none=True)
-            if sparse_optimizer is not None:
-                sparse_optimizer.zero_grad(set_to_none=True)
+            grad_norm = clip_gradients(parameters, spec.train.grad_clip)  # a device tensor: read when logged
+            for optimizer in optimizers:
+                optimizer.step()
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
             state.step += 1
             state.totals["elapsed_s"] += time.perf_counter() - step_start
             state.totals["interval_loss_sum"] += loss_value
@@ -283,12 +299,13 @@ def run(spec: RunSpec, run_dir: str | Path) -> dict:
             if state.step % spec.train.log_every_steps == 0 or state.step == spec.steps:
                 seconds = max(1e-9, time.perf_counter() - interval_start)
                 tokens_per_s = (state.step - interval_first_step) * tokens_per_step / seconds
-                mfu = flops_per_token * tokens_per_s / (peak * world_size) if peak else None
+                mfu = model_flops_utilization(tokens_per_s)
                 interval_loss = state.totals["interval_loss_sum"] / state.totals["interval_steps"]
                 state.totals.update(interval_loss_sum=0.0, interval_steps=0, last_interval_loss=interval_loss)
                 logger.log({"step": state.step, "tokens": state.step * tokens_per_step,
                             "flops": state.step * tokens_per_step * flops_per_token, "loss": loss_value,
-                            "interval_loss": interval_loss, "lr": learning_rate, "grad_norm": grad_norm,
+                            "interval_loss": interval_loss, "lr": learning_rate,
+                            "grad_norm": float(grad_norm.item()),
                             "tokens_per_s": tokens_per_s, "mfu": mfu,
                             "elapsed_s": state.totals["elapsed_s"]})
                 logger.progress(state.step, loss_value, tokens_per_s,
@@ -319,7 +336,7 @@ def run(spec: RunSpec, run_dir: str | Path) -> dict:
                        "active_non_embedding": costs.get("n_params_active_non_embedding")},
             "final_train_loss": state.totals["last_interval_loss"] if status == "completed" else None,
             "eval": evaluation, "routing": routing, "wall_time_s": elapsed, "tokens_per_s": tokens_per_s,
-            "mfu": flops_per_token * tokens_per_s / (peak * world_size) if peak else None,
+            "mfu": model_flops_utilization(tokens_per_s),
             "code_version": code_version(), "data": data.describe(), "device": device_name,
             "world_size": world_size, "notes": eval_notes,
         }
@@ -337,25 +354,9 @@ def run(spec: RunSpec, run_dir: str | Path) -> dict:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
 
 
-def write_result(run_dir: Path, result: dict[str, Any]) -> None:
-    """``result.json`` atomically: write a temporary file, fsync, rename."""
-    temporary = run_dir / f"result.json.tmp-{os.getpid()}"
-    with open(temporary, "w") as handle:
-        json.dump(finite_or_null(result), handle, indent=2, allow_nan=False)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, run_dir / "result.json")
-
-
-def finite_or_null(value: Any) -> Any:
-    """``value`` with every NaN/inf float replaced by None (JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {key: finite_or_null(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite_or_null(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+def write_result(run_dir: Path, result: dict) -> None:
+    """``result.json`` atomically (:func:`isoflop.sweep_dir.write_atomic`), NaN/inf as null."""
+    write_atomic(run_dir / "result.json", json.dumps(finite_or_null(result), indent=2, allow_nan=False))
 
 
 def code_version() -> str:
