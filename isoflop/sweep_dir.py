@@ -38,11 +38,22 @@ from isoflop.errors import UserError
 MARKER = "sweep.json"
 
 
+def _umask() -> int:
+    """The process's file-creation mask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so readers see the old or the new file, never a part."""
+    """Write ``text`` to ``path`` so readers see the old or the new file, never a part.
+
+    The file gets the usual permissions (0666 less the umask), not the 0600 of a
+    temporary file, so a team sharing a sweep directory can read it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(descriptor, 0o666 & ~_umask())
         with os.fdopen(descriptor, "w") as handle:
             handle.write(text)
             handle.flush()

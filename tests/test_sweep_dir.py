@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 from isoflop.scheduler_state import expand_job_ids, run_state
@@ -13,6 +15,15 @@ def test_atomic_write_leaves_no_temporary_files(tmp_path: Path) -> None:
     write_json_atomic(tmp_path / "result.json", {"status": "diverged"})
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
     assert RunDir(tmp_path).result() == {"status": "diverged"}
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path: Path) -> None:
+    mask = os.umask(0o027)
+    try:
+        write_json_atomic(tmp_path / "result.json", {"status": "completed"})
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "result.json").stat().st_mode) == 0o640
 
 
 def test_a_torn_last_record_is_skipped(tmp_path: Path) -> None:
