@@ -2,9 +2,9 @@
 
 Auxiliary losses: an FFW layer's forward stores its *weighted* auxiliary
 losses with ``FFWLayer.set_auxiliary_loss(name, value)``;
-:func:`auxiliary_loss_terms` collects them from any model by module name and
-``TransformerLM.auxiliary_loss()`` sums them. The training loop adds that sum
-to the LM loss and needs no per-family code.
+``TransformerLM.auxiliary_loss()`` sums them from its blocks' FFWs and the
+training loop adds that sum to the LM loss, with no per-family code;
+:func:`auxiliary_loss_terms` lists them by module name for any model (logging).
 
 Routing statistics (He 2024, "Mixture of A Million Experts", §3.3 and Table 2):
 a routed layer (token-choice and expert-choice MoE, PKM, PEER) reports each
