@@ -28,23 +28,24 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.command import DEFAULT_EVAL_DATASET, METRICS, PARAMS_KINDS
 from analysis.records import ExcludedRun
 from isoflop.errors import UserError
-
-PARAMS_KINDS = ("total", "active", "non_embedding", "active_non_embedding")
-METRICS = ("loss", "perplexity")
-DEFAULT_EVAL_DATASET = "validation"
 
 
 @dataclass
 class Collection:
-    """The runs that enter the fits, plus everything that was left out and why."""
+    """The runs that enter the fits, plus everything that was left out and why.
+
+    ``params_derived`` is True when the ``params`` column was derived from C = 6·N·D
+    (a CSV without parameter counts) rather than read.
+    """
 
     runs: pd.DataFrame
     excluded: list[ExcludedRun] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     source: str = ""
-    eval_datasets: list[str] = field(default_factory=list)
+    params_derived: bool = False
 
 
 def _read_json(path: Path) -> dict:
@@ -126,12 +127,13 @@ def collect_sweep(sweep_dir: Path | str, params_kind: str = "active", eval_datas
     if params_kind not in PARAMS_KINDS:
         raise UserError(f"--params {params_kind!r} is unknown; choose one of {', '.join(PARAMS_KINDS)}")
     if metric not in METRICS:
-        raise UserError(f"--metric {metric!r} is unknown; choose loss or perplexity")
+        raise UserError(f"--metric {metric!r} is unknown; choose {' or '.join(METRICS)}")
     run_dirs = _run_directories(sweep_dir)
     if not run_dirs:
         raise UserError(f"no runs found in {sweep_dir} (expected runs/<run_id>/run.json); check the path or run `isoflop submit` first")
     rows: list[dict[str, object]] = []
     excluded: list[ExcludedRun] = []
+    run_notes: list[str] = []
     datasets_seen: set[str] = set()
     for run_dir in run_dirs:
         run_id = run_dir.name
@@ -141,7 +143,7 @@ def collect_sweep(sweep_dir: Path | str, params_kind: str = "active", eval_datas
                 run_spec = _read_json(run_dir / "run.json")
                 run_id = str(run_spec.get("run_id", run_id))
             except (OSError, ValueError) as error:
-                excluded.append(ExcludedRun(run_id, f"corrupt run.json ({error}); run.json ignored"))
+                run_notes.append(f"run {run_id}: corrupt run.json ({error}); run.json ignored")
         if not (run_dir / "result.json").exists():
             excluded.append(ExcludedRun(run_id, "missing or partial: run.json present but no result.json (not finished)"))
             continue
@@ -173,15 +175,8 @@ def collect_sweep(sweep_dir: Path | str, params_kind: str = "active", eval_datas
         reasons = "; ".join(f"{run.run_id}: {run.reason}" for run in excluded[:3])
         raise UserError(f"no completed runs to analyse in {sweep_dir} ({len(excluded)} excluded: {reasons}); wait for runs to finish or check the sweep")
     runs = pd.DataFrame(rows).sort_values(["method", "budget", "params"], ignore_index=True)
-    notes = [f"params kind: {params_kind}", f"metric: {metric} on eval dataset {eval_dataset!r}"]
-    return Collection(runs=runs, excluded=excluded, notes=notes, source=str(sweep_dir), eval_datasets=sorted(datasets_seen))
-
-
-def to_csv(frame: pd.DataFrame, path: Path | str) -> Path:
-    """Write the tidy frame as CSV (the interchange format; no pickles)."""
-    path = Path(path)
-    frame.to_csv(path, index=False)
-    return path
+    notes = [f"params kind: {params_kind}", f"metric: {metric} on eval dataset {eval_dataset!r}", *run_notes]
+    return Collection(runs=runs, excluded=excluded, notes=notes, source=str(sweep_dir))
 
 
 def to_parquet(frame: pd.DataFrame, path: Path | str) -> Path:

@@ -22,6 +22,11 @@ from pathlib import Path
 from isoflop.errors import UserError
 
 PARAMS_KINDS = ("total", "active", "non_embedding", "active_non_embedding")
+"""Parameter counts ``--params`` may put on the x axis (keys of a run's ``params``)."""
+METRICS = ("loss", "perplexity")
+"""What ``--metric`` may fit: the evaluation loss or its perplexity exp(loss)."""
+DEFAULT_EVAL_DATASET = "validation"
+"""Evaluation set fitted without ``--eval-dataset``: the held-out split of the training corpus."""
 DEFAULT_BOOTSTRAP = 1000
 ABLATION_BOOTSTRAP_CAP = 300
 
@@ -40,10 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, metavar="N",
                         help=f"bootstrap resamples for confidence intervals (default {DEFAULT_BOOTSTRAP}; 0 disables)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed of the bootstrap (default 0)")
-    parser.add_argument("--metric", choices=("loss", "perplexity"), default="loss",
+    parser.add_argument("--metric", choices=METRICS, default="loss",
                         help="fit and plot the evaluation loss or its perplexity exp(loss) (default loss)")
     parser.add_argument("--eval-dataset", metavar="NAME", default=None,
-                        help="evaluation set to fit (default 'validation', the held-out split of the training corpus; "
+                        help=f"evaluation set to fit (default {DEFAULT_EVAL_DATASET!r}, the held-out split of the training corpus; "
                              "with --csv: column NAME or NAME_loss)")
     parser.add_argument("--params", choices=PARAMS_KINDS, default=None,
                         help="parameter count on the x axis (default active: the parameters a token touches, "
@@ -80,17 +85,16 @@ def _collect(args: argparse.Namespace):
         return load_csv(args.csv, parse_column_map(args.columns), args.metric, args.eval_dataset, params_column)
     if args.columns:
         raise UserError("--columns applies to --csv input only; drop it or pass --csv FILE")
-    return collect_sweep(args.sweep_dir, args.params or "active", args.eval_dataset or "validation", args.metric)
+    return collect_sweep(args.sweep_dir, args.params or "active", args.eval_dataset or DEFAULT_EVAL_DATASET, args.metric)
 
 
 def _labels(args: argparse.Namespace, collection) -> tuple[str, str]:
     """Axis labels: (metric label, params label)."""
-    dataset = args.eval_dataset or ("validation" if args.csv is None else "")
+    dataset = args.eval_dataset or (DEFAULT_EVAL_DATASET if args.csv is None else "")
     where = f", {dataset}" if dataset else ""
     value_label = f"Perplexity{where}" if args.metric == "perplexity" else f"Loss{where} (nats/token)"
     if args.csv is not None:
-        derived = any("params derived" in note for note in collection.notes)
-        return value_label, "C/6D, derived" if derived else (args.params or "from CSV")
+        return value_label, "C/6D, derived" if collection.params_derived else (args.params or "from CSV")
     return value_label, args.params or "active"
 
 
@@ -103,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
 
     from analysis.ablations import detect_ablations, plot_ablations
     from analysis.approach3 import fit_all_approach3
-    from analysis.collect import to_csv, to_parquet
+    from analysis.collect import to_parquet
     from analysis.figures import plot_isoflop, plot_scaling
     from analysis.fits import fit_all_optima, optima_table
     from analysis.powerlaw import fit_all_power_laws, power_law_table
@@ -129,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"--out {out_dir}: cannot create the directory ({error.strerror}); pass a writable --out DIR") from None
-    to_csv(runs, out_dir / "runs.csv")
+    runs.to_csv(out_dir / "runs.csv", index=False)
     if args.parquet:
         to_parquet(runs, out_dir / "runs.parquet")
     optima_frame = optima_table(optima, args.metric)
@@ -153,9 +157,13 @@ def run(args: argparse.Namespace) -> int:
         write_table(table, out_dir / stem, caption, group_column="budget")
 
     approach3 = fit_all_approach3(runs, "loss") if args.approach3 else []
+    if args.csv is None:
+        metric_source = args.eval_dataset or DEFAULT_EVAL_DATASET
+    else:
+        metric_source = args.eval_dataset or "CSV loss column"
     settings = {
         "Input": collection.source,
-        "Metric": f"{args.metric} ({args.eval_dataset or 'validation' if args.csv is None else 'CSV loss column'})",
+        "Metric": f"{args.metric} ({metric_source})",
         "Parameters": f"{params_label} (active = parameters a token touches, the N of C = 6ND)" if args.csv is None else params_label,
         "Fit": "Huber (robust) parabolas" if args.robust else "least-squares parabolas",
         "Bootstrap": f"{args.bootstrap} resamples of runs, seed {args.seed}, 95% percentile intervals",
@@ -164,12 +172,12 @@ def run(args: argparse.Namespace) -> int:
                             power_laws=power_laws, approach3=approach3, figures=figures, tables=tables,
                             partial_notes=partial_notes)
     report_path = render_report(result, out_dir)
-    _print_summary(report_path, result)
+    _print_summary(report_path, result, args.metric)
     return 0
 
 
-def _print_summary(report_path: Path, result) -> None:
-    """A few lines on stdout: where the report is, the optima and the exponents."""
+def _print_summary(report_path: Path, result, metric: str) -> None:
+    """A few lines on stdout: where the report is, the optima and the exponents of the fitted ``metric``."""
     from analysis.records import PowerLawFit
 
     runs = result.collection.runs
@@ -182,7 +190,7 @@ def _print_summary(report_path: Path, result) -> None:
         tokens = f"{optimum.d_opt:.3g}" if optimum.d_opt is not None else "n/a"
         interval = f" [{optimum.n_opt_lo:.3g}, {optimum.n_opt_hi:.3g}]" if optimum.n_opt_lo == optimum.n_opt_lo else ""
         print(f"  {optimum.group:<16} C={optimum.budget:.3g}  N*={optimum.n_opt:.3g}{interval}  D*={tokens}  "
-              f"{result.settings['Metric'].split()[0]}*={optimum.loss_opt:.4g}{flag}")
+              f"{metric}*={optimum.loss_opt:.4g}{flag}")
     for law in result.power_laws:
         if isinstance(law, PowerLawFit):
             interval = f" [{law.exponent_lo:.4f}, {law.exponent_hi:.4f}]" if law.exponent_lo == law.exponent_lo else ""
@@ -192,12 +200,17 @@ def _print_summary(report_path: Path, result) -> None:
         print(f"  partial report: {note}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (``python -m analysis.command``) with the CLI's error convention."""
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse ``isoflop analyze`` arguments (``sys.argv[1:]`` when ``argv`` is None); argparse exits on bad usage."""
     parser = argparse.ArgumentParser(prog="isoflop analyze", description=__doc__.splitlines()[0])
     add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point (``python -m analysis.command``) with the CLI's error convention."""
     try:
-        return run(parser.parse_args(argv))
+        return run(parse_args(argv))
     except UserError as error:
         print(f"error: {error.message}", file=sys.stderr)
         return error.exit_status

@@ -127,7 +127,8 @@ def load_csv(path: Path | str, column_map: dict[str, str] | None = None, metric:
     else:
         runs["method"] = "all"
         notes.append("no method column: all rows form one group named 'all'")
-    if "params" not in resolved:
+    params_derived = "params" not in resolved
+    if params_derived:
         runs["params"] = runs["budget"] / (6.0 * runs["tokens"])
         notes.append("params derived as budget / (6 * tokens) (C = 6ND)")
     if "tokens" not in resolved:
@@ -144,4 +145,4 @@ def load_csv(path: Path | str, column_map: dict[str, str] | None = None, metric:
     runs["run_id"] = [f"row{index + 2}" for index in range(len(runs))]
     runs = runs.sort_values(["method", "budget", "params"], ignore_index=True)
     notes.insert(0, f"metric: {metric} from column {resolved['loss']!r}")
-    return Collection(runs=runs, excluded=[], notes=notes, source=str(path), eval_datasets=[])
+    return Collection(runs=runs, excluded=[], notes=notes, source=str(path), params_derived=params_derived)

@@ -48,10 +48,10 @@ def _excluded_section(result: AnalysisResult) -> list[str]:
 
 def _non_ok_section(result: AnalysisResult) -> list[str]:
     rows = []
-    for optimum in result.optima:
+    for optimum, metric in zip(result.optima, result.optima_table["metric"]):
         for fit in (optimum.params_fit, optimum.tokens_fit):
             if fit.status != "ok":
-                rows.append({"method": fit.group, "budget": f"{fit.budget:.3g}", "fit": f"loss vs log10({fit.axis})",
+                rows.append({"method": fit.group, "budget": f"{fit.budget:.3g}", "fit": f"{metric} vs log10({fit.axis})",
                              "status": fit.status, "n_points": fit.n_points, "meaning": STATUS_MEANING[fit.status]})
     lines = ["## Fits that are not ok", ""]
     if not rows:

@@ -107,3 +107,10 @@ def urgent_partition(slurm_cluster: str) -> str:
     if "urgent" not in partitions:
         pytest.skip("no `urgent` partition to preempt with (start the cluster with scripts/slurm/start.sh)")
     return "urgent"
+
+
+def analyze(*argv: object) -> int:
+    """Run ``isoflop analyze`` through :mod:`analysis.command` in this process; returns its exit status."""
+    from analysis import command
+
+    return command.run(command.parse_args([str(arg) for arg in argv]))

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from analysis import command
 from analysis.csv_input import load_csv
+from conftest import analyze
 from isoflop.errors import UserError
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LLAMA3_CSV = SHARED_DATA / "llama3_isoflops.csv"
 needs_llama3 = pytest.mark.skipif(not LLAMA3_CSV.is_file(), reason=f"{LLAMA3_CSV} absent (shared/ must sit beside the repository)")
-
-
-def analyze(*argv: str) -> int:
-    """Run ``isoflop analyze`` through the command module, as the CLI does."""
-    parser = argparse.ArgumentParser(prog="isoflop analyze")
-    command.add_arguments(parser)
-    return command.run(parser.parse_args(list(argv)))
 
 
 def tokens_law(out_dir: Path) -> pd.Series:
@@ -96,6 +88,15 @@ def test_bad_arguments(tmp_path: Path) -> None:
         analyze("--csv", str(csv), "--eval-dataset", "lambada")
 
 
+def test_report_names_the_eval_dataset_column(tmp_path: Path) -> None:
+    csv = write_csv(tmp_path / "runs.csv", "budget,params,loss,heldout_loss\n"
+                    "1e19,1e8,3.0,3.2\n1e19,2e8,2.9,3.1\n1e19,4e8,3.0,3.2\n")
+    assert analyze("--csv", str(csv), "--out", str(tmp_path / "named"), "--bootstrap", "0", "--eval-dataset", "heldout") == 0
+    assert "- **Metric**: loss (heldout)" in (tmp_path / "named" / "report.md").read_text()
+    assert analyze("--csv", str(csv), "--out", str(tmp_path / "default"), "--bootstrap", "0") == 0
+    assert "- **Metric**: loss (CSV loss column)" in (tmp_path / "default" / "report.md").read_text()
+
+
 def test_single_budget_gives_a_partial_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     csv = write_csv(tmp_path / "one.csv", "method,budget,params,tokens,loss\n"
                     + "".join(f"dense,1e19,{n:g},{1e19 / (6 * n):g},{3.0 + 0.3 * (n / 2e8 - 1) ** 2}\n" for n in (5e7, 1e8, 2e8, 4e8, 8e8)))
@@ -125,3 +126,7 @@ def test_non_ok_fits_are_listed_without_optimum(tmp_path: Path) -> None:
     assert (optima.loc["dense", "status"] == "ok").all()
     report = (tmp_path / "out" / "report.md").read_text()
     assert "concave" in report and "vertex_outside_range" in report and "No power law for **broken**" in report
+    assert "| loss vs log10(params) |" in report
+    assert analyze("--csv", str(csv), "--out", str(tmp_path / "perplexity"), "--bootstrap", "0", "--metric", "perplexity") == 0
+    report = (tmp_path / "perplexity" / "report.md").read_text()
+    assert "| perplexity vs log10(params) |" in report and "loss vs log10" not in report

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import struct
@@ -14,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import command
 from analysis.collect import collect_sweep
 from analysis.figures import FIGURE_DPI, FIGURE_SIZE_INCHES
+from conftest import analyze
 from isoflop.errors import UserError
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -82,12 +81,6 @@ def build_sweep(root: Path) -> Path:
     return root
 
 
-def analyze(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="isoflop analyze")
-    command.add_arguments(parser)
-    return command.run(parser.parse_args(list(argv)))
-
-
 def png_size(path: Path) -> tuple[int, int]:
     """(width, height) in pixels from the PNG IHDR chunk."""
     header = path.read_bytes()[:24]
@@ -104,6 +97,23 @@ def test_collect_lists_exclusions(tmp_path: Path) -> None:
     assert len(collection.runs) == 4 * 2 * 5 + 10
     assert collection.runs["params"].equals(collection.runs["params_active"])
     assert {"eval_wikitext103_perplexity", "ffw_n_experts", "expert_usage"} <= set(collection.runs.columns)
+
+
+def test_corrupt_run_json_is_a_note_and_the_run_is_fitted(tmp_path: Path) -> None:
+    sweep = build_sweep(tmp_path / "sweep")
+    (sweep / "runs" / "dense-6e+18-2" / "run.json").write_text('{"run_id": "dense-6e+18-2", ')
+    collection = collect_sweep(sweep)
+    assert "dense-6e+18-2" in set(collection.runs["run_id"])
+    assert "dense-6e+18-2" not in {run.run_id for run in collection.excluded}
+    assert len(collection.runs) == 4 * 2 * 5 + 10
+    assert any("dense-6e+18-2" in note and "corrupt run.json" in note for note in collection.notes)
+
+    assert analyze(str(sweep), "--out", str(tmp_path / "out"), "--bootstrap", "0") == 0
+    optima = pd.read_csv(tmp_path / "out" / "optima.csv").set_index(["method", "budget"])
+    assert optima.loc[("dense", 6e18), "n_points"] == 5
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "3 run(s) did not enter the fits" in report
+    assert "Note: run dense-6e+18-2: corrupt run.json" in report
 
 
 def test_report_from_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

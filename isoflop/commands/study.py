@@ -41,9 +41,7 @@ def run(args: argparse.Namespace) -> int:
     all_completed = follow(sweep, args.interval) == 0
     trained = time.monotonic()
 
-    analyze_parser = argparse.ArgumentParser(prog="isoflop analyze")
-    analysis.command.add_arguments(analyze_parser)
-    analyze_args = analyze_parser.parse_args([str(sweep.path), "--bootstrap", str(args.bootstrap)])
+    analyze_args = analysis.command.parse_args([str(sweep.path), "--bootstrap", str(args.bootstrap)])
     analysis_status = analysis.command.run(analyze_args)
     print(f"study {composed.study.name}: training {trained - started:.0f} s, analysis "
           f"{time.monotonic() - trained:.0f} s; report: {sweep.path / 'report' / 'report.md'}")
