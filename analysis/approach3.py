@@ -42,7 +42,8 @@ def _huber(residuals: np.ndarray, delta: float) -> np.ndarray:
 def _terms(theta: np.ndarray, log_params: np.ndarray, log_tokens: np.ndarray) -> np.ndarray:
     """The three log-terms (..., points, 3) for parameters theta (..., 5) = [a, b, e, alpha, beta]."""
     a, b, e, alpha, beta = (theta[..., i, None] for i in range(5))
-    return np.stack([a - alpha * log_params, b - beta * log_tokens, np.broadcast_to(e, (a - alpha * log_params).shape)], axis=-1)
+    params_term = a - alpha * log_params
+    return np.stack([params_term, b - beta * log_tokens, np.broadcast_to(e, params_term.shape)], axis=-1)
 
 
 def objective(theta: np.ndarray, log_params: np.ndarray, log_tokens: np.ndarray, log_loss: np.ndarray,

@@ -35,9 +35,16 @@ MAD_TO_SIGMA = 1.4826
 IRLS_ITERATIONS = 50
 
 
-def _solve_weighted_parabola(u: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Weighted least-squares parabola, batched. u, y, weights: (R, P) → (R, 3) [curvature, slope, intercept]."""
-    design = np.stack([u**2, u, np.ones_like(u)], axis=-1)  # (R, P, 3)
+def _design_matrix(u: np.ndarray) -> np.ndarray:
+    """Parabola design matrix [u², u, 1], batched: u (R, P) → (R, P, 3)."""
+    return np.stack([u**2, u, np.ones_like(u)], axis=-1)
+
+
+def _solve_weighted_parabola(design: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted least-squares parabola, batched.
+
+    design: (R, P, 3) from :func:`_design_matrix`; y, weights: (R, P) → (R, 3) [curvature, slope, intercept].
+    """
     weighted = design * weights[..., None]
     normal_matrix = np.einsum("rpi,rpj->rij", weighted, design)  # (R, 3, 3)
     normal_rhs = np.einsum("rpi,rp->ri", weighted, y)  # (R, 3)
@@ -68,17 +75,18 @@ def fit_parabolas(u: np.ndarray, y: np.ndarray, robust: bool = False) -> np.ndar
     if not valid.any():
         return coefficients
     u_valid, y_valid = u[valid], y[valid]
+    design = _design_matrix(u_valid)
     weights = np.ones_like(u_valid)
-    solution = _solve_weighted_parabola(u_valid, y_valid, weights)
+    solution = _solve_weighted_parabola(design, y_valid, weights)
     if robust:
         scale_floor = 1e-12 * max(1.0, float(np.max(np.abs(y_valid))))
         for _ in range(IRLS_ITERATIONS):
-            residuals = y_valid - np.einsum("rpi,ri->rp", np.stack([u_valid**2, u_valid, np.ones_like(u_valid)], -1), solution)
+            residuals = y_valid - np.einsum("rpi,ri->rp", design, solution)
             deviation = np.abs(residuals - np.median(residuals, axis=1, keepdims=True))
             scale = np.maximum(MAD_TO_SIGMA * np.median(deviation, axis=1, keepdims=True), scale_floor)
             threshold = HUBER_K * scale
             weights = np.where(np.abs(residuals) <= threshold, 1.0, threshold / np.maximum(np.abs(residuals), 1e-300))
-            updated = _solve_weighted_parabola(u_valid, y_valid, weights)
+            updated = _solve_weighted_parabola(design, y_valid, weights)
             converged = np.allclose(updated, solution, rtol=1e-10, atol=1e-14)
             solution = updated
             if converged:
@@ -87,10 +95,8 @@ def fit_parabolas(u: np.ndarray, y: np.ndarray, robust: bool = False) -> np.ndar
     return coefficients
 
 
-def classify(curvature: float, vertex_u: float, u_min: float, u_max: float, n_distinct: int) -> FitStatus:
-    """Status of one parabola fit (see :data:`analysis.records.FitStatus`)."""
-    if n_distinct < 3:
-        return "too_few_points"
+def classify(curvature: float, vertex_u: float, u_min: float, u_max: float) -> FitStatus:
+    """Status of one parabola fit through at least 3 distinct sizes (see :data:`analysis.records.FitStatus`)."""
     if not np.isfinite(curvature) or curvature <= 0.0:
         return "concave"
     if not (u_min - 1e-12 <= vertex_u <= u_max + 1e-12):
@@ -110,7 +116,7 @@ def fit_axis(group: str, budget: float, sizes: np.ndarray, values: np.ndarray, a
         return ParabolaFit(status="too_few_points", **common)
     curvature, slope, intercept = fit_parabolas(u[None, :], np.asarray(values, dtype=float)[None, :], robust)[0]
     vertex_u = -slope / (2.0 * curvature) if curvature != 0 else np.inf
-    status = classify(curvature, vertex_u, float(u.min()), float(u.max()), n_distinct)
+    status = classify(curvature, vertex_u, float(u.min()), float(u.max()))
     return ParabolaFit(status=status, curvature=float(curvature), slope=float(slope), intercept=float(intercept), **common)
 
 
@@ -132,7 +138,7 @@ def bootstrap_vertices(sizes: np.ndarray, values: np.ndarray, resample_indices: 
     return vertex, value
 
 
-def _percentile_interval(samples: np.ndarray, confidence: float) -> tuple[float, float]:
+def percentile_interval(samples: np.ndarray, confidence: float) -> tuple[float, float]:
     """Percentile interval of the finite samples; NaNs when fewer than 10 finite samples."""
     finite = samples[np.isfinite(samples)]
     if finite.size < 10:
@@ -168,9 +174,9 @@ def fit_optimum(group: str, budget: float, points: pd.DataFrame, value_column: s
         log_n_boot, loss_boot = bootstrap_vertices(params, values, indices, robust)
         log_d_boot, _ = bootstrap_vertices(tokens, values, indices, robust)
     no_interval = (float("nan"), float("nan"))
-    n_lo, n_hi = _percentile_interval(log_n_boot, confidence) if params_fit.has_optimum else no_interval
-    d_lo, d_hi = _percentile_interval(log_d_boot, confidence) if tokens_fit.has_optimum else no_interval
-    loss_lo, loss_hi = _percentile_interval(loss_boot, confidence) if params_fit.has_optimum else no_interval
+    n_lo, n_hi = percentile_interval(log_n_boot, confidence) if params_fit.has_optimum else no_interval
+    d_lo, d_hi = percentile_interval(log_d_boot, confidence) if tokens_fit.has_optimum else no_interval
+    loss_lo, loss_hi = percentile_interval(loss_boot, confidence) if params_fit.has_optimum else no_interval
     return Optimum(
         group=group, budget=float(budget), status=worst_status(params_fit.status, tokens_fit.status), n_points=n_points,
         params_fit=params_fit, tokens_fit=tokens_fit,

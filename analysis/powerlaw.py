@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from analysis.fits import percentile_interval
 from analysis.records import Axis, Optimum, PowerLawFit, PowerLawPrediction, PowerLawSkipped
 
 
@@ -22,14 +23,6 @@ def fit_lines(log10_budget: np.ndarray, log10_optimum: np.ndarray) -> tuple[np.n
     slope = (y * x_centered).sum(axis=1) / (x_centered**2).sum()
     intercept = y.mean(axis=1) - slope * log10_budget.mean()
     return slope, intercept
-
-
-def _interval(samples: np.ndarray, confidence: float) -> tuple[float, float]:
-    if samples.size < 10:
-        return float("nan"), float("nan")
-    tail = 50.0 * (1.0 - confidence)
-    low, high = np.percentile(samples, [tail, 100.0 - tail])
-    return float(low), float(high)
 
 
 def fit_power_law(group: str, optima: list[Optimum], quantity: Axis, predict_budgets: tuple[float, ...] = (),
@@ -62,13 +55,13 @@ def fit_power_law(group: str, optima: list[Optimum], quantity: Axis, predict_bud
         stacked = np.stack([row[:n_replicates] for row in bootstrap_rows], axis=1)  # (R, budgets)
         complete = np.all(np.isfinite(stacked), axis=1)
         boot_slope, boot_intercept = fit_lines(log10_budget, stacked[complete]) if complete.any() else (np.empty(0), np.empty(0))
-    exponent_lo, exponent_hi = _interval(boot_slope, confidence)
-    log10_coefficient_lo, log10_coefficient_hi = _interval(boot_intercept, confidence)
+    exponent_lo, exponent_hi = percentile_interval(boot_slope, confidence)
+    log10_coefficient_lo, log10_coefficient_hi = percentile_interval(boot_intercept, confidence)
 
     predictions = []
     for budget in predict_budgets:
         value = 10.0 ** (log10_coefficient + exponent * np.log10(budget))
-        low, high = _interval(boot_intercept + boot_slope * np.log10(budget), confidence)
+        low, high = percentile_interval(boot_intercept + boot_slope * np.log10(budget), confidence)
         predictions.append(PowerLawPrediction(budget=float(budget), value=float(value), value_lo=10.0**low, value_hi=10.0**high))
     return PowerLawFit(
         group=group, quantity=quantity, coefficient=10.0**log10_coefficient, exponent=exponent,

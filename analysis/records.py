@@ -210,13 +210,3 @@ class Approach3Fit:
     def optimal_params(self, budget: float) -> float:
         """Compute-optimal parameter count at ``budget`` FLOPs (C = 6 N D)."""
         return self.allocation_constant * (budget / 6.0) ** self.params_exponent
-
-    def optimal_tokens(self, budget: float) -> float:
-        """Compute-optimal token count at ``budget`` FLOPs (C = 6 N D)."""
-        return (budget / 6.0) ** self.tokens_exponent / self.allocation_constant
-
-    def predict_loss(self, params: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        """L(N, D) at ``params`` and ``tokens``."""
-        params = np.asarray(params, dtype=float)
-        tokens = np.asarray(tokens, dtype=float)
-        return self.E + self.A / params**self.alpha + self.B / tokens**self.beta
