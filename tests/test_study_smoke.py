@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import typing
 from pathlib import Path
 
 import pytest
 
+from analysis.records import FitStatus
 from isoflop.cli import main
 
-FIT_STATUSES = {"ok", "too_few_points", "concave", "vertex_outside_range"}
+FIT_STATUSES = set(typing.get_args(FitStatus))
 
 
 @pytest.mark.slow
