@@ -21,6 +21,7 @@ import kernel_support  # noqa: E402,F401
 import json
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -28,7 +29,9 @@ from typing import Callable
 import pytest
 
 from isoflop.cli import main
+from isoflop.sweep_dir import read_jsonl
 
+REPOSITORY = Path(__file__).resolve().parents[1]
 SWEEP = "orchestration_test"
 LONG_RUN = ("--budget", "3e10", "ladder.shapes=[[1,32,2]]")  # one run of 1731 steps (~4 s of training), to interrupt
 
@@ -36,6 +39,15 @@ LONG_RUN = ("--budget", "3e10", "ladder.shapes=[[1,32,2]]")  # one run of 1731 s
 def isoflop(*argv: str) -> int:
     """Run the ``isoflop`` CLI in this process; returns its exit status."""
     return main([str(arg) for arg in argv])
+
+
+def heavy_imports(modules: tuple[str, ...], heavy: tuple[str, ...]) -> list[str]:
+    """Which of ``heavy`` a fresh interpreter has loaded after importing ``modules``."""
+    code = (f"import sys, {', '.join(modules)}; "
+            f"print(','.join(name for name in {heavy!r} if name in sys.modules))")
+    completed = subprocess.run([sys.executable, "-c", code], cwd=REPOSITORY, capture_output=True, text=True,
+                               check=True)
+    return [name for name in completed.stdout.strip().split(",") if name]
 
 
 def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.2) -> object:
@@ -50,13 +62,13 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str, inter
 
 
 def events(run_dir: Path) -> list[dict]:
-    path = run_dir / "jobs.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    """Records of the run's jobs.jsonl (a line being written is skipped)."""
+    return read_jsonl(run_dir / "jobs.jsonl")
 
 
 def metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    """Records of the run's metrics.jsonl (a line being written is skipped)."""
+    return read_jsonl(run_dir / "metrics.jsonl")
 
 
 def status_rows(sweep: Path, capsys: pytest.CaptureFixture) -> list[dict]:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
+from conftest import heavy_imports
 from isoflop.errors import UserError
 from isoflop.flops import model_costs
 from models.config import BackboneConfig, ModelConfig
@@ -134,8 +132,5 @@ def test_invalid_values_name_the_rule(make: object, message: str) -> None:
 
 
 def test_accounting_imports_no_heavy_library() -> None:
-    code = ("import sys, isoflop.flops, isoflop.planner, isoflop.compose, isoflop.cli, models.config;"
-            "heavy = [m for m in ('torch', 'pandas', 'matplotlib', 'scipy') if m in sys.modules];"
-            "print(','.join(heavy))")
-    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert output.stdout.strip() == ""
+    assert heavy_imports(("isoflop.flops", "isoflop.planner", "isoflop.compose", "isoflop.cli", "models.config"),
+                         ("torch", "pandas", "matplotlib", "scipy")) == []

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import math
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +13,9 @@ import pytest
 
 from analysis.collect import collect_sweep
 from analysis.figures import FIGURE_DPI, FIGURE_SIZE_INCHES
-from conftest import analyze
+from conftest import analyze, heavy_imports
 from isoflop.errors import UserError
 
-REPOSITORY = Path(__file__).resolve().parents[1]
 METHODS = {  # method -> (ffw family, loss offset)
     "dense": ("dense", 0.0),
     "moe": ("expert_choice_moe", -0.05),
@@ -180,7 +177,4 @@ def test_bad_sweeps_are_user_errors(tmp_path: Path) -> None:
 
 
 def test_command_module_imports_nothing_heavy() -> None:
-    code = ("import sys, analysis.command; heavy = [m for m in ('pandas', 'numpy', 'scipy', 'matplotlib') "
-            "if m in sys.modules]; print(','.join(heavy)); sys.exit(1 if heavy else 0)")
-    completed = subprocess.run([sys.executable, "-c", code], cwd=REPOSITORY, capture_output=True, text=True)
-    assert completed.returncode == 0, f"heavy imports at module level: {completed.stdout} {completed.stderr}"
+    assert heavy_imports(("analysis.command",), ("pandas", "numpy", "scipy", "matplotlib")) == []

@@ -63,7 +63,7 @@ def test_packed_positions_restore_exactly_and_ranks_split_the_batch() -> None:
     restored = PackedCorpus(tokens, seq_len=8, seed=3)
     restored.load_state_dict(state)
     assert all(np.array_equal(a, restored.next_batch(4)) for a in expected)
-    whole, halves = PackedCorpus(tokens, 8, 0), PackedCorpus(tokens, 8, 0)
+    whole = PackedCorpus(tokens, 8, 0)
     first = whole.next_batch(4)
     assert np.array_equal(np.concatenate([PackedCorpus(tokens, 8, 0).next_batch(4, rank, 2)
                                           for rank in range(2)]), first)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
+from conftest import heavy_imports
 from models.bench import main
 
 
@@ -22,5 +21,4 @@ def test_bench_runs_at_tiny_size_and_writes_ratios(tmp_path: Path) -> None:
 
 
 def test_importing_model_configs_does_not_import_torch() -> None:
-    code = "import sys, models, models.config, models.registry; assert 'torch' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    assert heavy_imports(("models", "models.config", "models.registry"), ("torch",)) == []

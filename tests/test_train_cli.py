@@ -9,13 +9,8 @@ import pytest
 
 from isoflop.cli import main
 from isoflop.study_config import DataConfig
-from train_support import tiny_spec, write_corpus
-
-
-def write_run(run_dir: Path, spec) -> Path:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "run.json").write_text(json.dumps(spec.to_dict()))
-    return run_dir
+from conftest import metrics
+from train_support import tiny_spec, write_corpus, write_run
 
 
 def assert_one_line_error(capsys: pytest.CaptureFixture, status: int, *fragments: str) -> str:
@@ -43,7 +38,7 @@ def test_train_command_writes_the_run_directory(tmp_path: Path, capsys: pytest.C
     assert set(result["eval"]) == {"validation", "heldout_jsonl"}
     assert result["eval"]["heldout_jsonl"]["capped"] is True  # 20 short documents < 4096 tokens
     assert any("heldout_jsonl" in note for note in result["notes"])
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = metrics(run_dir)
     assert [record["step"] for record in records] == [1, 2, 3]
     assert {"step", "tokens", "flops", "loss", "lr", "grad_norm", "tokens_per_s", "mfu",
             "elapsed_s"} <= set(records[0])

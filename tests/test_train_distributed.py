@@ -15,7 +15,8 @@ import pytest
 
 from isoflop.study_config import DataConfig
 from isoflop.train import run
-from train_support import PEER_TINY, tiny_spec, write_corpus
+from conftest import metrics
+from train_support import PEER_TINY, tiny_spec, write_corpus, write_run
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -27,8 +28,7 @@ def free_port() -> int:
 
 
 def losses(run_dir: Path) -> list[float]:
-    return [record["loss"] for record in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
-            if "loss" in record and record.get("kind") is None]
+    return [record["loss"] for record in metrics(run_dir) if "loss" in record and record.get("kind") is None]
 
 
 @pytest.mark.slow
@@ -40,9 +40,7 @@ def test_two_processes_match_one(tmp_path: Path, ffw, sparse) -> None:
                      sparse_tables=sparse)
     single = run(spec, tmp_path / "single")
 
-    run_dir = tmp_path / "ddp"
-    run_dir.mkdir()
-    (run_dir / "run.json").write_text(json.dumps(spec.to_dict()))
+    run_dir = write_run(tmp_path / "ddp", spec)
     port = free_port()
     processes = []
     for rank in range(2):

@@ -15,6 +15,7 @@ from isoflop import checkpoint
 from isoflop.errors import UserError
 from isoflop.study_config import DataConfig
 from isoflop.train import checkpoint_active_run, run
+from conftest import metrics
 from train_support import PEER_TINY, tiny_spec, write_corpus
 
 
@@ -25,8 +26,7 @@ class Preempted(Exception):
 def training_losses(run_dir: Path) -> dict[int, float]:
     """step -> loss of metrics.jsonl; after a resume the later line of a step wins."""
     losses = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
+    for record in metrics(run_dir):
         if "loss" in record and record.get("kind") is None:
             losses[record["step"]] = record["loss"]
     return losses

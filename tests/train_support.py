@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from isoflop.planner import build_model_config, build_run
@@ -38,3 +39,10 @@ def tiny_spec(*, steps: int = 12, method: str = "dense", ffw: dict | None = None
     probe = build_run(study, method, 1.0, model)
     budget = probe.costs["flops_per_token_train"] * batch_size * seq_len * steps
     return build_run(study, method, budget * (1 + 1e-9), model)
+
+
+def write_run(run_dir: Path, spec: RunSpec) -> Path:
+    """``run_dir`` with the run.json of ``spec`` (as `isoflop submit` writes it)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "run.json").write_text(json.dumps(spec.to_dict()))
+    return run_dir
