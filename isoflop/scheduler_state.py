@@ -9,7 +9,6 @@ then decide the state shown by ``isoflop status``. Torch-free.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import time
