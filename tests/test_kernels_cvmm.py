@@ -27,6 +27,15 @@ CVMM_CASES = [
 ]
 
 
+def assert_matches_reference(function: object, tensors: dict, backend: str) -> None:
+    """Outputs and gradients of ``function`` under ``backend`` equal the reference's."""
+    expected = grads_of(function, tensors, backend="reference")
+    actual = grads_of(function, tensors, backend=backend)
+    tolerance = TOLERANCE if backend == "triton" else 1e-5
+    for name in expected:
+        assert_close(actual[name], expected[name], tolerance, f"{backend} {name}")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", CVMM_CASES, ids=[f"R{c[0]}-{c[1]}x{c[2]}-E{c[3]}" for c in CVMM_CASES])
 def test_cvmm_matches_reference(case: tuple, backend: str) -> None:
@@ -38,11 +47,7 @@ def test_cvmm_matches_reference(case: tuple, backend: str) -> None:
         "expert_index": make_index(rows, experts, used, generator).to(device),
         "weights": torch.randn(experts, d_in, d_out, generator=generator).to(device),
     }
-    expected = grads_of(kernels.cvmm, tensors, backend="reference")
-    actual = grads_of(kernels.cvmm, tensors, backend=backend)
-    tolerance = TOLERANCE if backend == "triton" else 1e-5
-    for name in expected:
-        assert_close(actual[name], expected[name], tolerance, f"{backend} {name}")
+    assert_matches_reference(kernels.cvmm, tensors, backend)
 
 
 REDUCE_CASES = [
@@ -65,11 +70,7 @@ def test_weighted_reduce_matches_reference(case: tuple, backend: str) -> None:
         "gates": torch.rand(tokens, top_k, generator=generator).to(device),
         "weights": torch.randn(experts, d_in, d_out, generator=generator).to(device),
     }
-    expected = grads_of(kernels.cvmm_weighted_reduce, tensors, backend="reference")
-    actual = grads_of(kernels.cvmm_weighted_reduce, tensors, backend=backend)
-    tolerance = TOLERANCE if backend == "triton" else 1e-5
-    for name in expected:
-        assert_close(actual[name], expected[name], tolerance, f"{backend} {name}")
+    assert_matches_reference(kernels.cvmm_weighted_reduce, tensors, backend)
 
 
 def test_reference_matches_explicit_formula() -> None:
