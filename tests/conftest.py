@@ -99,12 +99,21 @@ def _slurm_problem() -> str | None:
     return None
 
 
+def _skip_or_fail_without_slurm(problem: str) -> None:
+    """Skip a ``slurm`` test with ``problem`` as the reason, or fail it where a cluster is
+    required (``ISOFLOP_REQUIRE_SLURM=1``, set by CI, so a broken cluster cannot hide behind a skip)."""
+    if os.environ.get("ISOFLOP_REQUIRE_SLURM") == "1":
+        pytest.fail(f"ISOFLOP_REQUIRE_SLURM=1 but {problem}")
+    pytest.skip(problem)
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster() -> str:
-    """The name of the default partition of a running SLURM cluster (skips without one)."""
+    """The name of the default partition of a running SLURM cluster (skips without one,
+    fails without one under ``ISOFLOP_REQUIRE_SLURM=1``)."""
     problem = _slurm_problem()
     if problem:
-        pytest.skip(problem)
+        _skip_or_fail_without_slurm(problem)
     partitions = subprocess.run(["sinfo", "--noheader", "--format=%P"], capture_output=True, text=True,
                                 check=True).stdout.split()
     default = next((name.rstrip("*") for name in partitions if name.endswith("*")), partitions[0])
@@ -117,7 +126,8 @@ def urgent_partition(slurm_cluster: str) -> str:
     partitions = subprocess.run(["sinfo", "--noheader", "--format=%P"], capture_output=True, text=True,
                                 check=True).stdout.split()
     if "urgent" not in partitions:
-        pytest.skip("no `urgent` partition to preempt with (start the cluster with scripts/slurm/start.sh)")
+        _skip_or_fail_without_slurm("no `urgent` partition to preempt with (start the cluster with "
+                                    "scripts/slurm/start.sh)")
     return "urgent"
 
 

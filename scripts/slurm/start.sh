@@ -27,9 +27,13 @@ wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
     sleep 0.2
   done
 }
-render() {  # render TEMPLATE DESTINATION
+render() {  # render TEMPLATE DESTINATION MODE: a new file owned by root (SlurmUser), whatever was there
+  local rendered
+  rendered="$(mktemp)"
   sed -e "s|@STATE@|$STATE|g" -e "s|@NODE@|$NODE|g" -e "s|@CPUS@|$CPUS|g" \
-      -e "s|@MEMORY_MB@|$MEMORY_MB|g" "$1" > "$2"
+      -e "s|@MEMORY_MB@|$MEMORY_MB|g" "$1" > "$rendered"
+  install -o root -g root -m "$3" "$rendered" "$2"
+  rm -f "$rendered"
 }
 
 if [[ $EUID -ne 0 ]]; then log "run as root (it installs packages and starts daemons)"; exit 2; fi
@@ -42,9 +46,8 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmdbd >/dev/null || ! co
 fi
 
 mkdir -p "$STATE"/{pids,spool,slurmd,log,mysql-run} /etc/slurm /run/munge /run/mysqld
-render "$HERE/slurm.conf.in" /etc/slurm/slurm.conf
-render "$HERE/slurmdbd.conf.in" /etc/slurm/slurmdbd.conf
-chmod 600 /etc/slurm/slurmdbd.conf
+render "$HERE/slurm.conf.in" /etc/slurm/slurm.conf 644
+render "$HERE/slurmdbd.conf.in" /etc/slurm/slurmdbd.conf 600  # slurmdbd refuses a file SlurmUser does not own
 
 # munge: authentication between the daemons and the client commands
 if ! alive munged; then
