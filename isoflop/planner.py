@@ -21,7 +21,7 @@ from isoflop.flops import ModelCosts, model_costs
 from isoflop.run_spec import RunSpec
 from isoflop.study_config import StudyConfig
 from models.config import BackboneConfig, ModelConfig
-from models.ffw.cost_model import FFWConfigBase
+from models.ffw.config_base import FFWConfigBase
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 from isoflop.errors import UserError
 from models.config import ffw_config_from_dict
-from models.ffw.cost_model import FFWConfigBase
+from models.ffw.config_base import FFWConfigBase
 
 
 def _require(condition: bool, where: str, value: object, rule: str, fix: str) -> None:
