@@ -126,21 +126,17 @@ def load_study(sweep: str | None = None, overrides: list[str] | tuple[str, ...] 
         overrides: Hydra ``key=value`` overrides, applied last.
         budgets: if given, replace the study's budgets (FLOPs).
     """
-    from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     sweep = sweep or DEFAULT_SWEEP
     with tempfile.TemporaryDirectory(prefix="isoflop-sweep-") as scratch:
         search_root, sweep_name = _sweep_search_root(sweep, Path(scratch))
-        all_overrides = [f"hydra.searchpath=[file://{search_root}]", f"+sweeps={sweep_name}", *overrides]
+        all_overrides = [f"+sweeps={sweep_name}", *overrides]
         if budgets:
             all_overrides.append(f"budgets=[{','.join(_format_budget(b) for b in budgets)}]")
         try:
-            _register_dataclass_defaults()
-            with initialize_config_dir(config_dir=str(config_root() / "conf"), version_base=None):
-                composed = compose(config_name="config", overrides=all_overrides)
-            study, resolved_yaml = _typed_study(composed)
+            study, resolved_yaml = _typed_study(compose_tree(all_overrides, search_root))
         except (HydraException, OmegaConfBaseException, ValueError) as error:
             raise UserError(_explain(error)) from None
     check_input_files(study.data)
@@ -166,6 +162,16 @@ def _register_dataclass_defaults() -> None:
     store.store(name=DEFAULTS_CONFIG, node=OmegaConf.to_container(OmegaConf.structured(StudyConfig)))
     for family in FFW_FAMILIES.names():
         store.store(group=FAMILY_GROUP, name=family, node=FFW_FAMILIES.get(family)().to_dict())
+
+
+def compose_tree(overrides: list[str], search_root: Path, conf_dir: Path | None = None) -> Any:
+    """Hydra's composition of ``conf_dir/config.yaml`` (default: ``config_root()/conf``)
+    with ``overrides``, ``search_root/sweeps`` on the search path: the untyped tree."""
+    from hydra import compose, initialize_config_dir
+
+    _register_dataclass_defaults()
+    with initialize_config_dir(config_dir=str(conf_dir or config_root() / "conf"), version_base=None):
+        return compose(config_name="config", overrides=[f"hydra.searchpath=[file://{search_root}]", *overrides])
 
 
 def _typed_study(composed: Any) -> tuple[StudyConfig, str]:
@@ -239,10 +245,12 @@ def _explain(error: Exception) -> str:
         return cause.message
     text = " ".join(str(error).split())
     full_key = getattr(error, "full_key", None)
-    if "not in struct" in text or "ConfigKeyError" in type(error).__name__ or "Key '" in text:
-        key = full_key or (text.split("'")[1] if "'" in text else text)
-        return (f"unknown config key {key!r}; check the spelling against conf/ (or add it with "
-                f"+{key}=VALUE if it is meant to be new)")
+    unknown_override = re.match(r"Could not override '([^']+)'", text)
+    if unknown_override or "not in struct" in text or "ConfigKeyError" in type(error).__name__ or "Key '" in text:
+        key = unknown_override.group(1) if unknown_override else \
+            full_key or (text.split("'")[1] if "'" in text else text)
+        return (f"unknown config key {key!r}; check its spelling (every setting and its default is a field of "
+                "the dataclasses in isoflop/study_config.py, models/config.py and models/ffw/*_config.py)")
     if "Could not find" in text or "MissingConfig" in type(error).__name__:
         return f"{text.split(' Available options')[0]}; check the group option names under conf/"
     if "Missing mandatory value" in text:
