@@ -1,23 +1,12 @@
-"""The one exception type for mistakes a user can fix.
+"""The one exception type for mistakes a user can fix (see :mod:`models.errors`).
 
-Every command catches :class:`UserError` at the CLI boundary and prints its
-message as a single line on stderr, then exits with status 2 and no
-traceback. Anything else that escapes is an internal error and keeps its
-traceback.
+Defined in ``models.errors``, which both packages can import without a cycle
+(``isoflop`` depends on ``models``); this module names the same class so the
+``isoflop`` commands raise and catch one type.
 """
 
 from __future__ import annotations
 
+from models.errors import UserError
 
-class UserError(Exception):
-    """A problem in the user's input, with the fix in the message.
-
-    The message must fit on one line and say what is wrong and how to fix it,
-    e.g. ``"--budget: 'abc' is not a number; pass FLOPs such as 6e18"``.
-    """
-
-    exit_status: int = 2
-
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(message.split()))
-        self.message = " ".join(message.split())
+__all__ = ["UserError"]

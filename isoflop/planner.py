@@ -20,8 +20,8 @@ from isoflop.errors import UserError
 from isoflop.flops import ModelCosts, model_costs
 from isoflop.run_spec import RunSpec
 from isoflop.study_config import StudyConfig
-from models.config import BackboneConfig, ModelConfig
-from models.ffw.cost_model import FFWConfigBase
+from models.config import ModelConfig
+from models.ffw.config_base import FFWConfigBase
 
 
 @dataclass(frozen=True)
@@ -68,11 +68,8 @@ def build_model_config(study: StudyConfig, ffw: FFWConfigBase, shape: tuple[int,
     """The resolved model of one method at one ladder shape."""
     n_layers, d_model, n_heads = shape
     template = study.model
-    backbone = BackboneConfig(
-        n_layers=n_layers, d_model=d_model, n_heads=n_heads,
-        vocab_size=study.data.resolved_vocab_size, max_seq_len=study.train.seq_len,
-        ffw_multiplier=template.ffw_multiplier, activation=template.activation, norm=template.norm,
-        positions=template.positions, tie_embeddings=template.tie_embeddings)
+    backbone = template.with_sizes(n_layers=n_layers, d_model=d_model, n_heads=n_heads,
+                                   vocab_size=study.data.resolved_vocab_size, max_seq_len=study.train.seq_len)
     replace_blocks = template.replace_blocks
     if not isinstance(replace_blocks, str):
         replace_blocks = tuple(replace_blocks)

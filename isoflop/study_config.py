@@ -2,57 +2,58 @@
 
 Merge order (Meta Lingua style): dataclass defaults, then ``conf/config.yaml``
 and its groups, then the sweep file (``sweeps/<name>.yaml``), then command-line
-``key=value`` overrides. Every component owns its settings dataclass; each
-``__post_init__`` raises a :class:`UserError` naming field, value, rule and fix.
-Torch-free.
+``key=value`` overrides. The dataclasses own every default: the YAML files
+under ``conf/`` hold only what differs from them (``tests/test_config_defaults.py``
+holds them to that). Each ``__post_init__`` raises a :class:`UserError` naming
+field, value, rule and fix. Torch-free.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from isoflop.errors import UserError
-from models.config import ffw_config_from_dict
-from models.ffw.cost_model import FFWConfigBase
+from models.config import (
+    REPLACE_BLOCK_PLACEMENTS, BackboneConfig, block_index_list, ffw_config_from_dict, replaced_block_indices,
+)
+from models.errors import (
+    is_real, require, require_choice, require_fraction, require_non_negative, require_positive,
+)
+from models.ffw.config_base import FFWConfigBase
 
-
-def _require(condition: bool, where: str, value: object, rule: str, fix: str) -> None:
-    if not condition:
-        raise UserError(f"{where}={value!r}: {rule}; {fix}")
+SEED_LIMIT = 2 ** 32
+"""Seeds must lie in [0, 2**32): ``numpy.random.seed`` refuses anything else."""
 
 
 @dataclass(frozen=True)
-class ModelTemplate:
-    """Backbone settings shared by every size of the ladder. See
-    :class:`models.config.BackboneConfig` for the meaning of each field.
+class ModelTemplate(BackboneConfig):
+    """The study's ``model`` settings: a :class:`~models.config.BackboneConfig`
+    (its fields, defaults and validation) whose sizes the ladder chooses,
+    plus where each method's FFW goes.
 
     ``n_layers``, ``d_model`` and ``n_heads`` are normally left unset (null)
     and chosen by the ladder; setting one pins it for every run (e.g.
-    ``model.d_model=512`` varies depth only).
+    ``model.d_model=512`` varies depth only). ``vocab_size`` and
+    ``max_seq_len`` are not study settings: the planner takes them from
+    ``data`` and ``train.seq_len``.
+
+    Attributes:
+        replace_blocks: ``middle``, ``all``, ``none`` or a list of block
+            indices (typed ``Any``: OmegaConf 2.3 cannot type a field that
+            holds a string or a list).
     """
 
-    n_layers: int | None = None
-    d_model: int | None = None
-    n_heads: int | None = None
-    ffw_multiplier: float = 4.0
-    activation: str = "gelu"
-    norm: str = "rmsnorm"
-    positions: str = "rotary"
-    tie_embeddings: bool = False
     replace_blocks: Any = "middle"
 
     def __post_init__(self) -> None:
-        for name in ("n_layers", "d_model", "n_heads"):
-            value = getattr(self, name)
-            _require(value is None or value > 0, f"model.{name}", value, "must be > 0 or null",
-                     "set a positive value or leave it to the ladder")
-        if self.d_model is not None and self.n_heads is not None and self.d_model % self.n_heads:
-            _require(False, "model.d_model", self.d_model, f"must be divisible by n_heads={self.n_heads}",
-                     f"use d_model={self.n_heads * max(1, round(self.d_model / self.n_heads))} or change n_heads")
-        _require(self.ffw_multiplier > 0, "model.ffw_multiplier", self.ffw_multiplier, "must be > 0",
-                 "use e.g. 4")
+        super().__post_init__()
+        for name in ("vocab_size", "max_seq_len"):
+            require(getattr(self, name) is None, f"model.{name}", getattr(self, name),
+                    "is set by the planner (from data and train.seq_len)", "leave it unset")
+        if self.n_layers is not None:
+            replaced_block_indices(self.replace_blocks, self.n_layers)
+        elif self.replace_blocks not in REPLACE_BLOCK_PLACEMENTS:
+            block_index_list(self.replace_blocks)
 
 
 @dataclass(frozen=True)
@@ -68,10 +69,11 @@ class LadderConfig:
     ``sizes_above`` below it, walking outwards from the estimate and taking
     a candidate only when its active non-embedding parameters differ from
     the previous pick by at least ``size_ratio`` (an isoFLOP parabola needs
-    a spread of sizes, not neighbours).
+    a spread of sizes, not neighbours). Runs with fewer than ``min_steps``
+    optimizer steps are dropped (with the reason).
     """
 
-    shapes: list = field(default_factory=list)
+    shapes: list[list[int]] = field(default_factory=list)
     min_layers: int = 2
     max_layers: int = 48
     aspect_ratio: int = 64
@@ -83,22 +85,20 @@ class LadderConfig:
     min_steps: int = 100
 
     def __post_init__(self) -> None:
-        _require(self.sizes_below >= 1, "ladder.sizes_below", self.sizes_below, "must be >= 1",
-                 "use 2 or more so the optimum is bracketed")
-        _require(self.sizes_above >= 1, "ladder.sizes_above", self.sizes_above, "must be >= 1",
-                 "use 2 or more so the optimum is bracketed")
-        _require(self.size_ratio >= 1, "ladder.size_ratio", self.size_ratio, "must be >= 1",
-                 "use e.g. 1.5 (1 keeps every candidate)")
-        _require(self.tokens_per_param > 0, "ladder.tokens_per_param", self.tokens_per_param,
-                 "must be > 0", "use 20 (Chinchilla)")
-        _require(self.min_steps >= 1, "ladder.min_steps", self.min_steps, "must be >= 1", "use e.g. 100")
-        _require(1 <= self.min_layers <= self.max_layers, "ladder.min_layers", self.min_layers,
-                 f"must be in [1, max_layers={self.max_layers}]", "lower min_layers")
-        _require(self.head_dim > 0 and self.aspect_ratio > 0, "ladder.head_dim", self.head_dim,
-                 "head_dim and aspect_ratio must be > 0", "set positive values")
+        for name in ("sizes_below", "sizes_above"):
+            require(getattr(self, name) >= 1, f"ladder.{name}", getattr(self, name), "must be >= 1",
+                    "use 2 or more so the optimum is bracketed")
+        require(is_real(self.size_ratio) and self.size_ratio >= 1, "ladder.size_ratio", self.size_ratio,
+                "must be a finite number >= 1", "use e.g. 1.5 (1 keeps every candidate)")
+        require(is_real(self.tokens_per_param) and self.tokens_per_param > 0, "ladder.tokens_per_param",
+                self.tokens_per_param, "must be a finite number > 0", "use 20 (Chinchilla)")
+        require(self.min_steps >= 1, "ladder.min_steps", self.min_steps, "must be >= 1", "use e.g. 100")
+        require(1 <= self.min_layers <= self.max_layers, "ladder.min_layers", self.min_layers,
+                f"must be in [1, max_layers={self.max_layers}]", "lower min_layers")
+        require_positive("ladder", head_dim=self.head_dim, aspect_ratio=self.aspect_ratio)
         for shape in self.shapes:
-            _require(len(shape) == 3 and all(int(v) > 0 for v in shape), "ladder.shapes", list(shape),
-                     "each shape is [n_layers, d_model, n_heads] with positive ints", "fix that entry")
+            require(len(shape) == 3 and all(is_real(v) and v > 0 for v in shape), "ladder.shapes", list(shape),
+                    "each shape is [n_layers, d_model, n_heads] with positive ints", "fix that entry")
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,25 @@ class TrainConfig:
     Learning rate per model size: lr = lr_base · (lr_reference_d_model / d_model)
     ** lr_width_exponent, capped at lr_max (a width-scaling rule in the spirit of
     muP for Adam, Yang et al. 2022); the resolved value is recorded per run.
+
+    Attributes:
+        batch_size: sequences per optimizer step (global).
+        seq_len: tokens per sequence.
+        micro_batch_size: sequences per forward/backward; ``None``: the whole
+            batch in one pass, else gradient accumulation.
+        lr_base, lr_reference_d_model, lr_width_exponent, lr_max: the rule above.
+        warmup_fraction: linear warmup, as a fraction of the run's steps.
+        min_lr_fraction: the cosine decays to this fraction of the peak.
+        weight_decay: AdamW decoupled weight decay (0 turns it off).
+        beta1, beta2: AdamW moment decay rates, in [0, 1).
+        grad_clip: largest global gradient L2 norm (0 turns clipping off).
+        precision: ``auto`` (bf16 on CUDA, fp32 on CPU), ``fp32`` or ``bf16``.
+        compile: ``torch.compile`` the model.
+        sparse_tables: PEER/PKM tables updated only in the rows a step touches.
+        checkpoint_every_steps: steps between checkpoints.
+        log_every_steps: steps between metrics.jsonl lines.
+        eval_tokens: tokens per evaluation dataset.
+        seed: random seed of every run, in [0, 2**32).
     """
 
     batch_size: int = 128
@@ -132,20 +151,24 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "seq_len", "lr_base", "lr_max", "checkpoint_every_steps",
-                     "log_every_steps", "eval_tokens", "lr_reference_d_model"):
-            _require(getattr(self, name) > 0, f"train.{name}", getattr(self, name), "must be > 0",
-                     "set a positive value")
+        require_positive("train", batch_size=self.batch_size, seq_len=self.seq_len, lr_base=self.lr_base,
+                         lr_max=self.lr_max, checkpoint_every_steps=self.checkpoint_every_steps,
+                         log_every_steps=self.log_every_steps, eval_tokens=self.eval_tokens,
+                         lr_reference_d_model=self.lr_reference_d_model)
         if self.micro_batch_size is not None:
-            _require(self.micro_batch_size > 0 and self.batch_size % self.micro_batch_size == 0,
-                     "train.micro_batch_size", self.micro_batch_size,
-                     f"must divide batch_size={self.batch_size}", "pick a divisor of the batch size")
-        _require(0 <= self.warmup_fraction < 1, "train.warmup_fraction", self.warmup_fraction,
-                 "must be in [0, 1)", "use e.g. 0.02")
-        _require(0 <= self.min_lr_fraction <= 1, "train.min_lr_fraction", self.min_lr_fraction,
-                 "must be in [0, 1]", "use e.g. 0.1")
-        _require(self.precision in ("auto", "fp32", "bf16"), "train.precision", self.precision,
-                 "must be auto, fp32 or bf16", "use auto (bf16 on CUDA, fp32 on CPU)")
+            require(self.micro_batch_size > 0 and self.batch_size % self.micro_batch_size == 0,
+                    "train.micro_batch_size", self.micro_batch_size,
+                    f"must divide batch_size={self.batch_size}", "pick a divisor of the batch size")
+        require(is_real(self.lr_width_exponent), "train.lr_width_exponent", self.lr_width_exponent,
+                "must be a finite number", "use e.g. 0.5")
+        require_fraction("train.warmup_fraction", self.warmup_fraction, "use e.g. 0.02")
+        require_fraction("train.min_lr_fraction", self.min_lr_fraction, "use e.g. 0.1", include_one=True)
+        require_fraction("train.beta1", self.beta1, "use e.g. 0.9")
+        require_fraction("train.beta2", self.beta2, "use e.g. 0.95")
+        require_non_negative("train", "use e.g. 0.1 (0 turns weight decay off)", weight_decay=self.weight_decay)
+        require_non_negative("train", "use e.g. 1.0 (0 turns clipping off)", grad_clip=self.grad_clip)
+        require(0 <= self.seed < SEED_LIMIT, "train.seed", self.seed, "must be in [0, 2**32)", "use e.g. 0")
+        require_choice("train.precision", self.precision, ("auto", "fp32", "bf16"))
 
     def learning_rate(self, d_model: int) -> float:
         """Peak learning rate for a backbone of width ``d_model`` (rule in the class docstring)."""
@@ -167,8 +190,7 @@ class EvalDatasetConfig:
     text_field: str = "text"
 
     def __post_init__(self) -> None:
-        _require(self.source in ("hub", "files"), f"data.eval_datasets[{self.name}].source",
-                 self.source, "must be hub or files", "pick one")
+        require_choice(f"data.eval_datasets[{self.name}].source", self.source, ("hub", "files"))
 
 
 @dataclass(frozen=True)
@@ -188,25 +210,24 @@ class DataConfig:
     split: str = "train"
     validation_split: str | None = None
     text_field: str = "text"
-    paths: list = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
     tokenizer: str = "bytes"
     vocab_size: int | None = None
     validation_fraction: float = 0.01
     allow_multiple_epochs: bool = False
-    eval_datasets: list = field(default_factory=list)
+    eval_datasets: list[EvalDatasetConfig] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        _require(self.source in ("offline", "hub", "files"), "data.source", self.source,
-                 "must be offline, hub or files", "pick one")
-        _require(self.source != "hub" or bool(self.name), "data.name", self.name,
-                 "a hub source needs a dataset name", "set data.name=allenai/c4")
-        _require(self.source != "files" or bool(self.paths), "data.paths", self.paths,
-                 "a files source needs paths", "set data.paths=[corpus.txt]")
-        _require(self.tokenizer == "bytes" or (self.vocab_size or 0) > 0, "data.vocab_size",
-                 self.vocab_size, f"tokenizer {self.tokenizer} needs its vocab size",
-                 "set data.vocab_size")
-        _require(0 < self.validation_fraction < 1, "data.validation_fraction",
-                 self.validation_fraction, "must be in (0, 1)", "use e.g. 0.01")
+        require_choice("data.source", self.source, ("offline", "hub", "files"))
+        require(self.source != "hub" or bool(self.name), "data.name", self.name,
+                "a hub source needs a dataset name", "set data.name=allenai/c4")
+        require(self.source != "files" or bool(self.paths), "data.paths", self.paths,
+                "a files source needs paths", "set data.paths=[corpus.txt]")
+        require_positive("data", vocab_size=self.vocab_size)
+        require(self.tokenizer == "bytes" or self.vocab_size is not None, "data.vocab_size",
+                self.vocab_size, f"tokenizer {self.tokenizer} needs its vocab size", "set data.vocab_size")
+        require_fraction("data.validation_fraction", self.validation_fraction, "use e.g. 0.01",
+                         include_zero=False)
         converted = tuple(item if isinstance(item, EvalDatasetConfig) else EvalDatasetConfig(**item)
                           for item in self.eval_datasets)
         object.__setattr__(self, "eval_datasets", converted)
@@ -220,8 +241,23 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    """Where jobs run (submitit). ``executor``: debug (in-process), local
-    (processes on this machine; the default), slurm (job arrays)."""
+    """Where jobs run (submitit). The defaults are the ``local`` executor's.
+
+    Attributes:
+        executor: ``debug`` (in-process), ``local`` (processes on this
+            machine) or ``slurm`` (job arrays).
+        max_parallel: local executor: runs training at once.
+        partition, account, qos, constraint: sbatch options (``None``: the site's default).
+        nodes, gpus_per_node, cpus_per_task, mem_gb, timeout_min: resources per job.
+        tasks_per_node: one task per GPU; more than one runs torch.distributed (DDP) inside the job.
+        array_parallelism: SLURM array tasks running at once.
+        additional_parameters: any other sbatch option, e.g. ``{mail-type: FAIL}``.
+        max_requeues: cap on timeout requeues.
+        accelerator: device name for peak FLOP/s (MFU and cost estimates;
+            ``isoflop/hardware.py``).
+        peak_flops: peak FLOP/s of one device; ``None``: from the accelerator table.
+        assumed_mfu: model FLOPs utilisation assumed by the cost estimate.
+    """
 
     executor: str = "local"
     max_parallel: int = 1
@@ -233,24 +269,26 @@ class ClusterConfig:
     tasks_per_node: int = 1
     cpus_per_task: int = 1
     mem_gb: float | None = None
-    timeout_min: int = 60
+    timeout_min: int = 1440
     constraint: str | None = None
     array_parallelism: int = 64
-    additional_parameters: dict = field(default_factory=dict)
+    additional_parameters: dict[str, Any] = field(default_factory=dict)
     max_requeues: int = 5
     accelerator: str = "cpu"
     peak_flops: float | None = None
     assumed_mfu: float = 0.4
 
     def __post_init__(self) -> None:
-        _require(self.executor in ("debug", "local", "slurm"), "cluster.executor", self.executor,
-                 "must be debug, local or slurm", "pick cluster=debug|local|slurm")
-        for name in ("max_parallel", "nodes", "tasks_per_node", "cpus_per_task", "timeout_min",
-                     "array_parallelism"):
-            _require(getattr(self, name) > 0, f"cluster.{name}", getattr(self, name), "must be > 0",
-                     "set a positive value")
-        _require(0 < self.assumed_mfu <= 1, "cluster.assumed_mfu", self.assumed_mfu,
-                 "must be in (0, 1]", "use e.g. 0.4")
+        require(self.executor in ("debug", "local", "slurm"), "cluster.executor", self.executor,
+                "must be debug, local or slurm", "pick cluster=debug|local|slurm")
+        require_positive("cluster", max_parallel=self.max_parallel, nodes=self.nodes,
+                         tasks_per_node=self.tasks_per_node, cpus_per_task=self.cpus_per_task,
+                         timeout_min=self.timeout_min, array_parallelism=self.array_parallelism,
+                         mem_gb=self.mem_gb, peak_flops=self.peak_flops)
+        require_non_negative("cluster", "set 0 or more", gpus_per_node=self.gpus_per_node,
+                             max_requeues=self.max_requeues)
+        require_fraction("cluster.assumed_mfu", self.assumed_mfu, "use e.g. 0.4", include_zero=False,
+                         include_one=True)
 
 
 @dataclass(frozen=True)
@@ -260,14 +298,16 @@ class StudyConfig:
     Attributes:
         name: study name (the sweep directory's name).
         budgets: training FLOPs per run, one isoFLOP curve each.
-        methods: method name -> the FFW that replaces the backbone's (the
-            ``dense`` method keeps the dense FFW everywhere).
+        methods: method name -> the FFW that replaces the backbone's (a family
+            config, or a mapping with a ``family`` key). Settings an FFW leaves
+            to the backbone are taken from ``model`` here, so the ``dense``
+            method keeps the backbone's dense FFW everywhere.
         logger: ``none`` or ``wandb``.
     """
 
     name: str
-    budgets: list
-    methods: dict
+    budgets: list[float]
+    methods: dict[str, Any]
     model: ModelTemplate = field(default_factory=ModelTemplate)
     ladder: LadderConfig = field(default_factory=LadderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -276,26 +316,19 @@ class StudyConfig:
     logger: str = "none"
 
     def __post_init__(self) -> None:
-        _require(bool(self.name) and "/" not in self.name, "name", self.name,
-                 "must be a non-empty name without '/'", "set name=my_study")
-        _require(len(self.budgets) > 0, "budgets", self.budgets, "needs at least one budget",
-                 "pass --budget 6e18")
-        budgets = []
+        require(bool(self.name) and "/" not in self.name, "name", self.name,
+                "must be a non-empty name without '/'", "set name=my_study")
+        require(len(self.budgets) > 0, "budgets", self.budgets, "needs at least one budget", "pass --budget 6e18")
         for budget in self.budgets:
-            try:
-                value = float(budget)
-            except (TypeError, ValueError):
-                raise UserError(f"budgets: {budget!r} is not a number; pass FLOPs such as 6e18") from None
-            _require(math.isfinite(value) and value > 0, "budget", budget, "must be a finite number > 0 FLOPs",
-                     "pass e.g. --budget 6e18")
-            budgets.append(value)
-        object.__setattr__(self, "budgets", tuple(sorted(set(budgets))))
-        _require(len(self.methods) > 0, "methods", self.methods, "needs at least one method",
-                 "add e.g. methods.dense")
+            require(is_real(budget) and budget > 0, "budget", budget, "must be a finite number > 0 FLOPs",
+                    "pass e.g. --budget 6e18")
+        object.__setattr__(self, "budgets", tuple(sorted({float(budget) for budget in self.budgets})))
+        require(len(self.methods) > 0, "methods", self.methods, "needs at least one method",
+                "add e.g. methods.dense")
         methods: dict[str, FFWConfigBase] = {}
         for method_name, ffw in self.methods.items():
-            methods[method_name] = ffw if isinstance(ffw, FFWConfigBase) else \
-                ffw_config_from_dict(dict(ffw), where=f"methods.{method_name}")
+            if not isinstance(ffw, FFWConfigBase):
+                ffw = ffw_config_from_dict(ffw, where=f"methods.{method_name}")
+            methods[method_name] = ffw.with_backbone_settings(self.model)
         object.__setattr__(self, "methods", methods)
-        _require(self.logger in ("none", "wandb"), "logger", self.logger, "must be none or wandb",
-                 "use logger=wandb or logger=none")
+        require_choice("logger", self.logger, ("none", "wandb"))

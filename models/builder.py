@@ -15,18 +15,18 @@ import importlib
 
 import torch
 
-from models.config import ModelConfig
+from models.config import FFW_FAMILIES, ModelConfig
 from models.ffw.base import FFWLayer
-from models.ffw.cost_model import FFWConfigBase
+from models.ffw.config_base import FFWConfigBase
 from models.registry import FFW_MODULES
 from models.transformer import TransformerLM
 
-FFW_MODULE_PATHS = ("models.ffw.dense", "models.ffw.topk_activation", "models.ffw.token_choice",
-                    "models.ffw.expert_choice", "models.ffw.pkm", "models.ffw.peer")
-"""Modules whose import registers every FFW family in ``FFW_MODULES``."""
 
-for _module_path in FFW_MODULE_PATHS:
-    importlib.import_module(_module_path)
+def ffw_module_class(family: str) -> type[FFWLayer]:
+    """The ``nn.Module`` class of ``family``: imports the module its config names
+    (which registers the class in ``FFW_MODULES``) on first use."""
+    importlib.import_module(FFW_FAMILIES.get(family).module_path)
+    return FFW_MODULES.get(family)
 
 
 def _device_context(device: torch.device | str | None) -> contextlib.AbstractContextManager:
@@ -47,7 +47,11 @@ def build_ffw(ffw_config: FFWConfigBase, d_model: int, n_layers: int, *,
         device: where to create the parameters (``"meta"``: no memory).
         sparse_tables: PEER/PKM tables get sparse gradients.
     """
-    module_class = FFW_MODULES.get(ffw_config.family)
+    unset = [name for name in ffw_config.backbone_settings if getattr(ffw_config, name) is None]
+    if unset:
+        raise ValueError(f"{type(ffw_config).__name__}.{unset[0]} is unset; set it, or place the layer in a "
+                         "ModelConfig, which takes it from the backbone")
+    module_class = ffw_module_class(ffw_config.family)
     with _device_context(device):
         return module_class(ffw_config, d_model, n_layers, sparse_tables=sparse_tables)
 

@@ -1,7 +1,8 @@
 """Registry of FFW module classes, keyed by family name (torchtitan style).
 
 Each ``models/ffw/<family>.py`` registers its module class under the family
-key of its config (``DenseFFWConfig.family == "dense"`` and so on)::
+key of its config (``DenseFFWConfig.family == "dense"`` and so on), and the
+family's configs are registered the same way (``models.ffw.config_base.FFW_FAMILIES``)::
 
     @FFW_MODULES.register("dense")
     class DenseFFW(FFWLayer): ...
@@ -46,7 +47,11 @@ class Registry(Generic[RegisteredClass]):
     def names(self) -> list[str]:
         return sorted(self._classes)
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._classes
 
-FFW_MODULES: Registry = Registry("FFW family")
-"""Family key -> ``FFWLayer`` subclass. Filled by importing ``models.ffw.<family>``
-(``models.builder`` imports all of them)."""
+
+FFW_MODULES: Registry = Registry("FFW module")
+"""Family key -> ``FFWLayer`` subclass. Filled by importing ``models.ffw.<family>``,
+which ``models.builder`` does on first use of a family (the module each family's
+config names with :func:`models.ffw.config_base.ffw_family`)."""

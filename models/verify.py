@@ -38,7 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from kernels.dispatch import ENV_BACKEND
 from models.config import ModelConfig
-from models.ffw.cost_model import FFWConfigBase
+from models.ffw.config_base import FFWConfigBase
 
 
 @contextmanager

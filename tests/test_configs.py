@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from isoflop.compose import available_sweeps, config_root, load_study
-from isoflop.study_config import StudyConfig
+from isoflop.planner import plan
+from isoflop.study_config import ModelTemplate, StudyConfig
+from models.config import FFW_FAMILIES
 
 CONF = config_root() / "conf"
 
@@ -25,13 +27,15 @@ def test_every_sweep_composes(sweep: str) -> None:
 
 
 @pytest.mark.parametrize("group", ["model", "ladder", "train", "data", "cluster"])
-def test_every_group_option_composes(group: str) -> None:
+def test_every_group_option_composes(group: str, tmp_path: Path) -> None:
     options = group_options(group)
     assert options, f"conf/{group} is empty"
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a document\n")
     for option in options:
         overrides = [f"{group}={option}"]
         if group == "data" and option == "files":
-            overrides.append("data.paths=[corpus.txt]")
+            overrides.append(f"data.paths=[{corpus}]")
         composed = load_study("peer_paper", overrides)
         assert isinstance(composed.study, StudyConfig)
 
@@ -40,7 +44,53 @@ def test_every_group_option_composes(group: str) -> None:
 def test_every_ffw_option_composes_as_a_method(ffw_option: str) -> None:
     composed = load_study("peer_paper", [f"+model/ffw@methods.extra={ffw_option}"])
     ffw = composed.study.methods["extra"]
-    assert ffw.family in {"dense", "topk_activation", "token_choice_moe", "expert_choice_moe", "pkm", "peer"}
+    assert isinstance(ffw, FFW_FAMILIES.get(ffw.family))
+
+
+@pytest.mark.parametrize("family", FFW_FAMILIES.names())
+def test_every_registered_family_composes_with_its_dataclass_defaults(family: str) -> None:
+    composed = load_study("peer_paper", [f"+ffw_family@methods.extra={family}"])
+    assert composed.study.methods["extra"] == FFW_FAMILIES.get(family)().with_backbone_settings(ModelTemplate())
+
+
+@pytest.mark.parametrize("option, expected", [
+    ("token_choice", {"router": "softmax", "init": "default", "n_experts": 16, "top_k": 4,
+                      "load_balance_weight": 0.0, "capacity_factor": None}),
+    ("switch", {"router": "softmax", "top_k": 1, "load_balance_weight": 0.01, "capacity_factor": 1.25}),
+    ("sigma_moe", {"router": "sigmoid", "init": "sigma_moe", "entropy_weight": 0.001, "expert_dropout": 0.05,
+                   "top_k": 4}),
+    ("sbase", {"router": "sinkhorn", "top_k": 1, "init": "default"}),
+])
+def test_token_choice_options_are_their_papers_settings(option: str, expected: dict) -> None:
+    ffw = load_study("peer_paper", [f"+model/ffw@methods.extra={option}"]).study.methods["extra"]
+    assert {name: getattr(ffw, name) for name in expected} == expected
+
+
+@pytest.mark.parametrize("overrides", [["model.activation=swiglu"], ["model=all_blocks"],
+                                       ["model.activation=relu", "model.replace_blocks=[0]"]])
+def test_the_dense_method_is_the_backbones_dense_ffw_in_every_block(overrides: list[str]) -> None:
+    study = load_study("tiny", overrides).study
+    dense_runs = [run for run in plan(study).runs if run.method == "dense"]
+    assert dense_runs
+    for run in dense_runs:
+        blocks = {run.model.block_ffw(index) for index in range(run.model.backbone.n_layers)}
+        assert blocks == {run.model.backbone.dense_ffw()}
+        assert run.model.ffw.activation == study.model.activation
+
+
+def test_a_dense_method_keeps_an_activation_it_sets_itself() -> None:
+    study = load_study("tiny", ["model.activation=swiglu", "methods.dense.activation=relu"]).study
+    assert study.methods["dense"].activation == "relu"
+    python_study = StudyConfig(name="s", budgets=[1e12], methods={"dense": {"family": "dense"}},
+                               model=ModelTemplate(activation="relu"))
+    assert python_study.methods["dense"].activation == "relu"
+
+
+def test_method_values_are_typed_by_their_family() -> None:
+    peer = load_study("peer_paper", ["methods.peer.top_k=8", "methods.peer.query_batchnorm=false",
+                                     "methods.moe.capacity_factor=2"]).study.methods
+    assert (peer["peer"].top_k, peer["peer"].query_batchnorm) == (8, False)
+    assert isinstance(peer["moe"].capacity_factor, float)
 
 
 def test_peer_paper_study_matches_the_paper() -> None:

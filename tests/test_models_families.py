@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from isoflop.flops import model_costs
 from models import build_ffw, build_model
-from models.config import FFW_CONFIGS, BackboneConfig, ModelConfig, ffw_config_from_dict
-from models.registry import FFW_MODULES
+from models.builder import ffw_module_class
+from models.config import FFW_FAMILIES, BackboneConfig, ModelConfig, ffw_config_from_dict
 from models.verify import measure_ffw_forward_flops_per_token, measure_forward_flops_per_token
 
 TINY_BACKBONE = BackboneConfig(n_layers=2, d_model=32, n_heads=4, vocab_size=64, max_seq_len=16)
@@ -52,8 +52,9 @@ def uses_batch_statistics(config: ModelConfig) -> bool:
 
 
 def test_every_config_family_has_a_registered_module_and_a_tiny_case() -> None:
-    assert set(FFW_MODULES.names()) == set(FFW_CONFIGS)
-    assert {case["family"] for case in TINY_FFW.values()} == set(FFW_CONFIGS)
+    for family in FFW_FAMILIES.names():
+        assert ffw_module_class(family).__module__ == FFW_FAMILIES.get(family).module_path
+    assert {case["family"] for case in TINY_FFW.values()} == set(FFW_FAMILIES.names())
 
 
 @pytest.mark.parametrize("name", sorted(TINY_FFW))

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from models import build_model
+from models.builder import ffw_module_class
 from models.config import BackboneConfig, ModelConfig
 from models.ffw.peer_config import PEERConfig
 from models.ffw.token_choice_config import TokenChoiceMoEConfig
-from models.registry import FFW_MODULES, Registry
+from models.registry import Registry
 from models.routing import RoutingAccumulator, RoutingTracker, auxiliary_loss_terms, expert_usage, unevenness
 
 BACKBONE = BackboneConfig(n_layers=3, d_model=16, n_heads=2, vocab_size=32, max_seq_len=8)
@@ -76,4 +77,4 @@ def test_registry_refuses_duplicates_and_lists_valid_names() -> None:
     with pytest.raises(KeyError, match="valid names: a"):
         registry.get("b")
     with pytest.raises(KeyError, match="dense, expert_choice_moe"):
-        FFW_MODULES.get("nope")
+        ffw_module_class("nope")

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.ffw.cost_model import FFWConfigBase
+from models.ffw.config_base import FFWConfigBase
 from models.routing import RoutingAccumulator
 
 ACTIVATION_FUNCTIONS = {"relu": F.relu, "gelu": F.gelu}

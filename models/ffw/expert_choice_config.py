@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
-from models.ffw.cost_model import FFWConfigBase, FFWCosts, require_choice, require_positive, resolve_int
+from models.ffw.config_base import (
+    FFWConfigBase, FFWCosts, ffw_family, require_choice, require_positive, resolve_int,
+)
 
 
+@ffw_family("models.ffw.expert_choice")
 @dataclass(frozen=True)
 class ExpertChoiceMoEConfig(FFWConfigBase):
     """Each expert picks its top tokens, up to its capacity.

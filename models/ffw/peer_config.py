@@ -6,11 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from models.ffw.cost_model import (
-    FFWCosts, ProductKeyConfig, product_key_count, product_key_retrieval_costs, require_choice, require_positive,
+from models.ffw.config_base import (
+    FFWCosts, ProductKeyConfig, ffw_family, product_key_count, product_key_retrieval_costs, require_choice,
+    require_positive,
 )
 
 
+@ffw_family("models.ffw.peer")
 @dataclass(frozen=True)
 class PEERConfig(ProductKeyConfig):
     """h heads each retrieve the top-k of N = n² singleton experts by product keys.

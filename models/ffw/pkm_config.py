@@ -6,12 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
-from models.ffw.cost_model import (
-    FFWCosts, ProductKeyConfig, product_key_count, product_key_retrieval_costs, require_choice, require_positive,
-    resolve_int,
+from models.ffw.config_base import (
+    FFWCosts, ProductKeyConfig, ffw_family, product_key_count, product_key_retrieval_costs, require_choice,
+    require_positive, resolve_int,
 )
 
 
+@ffw_family("models.ffw.pkm")
 @dataclass(frozen=True)
 class PKMConfig(ProductKeyConfig):
     """h heads each retrieve the top-k of N = n² memory values by product keys.

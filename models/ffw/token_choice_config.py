@@ -6,19 +6,25 @@ Fedus et al. 2021; S-BASE: Clark et al. 2022 with sigmoid scores).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
-from models.ffw.cost_model import (
-    FFWConfigBase, FFWCosts, config_error, require_choice, require_positive, resolve_int,
+from models.ffw.config_base import (
+    FFWConfigBase, FFWCosts, config_error, ffw_family, require_choice, require_positive, resolve_int,
 )
 
 ROUTERS = ("softmax", "softmax_renorm", "sigmoid", "sinkhorn")
 
 
+@ffw_family("models.ffw.token_choice")
 @dataclass(frozen=True)
 class TokenChoiceMoEConfig(FFWConfigBase):
     """Each token picks its ``top_k`` of ``n_experts`` two-layer experts of width G.
+
+    The defaults are a plain softmax top-K MoE (the ``token_choice`` option of
+    ``conf/model/ffw``); the ``switch``, ``sigma_moe`` and ``sbase`` options
+    set only what differs from them.
 
     Attributes:
         n_experts: N_E.
@@ -45,14 +51,14 @@ class TokenChoiceMoEConfig(FFWConfigBase):
     n_experts: int = 16
     expert_size: int | None = None
     top_k: int = 4
-    router: str = "sigmoid"
+    router: str = "softmax"
     activation: str = "relu"
     load_balance_weight: float = 0.0
     capacity_factor: float | None = None
     entropy_weight: float = 0.0
     expert_dropout: float = 0.0
     sinkhorn_iterations: int = 3
-    init: str = "sigma_moe"
+    init: str = "default"
 
     def __post_init__(self) -> None:
         require_positive(self.family, n_experts=self.n_experts, expert_size=self.expert_size,
@@ -68,8 +74,9 @@ class TokenChoiceMoEConfig(FFWConfigBase):
             raise config_error(self.family, "expert_dropout", self.expert_dropout,
                                "must be in [0, 1)", "use e.g. 0.05")
         for name in ("load_balance_weight", "entropy_weight"):
-            if getattr(self, name) < 0:
-                raise config_error(self.family, name, getattr(self, name), "must be >= 0", "use 0 to disable")
+            if not 0 <= getattr(self, name) < math.inf:
+                raise config_error(self.family, name, getattr(self, name), "must be a finite number >= 0",
+                                   "use 0 to disable")
 
     def resolve(self, d_model: int, ffw_multiplier: float) -> "TokenChoiceMoEConfig":
         return replace(self, expert_size=resolve_int(self.expert_size,

@@ -6,11 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
-from models.ffw.cost_model import (
-    FFWConfigBase, FFWCosts, config_error, require_choice, require_positive, resolve_int,
+from models.ffw.config_base import (
+    FFWConfigBase, FFWCosts, config_error, ffw_family, require_choice, require_positive, resolve_int,
 )
 
 
+@ffw_family("models.ffw.topk_activation")
 @dataclass(frozen=True)
 class TopKActivationConfig(FFWConfigBase):
     """Dense FFW that keeps only the K largest hidden activations per token.

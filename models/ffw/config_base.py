@@ -1,4 +1,12 @@
-"""Shared pieces of the FFW families' configs and cost formulas (torch-free).
+"""The base of every FFW family's config, the family registry, and the shared
+pieces of the families' cost formulas (torch-free).
+
+Adding a family is one registration: its ``models/ffw/<family>_config.py``
+decorates its config class with :func:`ffw_family`, naming the module that
+holds its ``nn.Module`` (imported only when a model is built, so planning
+never imports torch). ``models.config`` imports every ``*_config.py`` of
+``models/ffw/``, so the family is then known to the planner, the Hydra
+schema (``methods.NAME.family``) and the builder.
 
 Conventions used by every family (see ``isoflop/flops.py`` for the whole
 model):
@@ -16,11 +24,12 @@ model):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable, ClassVar, TypeVar
 
-from isoflop.errors import UserError
-
+from models import errors
+from models.errors import UserError
+from models.registry import Registry
 
 @dataclass(frozen=True)
 class FFWCosts:
@@ -52,14 +61,27 @@ class FFWCosts:
 
 @dataclass(frozen=True)
 class FFWConfigBase:
-    """Base of every family's config. Subclasses set ``family`` and implement
-    :meth:`resolve` (fill sizes that depend on the backbone) and :meth:`costs`."""
+    """Base of every family's config. Subclasses set ``family``, register with
+    :func:`ffw_family`, and implement :meth:`resolve` (fill sizes that depend
+    on the backbone) and :meth:`costs`.
+
+    ``backbone_settings`` names fields that, left ``None``, take the value of
+    the backbone's field of the same name when the layer is placed in a
+    model (the dense FFW's activation follows ``model.activation``).
+    """
 
     family: ClassVar[str] = ""
+    module_path: ClassVar[str] = ""
+    backbone_settings: ClassVar[tuple[str, ...]] = ()
 
     def resolve(self, d_model: int, ffw_multiplier: float) -> "FFWConfigBase":
         """Return a copy with every size that defaults to the backbone filled in."""
         return self
+
+    def with_backbone_settings(self, backbone: Any) -> "FFWConfigBase":
+        """A copy whose unset ``backbone_settings`` take ``backbone``'s values."""
+        unset = {name: getattr(backbone, name) for name in self.backbone_settings if getattr(self, name) is None}
+        return replace(self, **unset) if unset else self
 
     def costs(self, d_model: int) -> FFWCosts:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -69,29 +91,41 @@ class FFWConfigBase:
         return self.family
 
     def to_dict(self) -> dict:
-        from dataclasses import asdict
-
         return {"family": self.family, **asdict(self)}
+
+
+FFWConfigClass = TypeVar("FFWConfigClass", bound=type[FFWConfigBase])
+
+FFW_FAMILIES: Registry[type[FFWConfigBase]] = Registry("FFW family")
+"""Family key -> config class, filled by :func:`ffw_family` (``models.config``
+imports every family's config module)."""
+
+
+def ffw_family(module_path: str) -> Callable[[FFWConfigClass], FFWConfigClass]:
+    """Class decorator registering a family's config class under its ``family``
+    key, with ``module_path``, the module whose import registers the family's
+    ``nn.Module`` in :data:`models.registry.FFW_MODULES`."""
+
+    def register(config_class: FFWConfigClass) -> FFWConfigClass:
+        config_class.module_path = module_path
+        return FFW_FAMILIES.register(config_class.family)(config_class)
+
+    return register
 
 
 def config_error(family: str, field_name: str, value: object, rule: str, fix: str) -> UserError:
     """Build the one-line error for an invalid config value: field, value, rule, fix."""
-    return UserError(f"ffw {family}.{field_name}={value!r}: {rule}; {fix}")
+    return errors.setting_error(f"ffw {family}.{field_name}", value, rule, fix)
 
 
 def require_positive(family: str, **values: float | int | None) -> None:
-    """Raise a :class:`UserError` for the first value that is set and not > 0."""
-    for name, value in values.items():
-        if value is not None and not value > 0:
-            raise config_error(family, name, value, "must be > 0", "set a positive value")
+    """Raise a :class:`UserError` for the first value that is set and not a finite number > 0."""
+    errors.require_positive(f"ffw {family}", **values)
 
 
 def require_choice(family: str, field_name: str, value: str, choices: tuple[str, ...]) -> None:
     """Raise a :class:`UserError` unless ``value`` is one of ``choices``."""
-    if value not in choices:
-        raise config_error(
-            family, field_name, value, f"must be one of {', '.join(choices)}", "pick one of those"
-        )
+    errors.require_choice(f"ffw {family}.{field_name}", value, choices)
 
 
 def product_key_count(family: str, n_experts: int, top_k: int, d_key: int) -> int:
