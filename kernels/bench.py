@@ -189,7 +189,7 @@ def _run_case(spec: dict) -> dict:
             step()
             sync()
             times.append(time.perf_counter() - start)
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:  # (torch.OutOfMemoryError is newer)
         return {**extra, "error": "out of memory"}
     peak = (torch.cuda.max_memory_allocated(device) if cuda
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) - base

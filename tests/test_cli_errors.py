@@ -82,6 +82,7 @@ OTHER = [
     ("gpu-acceptance --out {tmp}/new --time-limit nan", "argument --time-limit"),
     ("gpu-acceptance --out {tmp}/non-empty --dry-run", "--out {tmp}/non-empty: is not empty"),
     ("gpu-acceptance --out {tmp}/a-file --dry-run", "is not a folder"),
+    ("gpu-acceptance --out {tmp}/new --dry-run --only train_dense gpu_test", "--only gpu_test: no such step"),
 ]
 # An unknown flag after each command's required arguments.
 UNKNOWN_FLAG = {"submit": "--root {tmp}", "study": "--root {tmp}", "status": "{tmp}", "wait": "{tmp}",

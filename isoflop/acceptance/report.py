@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -104,7 +105,7 @@ def describe_environment(repository: Path) -> dict[str, Any]:
 
     cuda = torch.cuda.is_available()
     commit = subprocess.run(["git", "-C", str(repository), "rev-parse", "HEAD"], capture_output=True, text=True,
-                            check=False) if (repository / ".git").exists() else None
+                            check=False) if (repository / ".git").exists() and shutil.which("git") else None
     return {
         "hostname": platform.node(), "python": sys.version.split()[0], "cpu_count": os.cpu_count(),
         "torch": torch.__version__, "torch_cuda": torch.version.cuda,

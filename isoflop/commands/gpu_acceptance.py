@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from isoflop.commands.common import positive_seconds
+from isoflop.commands.common import positive_seconds, write_output_file
 from isoflop.errors import UserError
 
 REPORT_NAME = "acceptance.json"
@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpu-rehearsal", action="store_true",
                         help="run every step on the CPU at toy sizes with the same flags (checks the steps, "
                              "not the GPU)")
+    parser.add_argument("--only", nargs="+", metavar="STEP",
+                        help="run only these steps, e.g. a rerun of one that failed (--dry-run lists the names)")
     parser.add_argument("--time-limit", type=positive_seconds, default=DEFAULT_TIME_LIMIT_S, metavar="SECONDS",
                         help=f"for all steps together (default {DEFAULT_TIME_LIMIT_S:.0f}); each step also has "
                              "its own")
@@ -47,53 +49,68 @@ def _check_out(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out {out}: {'is not a folder' if not out.is_dir() else 'is not empty'}; "
                         "pass a new folder (nothing already written is changed)")
+
+
+def _create_out(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"--out {out}: cannot create it ({error.strerror}); choose a writable folder") from None
 
 
-def run(args: argparse.Namespace) -> int:
+def _chosen(planned: list["Step"], names: list[str] | None) -> list["Step"]:  # noqa: F821 - imported in run
+    """The steps named by --only (all without it), in their usual order."""
+    known = [step.name for step in planned]
+    unknown = sorted(set(names or ()) - set(known))
+    if unknown:
+        raise UserError(f"--only {' '.join(unknown)}: no such step; choose from {', '.join(known)}")
+    return [step for step in planned if names is None or step.name in names]
+
+
+def _visible_cuda_devices(required: bool) -> int:
+    """How many CUDA devices this process sees; none when ``required`` is a UserError."""
     import torch
 
-    from isoflop.acceptance import runner, steps
-    from isoflop.acceptance.report import AcceptanceReport, describe_environment
-    from isoflop.commands.common import write_output_file
-
-    cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if not cuda_devices and not (args.dry_run or args.cpu_rehearsal):
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if required and not count:
         build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "built without CUDA"
         raise UserError(f"no CUDA device is visible (torch {torch.__version__}, {build}); run it on a GPU "
                         "machine, or use --dry-run or --cpu-rehearsal here")
+    return count
+
+
+def _save(report: "AcceptanceReport", json_path: Path) -> None:  # noqa: F821 - imported in run
+    report.wall_s = time.time() - report.started_at
+    write_output_file(json_path, report.to_json(), "--out")
+
+
+def run(args: argparse.Namespace) -> int:
+    from isoflop.acceptance import runner, steps
+    from isoflop.acceptance.report import AcceptanceReport, describe_environment
+
+    cuda_devices = _visible_cuda_devices(required=not (args.dry_run or args.cpu_rehearsal))
     _check_out(args.out)
     out = args.out.resolve()
     profile = steps.CPU_REHEARSAL if args.cpu_rehearsal else steps.GPU
-    planned = steps.build_steps(profile, out, cuda_devices)
+    planned = _chosen(steps.build_steps(profile, out, cuda_devices), args.only)
+    _create_out(out)
     environment = runner.environment_changes(steps.REPOSITORY, dict(profile.environment))
     report = AcceptanceReport(
         mode=profile.name, dry_run=args.dry_run, started_at=time.time(), time_limit_s=args.time_limit,
         environment=describe_environment(steps.REPOSITORY), steps=[runner.step_record(step) for step in planned],
         working_directory=str(steps.REPOSITORY), environment_changes=environment)
     json_path = out / REPORT_NAME
-
-    def save() -> None:
-        report.wall_s = time.time() - report.started_at
-        write_output_file(json_path, report.to_json(), "--out")
-
     if args.dry_run:
         _print_plan(report)
-        report.finished = True
-        save()
-        print(report.summary(json_path))
-        return 0
-    save()
-    deadline = time.monotonic() + args.time_limit
-    for index, (step, record) in enumerate(zip(planned, report.steps), start=1):
-        print(f"[{index}/{len(planned)}] {step.name}: {step.purpose}", file=sys.stderr, flush=True)
-        runner.run_step(step, record, out, steps.REPOSITORY, environment, deadline)
-        save()
+    else:
+        _save(report, json_path)
+        deadline = time.monotonic() + args.time_limit
+        for index, (step, record) in enumerate(zip(planned, report.steps), start=1):
+            print(f"[{index}/{len(planned)}] {step.name}: {step.purpose}", file=sys.stderr, flush=True)
+            runner.run_step(step, record, out, steps.REPOSITORY, environment, deadline)
+            _save(report, json_path)
     report.finished = True
-    save()
+    _save(report, json_path)
     print(report.summary(json_path))
     return 0 if report.passed() else 1
 
