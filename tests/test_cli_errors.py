@@ -95,8 +95,10 @@ NO_CUDA = [
     ("gpu-acceptance --out {tmp}/new", "no CUDA device is visible"),
 ]
 
-CASES = ([pytest.param(f"bench kernels {argv}", expected, id=f"bench-kernels {argv}") for argv, expected in BENCH_KERNELS]
-         + [pytest.param(f"bench layers {argv}", expected, id=f"bench-layers {argv}") for argv, expected in BENCH_LAYERS]
+CASES = ([pytest.param(f"bench kernels {argv}", expected, id=f"bench-kernels {argv}")
+          for argv, expected in BENCH_KERNELS]
+         + [pytest.param(f"bench layers {argv}", expected, id=f"bench-layers {argv}")
+            for argv, expected in BENCH_LAYERS]
          + [pytest.param(argv, expected, id=argv) for argv, expected in OTHER]
          + [pytest.param(f"{name} {UNKNOWN_FLAG.get(name, '')} --nosuch", "unrecognized arguments: --nosuch",
                          id=f"{name} --nosuch") for name in COMMANDS]

@@ -10,9 +10,9 @@
    ``bench_kernels_cvmm``: the CVMM sigma-MoE vs a dense MLP (Csordas et al. Fig. 2).
 4. ``ddp_equivalence``, ``fsdp_equivalence``: with 2+ devices, the same fp32 runs
    in one process and in two (``torch.distributed.run``); every logged loss must
-   agree within :data:`~isoflop.acceptance.figures.EQUIVALENCE_RELATIVE_TOLERANCE`. A mode whose ``train.*``
-   option does not exist in this version is skipped with that reason, and runs
-   as soon as the option appears.
+   agree within :data:`isoflop.acceptance.figures.EQUIVALENCE_RELATIVE_TOLERANCE`.
+   A mode whose ``train.*`` option does not exist in this version is skipped
+   with that reason, and runs as soon as the option appears.
 
 The CPU rehearsal runs the same steps with the same flags at toy sizes on the
 CPU (two gloo processes for the equivalence), so a broken step shows up before
@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from isoflop.acceptance.figures import (
-    Figures, bench_figures, cvmm_bench_headline, equivalence_figures,
-    equivalence_headline, peer_bench_headline, test_figures, tests_headline, training_figures, training_headline,
+    Figures, bench_figures, cvmm_bench_headline, equivalence_figures, equivalence_headline, peer_bench_headline,
+    test_figures, tests_headline, training_figures, training_headline,
 )
 from isoflop.errors import UserError
 from kernels.bench import GPU_DEFAULTS, size_arguments
@@ -49,6 +49,7 @@ KERNEL_SIZE_KEYS = {"peer": ("tokens", "dim", "rows", "heads", "top_k", "dtype")
 TIME_LIMITS_S = {"gpu_tests": 150.0, "train": 120.0, "bench_kernels_peer": 150.0, "bench_kernels_cvmm": 100.0,
                  "equivalence": 180.0}
 
+
 @dataclass(frozen=True)
 class Profile:
     """Where and at what size the steps run."""
@@ -64,16 +65,20 @@ class Profile:
     environment: tuple[tuple[str, str], ...] = ()  # set for every command, on top of this process's
 
 
-GPU = Profile("gpu", "cuda", (), None, 7e14, GPU_DEFAULTS, 5, True)
+# sweeps/gpu_acceptance.yaml as it is; 7e14 FLOPs is about 30 steps of the dense and PEER models.
+GPU = Profile(name="gpu", device="cuda", sweep_overrides=(), training_budget=None, equivalence_budget=7e14,
+              kernel_sizes=GPU_DEFAULTS, kernel_repeats=5, tests_must_run=True)
+# Toy sizes: about 10 training steps per model in seconds, 5 per equivalence run; the CPU even on a GPU machine.
 CPU_REHEARSAL = Profile(
-    "cpu-rehearsal", "cpu",
-    ("ladder.shapes=[[1,32,2]]", "ladder.min_steps=5", "train.batch_size=4", "train.seq_len=32",
-     "train.log_every_steps=2", "train.eval_tokens=1024", "methods.moe.n_experts=4", "methods.peer.n_experts=256",
-     "methods.peer.n_heads=2", "methods.peer.top_k=4", "methods.peer.d_key=16"),
-    2e8, 1e8,
-    {"tokens": 64, "dim": 32, "rows": 1024, "heads": 2, "top_k": 4, "dtype": "float32", "moe_tokens": 64,
-     "experts": [4]},
-    1, False, environment=(("CUDA_VISIBLE_DEVICES", ""),))  # the CPU, even on a machine with a GPU
+    name="cpu-rehearsal", device="cpu",
+    sweep_overrides=("ladder.shapes=[[1,32,2]]", "ladder.min_steps=5", "train.batch_size=4", "train.seq_len=32",
+                     "train.log_every_steps=2", "train.eval_tokens=1024", "methods.moe.n_experts=4",
+                     "methods.peer.n_experts=256", "methods.peer.n_heads=2", "methods.peer.top_k=4",
+                     "methods.peer.d_key=16"),
+    training_budget=2e8, equivalence_budget=1e8,
+    kernel_sizes={"tokens": 64, "dim": 32, "rows": 1024, "heads": 2, "top_k": 4, "dtype": "float32",
+                  "moe_tokens": 64, "experts": [4]},
+    kernel_repeats=1, tests_must_run=False, environment=(("CUDA_VISIBLE_DEVICES", ""),))
 
 
 @dataclass
@@ -184,6 +189,22 @@ def kernel_step(profile: Profile, out: Path, only: str) -> Step:
                 plan=" ".join(size_arguments(sizes)))
 
 
+def _equivalence_specs(profile: Profile, mode_overrides: tuple[str, ...], single_dirs: dict[str, Path],
+                       parallel_dirs: dict[str, Path]) -> tuple[dict[Path, Any], str | None]:
+    """run directory -> RunSpec for both sides of an equivalence step, or the problem that prevents it."""
+    try:
+        overrides = equivalence_overrides(profile)
+        single = planned_runs(profile, profile.equivalence_budget, overrides)
+        parallel = planned_runs(profile, profile.equivalence_budget, (*overrides, *mode_overrides))
+    except UserError as problem:
+        return {}, problem.message
+    missing = [method for method in EQUIVALENCE_METHODS if method not in single or method not in parallel]
+    if missing:
+        return {}, f"sweeps/{SWEEP}.yaml plans no {', '.join(missing)} run"
+    return {**{single_dirs[method]: single[method] for method in EQUIVALENCE_METHODS},
+            **{parallel_dirs[method]: parallel[method] for method in EQUIVALENCE_METHODS}}, None
+
+
 def equivalence_step(profile: Profile, out: Path, mode: str, cuda_devices: int) -> Step:
     """One process vs EQUIVALENCE_PROCESSES processes under ``mode`` (fp32, every step's loss logged)."""
     mode_overrides = PARALLEL_MODES[mode]
@@ -198,26 +219,14 @@ def equivalence_step(profile: Profile, out: Path, mode: str, cuda_devices: int) 
     reasons = [f"{', '.join(missing)} does not exist in this version; this step runs once it does"] if missing else []
     if profile.device == "cuda" and cuda_devices < EQUIVALENCE_PROCESSES:
         reasons.append(f"needs {EQUIVALENCE_PROCESSES}+ CUDA devices; {cuda_devices} visible")
-    skip_reason, error = "; ".join(reasons) or None, None
-    specs: dict[Path, Any] = {}
-    if skip_reason is None:
-        try:
-            overrides = equivalence_overrides(profile)
-            single = planned_runs(profile, profile.equivalence_budget, overrides)
-            parallel = planned_runs(profile, profile.equivalence_budget, (*overrides, *mode_overrides))
-            specs = {**{single_dirs[m]: single[m] for m in EQUIVALENCE_METHODS},
-                     **{parallel_dirs[m]: parallel[m] for m in EQUIVALENCE_METHODS}}
-        except UserError as problem:
-            error = problem.message
-        except KeyError as method:
-            error = f"sweeps/{SWEEP}.yaml plans no {method} run"
+    specs, error = ({}, None) if reasons else _equivalence_specs(profile, mode_overrides, single_dirs, parallel_dirs)
     pairs = {method: (single_dirs[method], parallel_dirs[method]) for method in EQUIVALENCE_METHODS}
-    return Step(f"{mode}_equivalence",
-                f"{mode}: {', '.join(EQUIVALENCE_METHODS)} in one process vs {EQUIVALENCE_PROCESSES}, fp32 losses equal",
-                TIME_LIMITS_S["equivalence"], commands, evaluate=functools.partial(equivalence_figures, pairs, EQUIVALENCE_PROCESSES),
+    return Step(f"{mode}_equivalence", f"{mode}: {', '.join(EQUIVALENCE_METHODS)} in one process vs "
+                f"{EQUIVALENCE_PROCESSES}, fp32 losses equal", TIME_LIMITS_S["equivalence"], commands,
+                evaluate=functools.partial(equivalence_figures, pairs, EQUIVALENCE_PROCESSES),
                 headline=equivalence_headline, prepare=functools.partial(write_run_specs, specs),
-                skip_reason=skip_reason, error=error,
-                plan="; ".join(spec_summary(spec) for spec in specs.values()))
+                skip_reason="; ".join(reasons) or None, error=error,
+                plan="; ".join(spec_summary(specs[run_dir]) for run_dir in single_dirs.values() if run_dir in specs))
 
 
 def build_steps(profile: Profile, out: Path, cuda_devices: int) -> list[Step]:
