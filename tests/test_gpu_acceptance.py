@@ -184,7 +184,7 @@ JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="py
 @pytest.mark.parametrize("must_run", [False, True])
 def test_junit_counts_failures_and_skips(tmp_path: Path, must_run: bool) -> None:
     (tmp_path / "junit.xml").write_text(JUNIT)
-    found, problems = figures.test_figures(tmp_path / "junit.xml", tests_must_run=must_run)
+    found, problems = figures.gpu_test_figures(tmp_path / "junit.xml", tests_must_run=must_run)
     assert (found["passed"], found["failed"], found["skipped"]) == (1, 1, 1)
     assert found["failed_tests"] == ["tests.test_kernels_peer::test_bf16[True]"]
     assert problems[0] == "failed: tests.test_kernels_peer::test_bf16[True]"

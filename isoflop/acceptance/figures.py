@@ -66,7 +66,7 @@ def equivalence_figures(pairs: dict[str, tuple[Path, Path]], processes: int) -> 
     return figures, problems
 
 
-def test_figures(junit_xml: Path, tests_must_run: bool) -> tuple[Figures, list[str]]:
+def gpu_test_figures(junit_xml: Path, tests_must_run: bool) -> tuple[Figures, list[str]]:
     """Counts, failed tests and skip reasons from pytest's JUnit XML."""
     if not junit_xml.is_file():
         return {}, [f"{junit_xml} was not written"]
@@ -105,7 +105,7 @@ def _shown(value: float | None, form: str) -> str:
     return "n/a" if value is None else format(value, form)
 
 
-def tests_headline(figures: Figures) -> str:
+def gpu_tests_headline(figures: Figures) -> str:
     return f"{figures.get('passed', 0)} passed, {figures.get('failed', 0)} failed, {figures.get('skipped', 0)} skipped"
 
 

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from isoflop.acceptance.figures import (
     Figures, bench_figures, cvmm_bench_headline, equivalence_figures, equivalence_headline, peer_bench_headline,
-    test_figures, tests_headline, training_figures, training_headline,
+    gpu_test_figures, gpu_tests_headline, training_figures, training_headline,
 )
 from isoflop.errors import UserError
 from kernels.bench import GPU_DEFAULTS, size_arguments
@@ -153,8 +153,8 @@ def tests_step(profile: Profile, out: Path) -> Step:
                f"--junitxml={junit_xml}", "tests"]
     return Step("gpu_tests", "the tests marked gpu (bf16 Triton kernels against fp32 references)",
                 TIME_LIMITS_S["gpu_tests"], [command],
-                evaluate=functools.partial(test_figures, junit_xml, profile.tests_must_run),
-                headline=tests_headline)
+                evaluate=functools.partial(gpu_test_figures, junit_xml, profile.tests_must_run),
+                headline=gpu_tests_headline)
 
 
 def training_steps(profile: Profile, out: Path) -> list[Step]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+from types import ModuleType
 
 from isoflop.commands.common import OneLineArgumentParser, parse_command_line
 
@@ -26,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="options of that benchmark (see 'isoflop bench TARGET --help')")
 
 
-def parse_bench_arguments(target: str, argv: list[str]) -> tuple[object, argparse.Namespace]:
+def parse_bench_arguments(target: str, argv: list[str]) -> tuple[ModuleType, argparse.Namespace]:
     """The benchmark module of ``target`` and its parsed arguments (bad ones exit 2 with one line)."""
     module = importlib.import_module(TARGETS[target])
     parser = OneLineArgumentParser(prog=f"isoflop bench {target}", description=module.__doc__.split("\n\n")[0])
