@@ -13,12 +13,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from isoflop.commands.common import positive_seconds
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR", help="the folder `isoflop submit` printed")
-    parser.add_argument("--interval", type=float, default=10.0, metavar="SECONDS",
+    parser.add_argument("--interval", type=positive_seconds, default=10.0, metavar="SECONDS",
                         help="refresh period (default: 10)")
-    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+    parser.add_argument("--timeout", type=positive_seconds, default=None, metavar="SECONDS",
                         help="give up after this long (exit 3)")
 
 

@@ -80,7 +80,8 @@ class ExpertChoiceMoEFFW(FFWLayer):
         expert_outputs = torch.bmm(hidden, self.expert_down)  # (E, T·C, d)
         weights = picked_scores.permute(1, 0, 2).reshape(config.n_experts, -1, 1)  # (E, T·C, 1)
         weighted = (expert_outputs * weights.to(expert_outputs.dtype)).reshape(-1, d_model)  # (E·T·C, d)
-        output = torch.zeros_like(tokens).index_add_(0, token_ids.reshape(-1), weighted)  # (M, d)
+        # Summed in the residual stream's dtype: under bf16 autocast the experts' output is bf16.
+        output = torch.zeros_like(tokens).index_add_(0, token_ids.reshape(-1), weighted.to(tokens.dtype))  # (M, d)
         return output.view(batch, positions, d_model)  # (B, T, d)
 
 
