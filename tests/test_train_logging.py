@@ -22,7 +22,7 @@ def test_wandb_offline_run_directory_is_written(tmp_path: Path, monkeypatch: pyt
     spec = tiny_spec(steps=2, logger="wandb",
                      data=DataConfig(source="files", paths=[str(corpus)], validation_fraction=0.1))
     result = run(spec, tmp_path / "run")
-    assert result["status"] == "completed"
+    assert result.status == "completed"
     offline_runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert offline_runs, "no offline wandb run under run_dir/wandb"
     assert any(offline_runs[0].glob("*.wandb"))
