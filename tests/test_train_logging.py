@@ -1,4 +1,4 @@
-"""wandb offline logging into the run directory; peak FLOP/s lookup."""
+"""wandb offline logging into the run directory; peak FLOP/s lookup and measurement."""
 
 from __future__ import annotations
 
@@ -39,3 +39,12 @@ def test_peak_flops_table_and_cpu_measurement() -> None:
         peak_flops("mystery accelerator")
     measured = measured_cpu_peak_flops()
     assert 1e8 < measured < 1e14 and peak_flops("cpu") == measured  # cached per process
+
+
+def test_measuring_the_cpu_peak_leaves_the_global_random_state_alone() -> None:
+    import torch
+
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    assert measured_cpu_peak_flops.__wrapped__(sizes=(64,), seconds_per_size=0.01) > 0  # uncached
+    assert torch.equal(torch.get_rng_state(), before)
