@@ -10,6 +10,8 @@ over all attempts). A line with ``"kind": "resume"`` marks a restart from a
 checkpoint, after which steps past that checkpoint may be logged again — the
 later line of a step wins.
 
+:class:`Throughput` measures tokens/s and MFU over each logging interval.
+
 Progress goes to stderr: step, loss, tokens/s, MFU and ETA. On a terminal it
 is a progress bar (rich) redrawn at each log step; anywhere else (SLURM job
 logs, pipes, pytest) it is one plain line per log step.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +89,31 @@ class MetricsLogger:
         if self._wandb_run is not None:
             self._wandb_run.finish()
             self._wandb_run = None
+
+
+class Throughput:
+    """Training tokens per second since the last restart, and MFU: achieved training
+    FLOP/s (the accounting's FLOPs per token x tokens/s) over the peak of all
+    ``world_size`` devices."""
+
+    def __init__(self, tokens_per_step: int, flops_per_token: float, peak_flops: float | None,
+                 world_size: int) -> None:
+        self.tokens_per_step, self.flops_per_token = tokens_per_step, flops_per_token
+        self.peak_flops, self.world_size = peak_flops, world_size
+        self.restart(0)
+
+    def restart(self, step: int) -> None:
+        self._start, self._first_step = time.perf_counter(), step
+
+    def measure(self, step: int) -> tuple[float, float]:
+        """(tokens/s, seconds per step) from the restart to ``step`` steps."""
+        seconds = max(1e-9, time.perf_counter() - self._start)
+        steps = step - self._first_step
+        return steps * self.tokens_per_step / seconds, seconds / max(1, steps)
+
+    def utilization(self, tokens_per_s: float) -> float | None:
+        """MFU at ``tokens_per_s`` (None: unknown peak)."""
+        return self.flops_per_token * tokens_per_s / (self.peak_flops * self.world_size) if self.peak_flops else None
 
 
 class _ProgressBar:

@@ -47,7 +47,7 @@ from isoflop.distributed import DistributedContext, setup_distributed, teardown_
 from isoflop.errors import UserError
 from isoflop.evaluation import evaluate_all
 from isoflop.hardware import current_device_name, lookup_peak_flops, measured_cpu_peak_flops
-from isoflop.metrics_log import MetricsLogger
+from isoflop.metrics_log import MetricsLogger, Throughput
 from isoflop.optimization import (
     all_reduce_sparse_gradients, build_optimizers, clip_gradients, learning_rate_at, set_learning_rate,
 )
@@ -128,7 +128,7 @@ class Trainer:
                                      context.world_size)
         self.step = 0  # optimizer steps done
         self.totals = RunningTotals()
-        resumed = load_resume_checkpoint(run_dir.path, spec.run_id, context)
+        resumed = checkpoint.load_for_resume(run_dir.path, spec.run_id, context)
         self.logger = MetricsLogger(run_dir.path, run_id=spec.run_id, total_steps=spec.steps,
                                     logger=spec.logger, config=spec.to_dict(), enabled=context.is_main)
         if resumed is not None:
@@ -267,7 +267,7 @@ class Trainer:
             "sparse_optimizer": self.sparse_optimizer.state_dict() if self.sparse_optimizer is not None else None,
             "scheduler": {"kind": "warmup_cosine", "step": self.step},
             "data": self.data.train.state_dict(),
-            "rng": random_generator_states(),
+            "rng": checkpoint.random_generator_states(),
             "totals": asdict(self.totals),
         }
 
@@ -280,32 +280,7 @@ class Trainer:
         self.data.train.load_state_dict(state["data"])
         self.totals = RunningTotals(**state["totals"])
         self.step = int(state["step"])
-        set_random_generator_states(state["rng"])
-
-
-class Throughput:
-    """Training tokens per second since the last restart, and MFU: achieved training
-    FLOP/s (the accounting's FLOPs per token x tokens/s) over the peak of all
-    ``world_size`` devices."""
-
-    def __init__(self, tokens_per_step: int, flops_per_token: float, peak_flops: float | None,
-                 world_size: int) -> None:
-        self.tokens_per_step, self.flops_per_token = tokens_per_step, flops_per_token
-        self.peak_flops, self.world_size = peak_flops, world_size
-        self.restart(0)
-
-    def restart(self, step: int) -> None:
-        self._start, self._first_step = time.perf_counter(), step
-
-    def measure(self, step: int) -> tuple[float, float]:
-        """(tokens/s, seconds per step) from the restart to ``step`` steps."""
-        seconds = max(1e-9, time.perf_counter() - self._start)
-        steps = step - self._first_step
-        return steps * self.tokens_per_step / seconds, seconds / max(1, steps)
-
-    def utilization(self, tokens_per_s: float) -> float | None:
-        """MFU at ``tokens_per_s`` (None: unknown peak)."""
-        return self.flops_per_token * tokens_per_s / (self.peak_flops * self.world_size) if self.peak_flops else None
+        checkpoint.set_random_generator_states(state["rng"])
 
 
 def micro_batching(batch_size: int, micro_batch_size: int, world_size: int) -> tuple[int, int]:
@@ -347,37 +322,6 @@ def seed_random_generators(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def random_generator_states() -> dict:
-    """Python, numpy, torch CPU and CUDA random states."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def set_random_generator_states(states: dict) -> None:
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def load_resume_checkpoint(run_dir: Path, run_id: str, context: DistributedContext) -> dict | None:
-    """The newest good checkpoint of the run (see :func:`isoflop.checkpoint.load_latest`), or None.
-
-    The main rank reads first and is the only one to tidy the folder (leftover
-    ``.tmp`` folders, corrupt checkpoints set aside); the other ranks read after
-    a barrier, so no rank sees a folder another one is renaming. The barrier is
-    passed even when the main rank fails, so the others fail too instead of waiting.
-    """
-    if not context.is_main:
-        context.barrier()
-        return checkpoint.load_latest(run_dir, run_id, map_location=context.device, clean_up=False)
-    try:
-        return checkpoint.load_latest(run_dir, run_id, map_location=context.device)
-    finally:
-        context.barrier()
 
 
 def code_version() -> str:

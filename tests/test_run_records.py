@@ -12,6 +12,7 @@ import pytest
 
 from conftest import isoflop, status_rows
 from isoflop.commands.plan import plan_rows
+from isoflop.errors import UserError
 from isoflop.compose import load_study
 from isoflop.planner import plan
 from isoflop.run_records import EvalScores, JobEvent, PlanRow, RunResult
@@ -128,3 +129,16 @@ def test_a_malformed_record_is_refused_in_one_line(old_sweep: SweepDir, capsys, 
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("isoflop status: error:") and str(path) in line and "not a valid" in line
     assert path.read_text() == content
+
+
+def test_the_analysis_reads_results_through_the_same_record(old_sweep: SweepDir) -> None:
+    from analysis.collect import collect_sweep
+
+    collection = collect_sweep(old_sweep.path)
+    (row,) = collection.runs.to_dict("records")
+    assert (row["run_id"], row["loss"], row["params"], row["ffw_family"]) == (RUN_ID, 3.7240112721920013, 28832,
+                                                                             "dense")
+    _with_version(old_sweep.run(RUN_ID).result_json, 2)
+    with pytest.raises(UserError, match="no completed runs") as refused:
+        collect_sweep(old_sweep.path)
+    assert "run result format version 2 is newer" in refused.value.message
