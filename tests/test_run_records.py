@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import isoflop, status_rows
+from conftest import heavy_imports, isoflop, status_rows
 from isoflop.commands.plan import plan_rows
 from isoflop.errors import UserError
 from isoflop.compose import load_study
@@ -142,3 +142,11 @@ def test_the_analysis_reads_results_through_the_same_record(old_sweep: SweepDir)
     with pytest.raises(UserError, match="no completed runs") as refused:
         collect_sweep(old_sweep.path)
     assert "run result format version 2 is newer" in refused.value.message
+
+
+def test_the_records_and_the_orchestration_commands_import_no_torch() -> None:
+    modules = ("isoflop.run_records", "isoflop.record_format", "isoflop.atomic_files", "isoflop.run_spec",
+               "isoflop.sweep_dir", "isoflop.scheduler_state", "isoflop.submission", "isoflop.preemption",
+               "isoflop.commands.submit", "isoflop.commands.status", "isoflop.commands.wait",
+               "isoflop.commands.cancel", "isoflop.commands.train")
+    assert heavy_imports(modules, ("torch", "pandas", "matplotlib", "rich")) == []  # rich: on a terminal only
