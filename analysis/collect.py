@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -31,6 +31,8 @@ import pandas as pd
 from analysis.command import DEFAULT_EVAL_DATASET, METRICS, PARAMS_KINDS
 from analysis.records import ExcludedRun
 from isoflop.errors import UserError
+from isoflop.record_format import RecordError
+from isoflop.run_records import RunResult
 
 
 @dataclass
@@ -77,34 +79,34 @@ def _routing_means(routing: object) -> dict[str, float]:
     return means
 
 
-def run_row(run_spec: dict, result: dict, params_kind: str, eval_dataset: str, metric: str) -> dict[str, object]:
-    """One tidy row from a run's run.json (may be empty) and result.json; KeyError/TypeError on missing facts."""
+def run_row(run_spec: dict, result: RunResult, params_kind: str, eval_dataset: str, metric: str) -> dict[str, object]:
+    """One tidy row from a run's run.json (may be empty) and result.json; KeyError/TypeError on missing facts
+    (an evaluation corpus the run lacks, a null loss or parameter count)."""
     model = run_spec.get("model", {}) if isinstance(run_spec.get("model"), dict) else {}
-    params = result.get("params") or run_spec.get("params")
-    evaluation = result["eval"][eval_dataset]
-    loss = float(evaluation["loss"])
-    perplexity = float(evaluation.get("perplexity", math.exp(loss)))
+    params = asdict(result.params)
+    evaluation = result.eval[eval_dataset]
+    loss = float(evaluation.loss)
+    perplexity = float(evaluation.perplexity)
     row: dict[str, object] = {
-        "run_id": result.get("run_id", run_spec.get("run_id")),
-        "method": str(result.get("method", run_spec.get("method"))),
-        "budget": float(result.get("budget_flops", run_spec.get("budget_flops"))),
+        "run_id": result.run_id,
+        "method": result.method,
+        "budget": float(result.budget_flops),
         "params": float(params[params_kind]),
-        "tokens": float(result.get("tokens", run_spec.get("tokens"))),
+        "tokens": float(result.tokens),
         "loss": loss,
         "perplexity": perplexity,
         "metric": loss if metric == "loss" else perplexity,
     }
     row.update({f"params_{kind}": float(value) for kind, value in params.items()})
-    for name, scores in result.get("eval", {}).items():
-        if isinstance(scores, dict) and "loss" in scores:
-            row[f"eval_{name}_loss"] = float(scores["loss"])
-            row[f"eval_{name}_perplexity"] = float(scores.get("perplexity", math.exp(float(scores["loss"]))))
+    for name, scores in result.eval.items():
+        row[f"eval_{name}_loss"] = float(scores.loss)
+        row[f"eval_{name}_perplexity"] = float(scores.perplexity)
     for key in ("study", "status", "steps", "realized_flops", "flops_per_token_train", "final_train_loss",
                 "wall_time_s", "tokens_per_s", "mfu", "code_version"):
-        row[key] = result.get(key)
+        row[key] = getattr(result, key)
     row.update(_scalar_items(model.get("ffw"), "ffw_"))
     row.update(_scalar_items(model.get("backbone"), "backbone_"))
-    row.update(_routing_means(result.get("routing")))
+    row.update(_routing_means(result.routing))
     return row
 
 
@@ -148,17 +150,14 @@ def collect_sweep(sweep_dir: Path | str, params_kind: str = "active", eval_datas
             excluded.append(ExcludedRun(run_id, "missing or partial: run.json present but no result.json (not finished)"))
             continue
         try:
-            result = _read_json(run_dir / "result.json")
-        except (OSError, ValueError) as error:
-            excluded.append(ExcludedRun(run_id, f"corrupt result.json ({error}); skipped"))
+            result = RunResult.read(run_dir / "result.json")
+        except RecordError as error:  # unreadable, malformed, or of a format version this isoflop does not read
+            excluded.append(ExcludedRun(run_id, f"corrupt result.json ({error.message}); skipped"))
             continue
-        run_id = str(result.get("run_id", run_id))
-        datasets_seen.update(result.get("eval", {}) if isinstance(result.get("eval"), dict) else {})
-        if result.get("status") == "diverged":
-            excluded.append(ExcludedRun(run_id, f"diverged at step {result.get('diverged_at_step')}; excluded"))
-            continue
-        if result.get("status") not in (None, "completed"):
-            excluded.append(ExcludedRun(run_id, f"status {result.get('status')!r} is not 'completed'; excluded"))
+        run_id = result.run_id
+        datasets_seen.update(result.eval)
+        if result.status == "diverged":
+            excluded.append(ExcludedRun(run_id, f"diverged at step {result.diverged_at_step}; excluded"))
             continue
         try:
             row = run_row(run_spec, result, params_kind, eval_dataset, metric)

@@ -19,7 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from isoflop.data import TrainingData, eval_dataset_tokens, evaluation_sequences
+from isoflop.run_records import EvalScores
 from isoflop.run_spec import RunSpec
+
+PERPLEXITY_OVERFLOW_LOSS = 700.0  # exp(loss) above this overflows a float64: perplexity None
 
 
 @torch.no_grad()
@@ -46,13 +49,13 @@ def evaluation_loss(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, ba
 
 
 def evaluate_all(model: torch.nn.Module, spec: RunSpec, data: TrainingData, device: torch.device,
-                 autocast: Callable) -> tuple[dict, dict, list[str]]:
-    """(eval entries by corpus name, routing statistics by layer, notes)."""
+                 autocast: Callable) -> tuple[dict[str, EvalScores], dict, list[str]]:
+    """(scores by corpus name, routing statistics by layer, notes)."""
     from models.routing import RoutingTracker
 
     requested = spec.train.eval_tokens
     batch_size = spec.micro_batch_size
-    results: dict[str, dict] = {}
+    results: dict[str, EvalScores] = {}
     notes: list[str] = []
     was_training = model.training
     model.eval()
@@ -75,8 +78,9 @@ def evaluate_all(model: torch.nn.Module, spec: RunSpec, data: TrainingData, devi
             if capped:
                 notes.append(f"eval {name}: the corpus holds only {evaluated} tokens, fewer than "
                              f"train.eval_tokens={requested}; evaluated on all of them")
-            results[name] = {"loss": loss, "perplexity": math.exp(loss) if loss < 700 else math.inf,
-                             "tokens": evaluated, "requested_tokens": requested, "capped": capped}
+            perplexity = math.exp(loss) if loss < PERPLEXITY_OVERFLOW_LOSS else None
+            results[name] = EvalScores(loss=loss if math.isfinite(loss) else None, perplexity=perplexity,
+                                       tokens=evaluated, requested_tokens=requested, capped=capped)
     finally:
         model.train(was_training)
     return results, routing, notes

@@ -119,5 +119,5 @@ def test_divergence_stops_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     corpus = write_corpus(tmp_path / "corpus.txt")
     result = train.run(tiny_spec(steps=6, data=DataConfig(source="files", paths=[str(corpus)],
                                                             validation_fraction=0.1)), tmp_path / "run")
-    assert result["status"] == "diverged" and result["diverged_at_step"] == 3 and result["steps"] == 2
+    assert result.status == "diverged" and result.diverged_at_step == 3 and result.steps == 2
     assert json.loads((tmp_path / "run" / "result.json").read_text())["status"] == "diverged"

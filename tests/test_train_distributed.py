@@ -60,4 +60,4 @@ def test_two_processes_match_one(tmp_path: Path, ffw, sparse) -> None:
     # PEER's query BatchNorm running statistics (used in evaluation) follow the
     # per-process micro-batches (DDP broadcasts rank 0's), so they differ slightly.
     assert distributed["eval"]["validation"]["loss"] == pytest.approx(
-        single["eval"]["validation"]["loss"], rel=1e-4 if ffw is None else 1e-3)
+        single.eval["validation"].loss, rel=1e-4 if ffw is None else 1e-3)
