@@ -20,6 +20,7 @@ from isoflop.acceptance.report import SCHEMA_VERSION, STATUSES, AcceptanceReport
 from isoflop.cli import command_parser, main
 from isoflop.commands.bench import parse_bench_arguments
 from isoflop.commands.common import parse_command_line
+from record_support import run_result
 
 STEP_NAMES = ["gpu_tests", "train_dense", "train_moe", "train_peer", "bench_kernels_peer", "bench_kernels_cvmm",
               "ddp_equivalence", "fsdp_equivalence"]
@@ -213,8 +214,8 @@ def test_equivalence_fails_beyond_the_tolerance(tmp_path: Path) -> None:
 def test_a_run_that_did_not_complete_or_ran_on_the_cpu_fails(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / "result.json").write_text(json.dumps({"status": "diverged", "steps": 12, "device": "cpu",
-                                                     "tokens_per_s": 100.0, "mfu": None}))
+    run_result(status="diverged", diverged_at_step=12, steps=11, final_train_loss=None, device="cpu",
+               tokens_per_s=100.0, mfu=None).write(run_dir / "result.json")
     (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 10, "tokens_per_s": 90.0, "mfu": 0.2}) + "\n")
     found, problems = figures.training_figures(run_dir, device="cuda")
     assert (found["last_interval_tokens_per_s"], found["last_interval_mfu"]) == (90.0, 0.2)

@@ -21,28 +21,30 @@ EQUIVALENCE_RELATIVE_TOLERANCE = 2e-3  # fp32 on both sides; only the gradient s
 
 def training_figures(run_dir: Path, device: str) -> tuple[Figures, list[str]]:
     """Throughput and losses of a finished run, from its result.json and metrics.jsonl."""
-    from isoflop.sweep_dir import read_json, read_jsonl
+    from isoflop.atomic_files import read_jsonl
+    from isoflop.run_records import RunResult
 
-    result = read_json(run_dir / "result.json")
+    result = RunResult.read(run_dir / "result.json")
     if result is None:
         return {}, [f"{run_dir / 'result.json'} was not written"]
     intervals = [record for record in read_jsonl(run_dir / "metrics.jsonl") if record.get("tokens_per_s")]
     last = intervals[-1] if intervals else {}
-    figures = {key: result.get(key) for key in ("run_id", "status", "steps", "tokens", "tokens_per_s", "mfu",
-                                                "final_train_loss", "wall_time_s", "device", "world_size",
-                                                "flops_per_token_train")}
-    figures.update(params_total=(result.get("params") or {}).get("total"),
-                   validation_loss=((result.get("eval") or {}).get("validation") or {}).get("loss"),
+    validation = result.eval.get("validation")
+    figures = {key: getattr(result, key) for key in ("run_id", "status", "steps", "tokens", "tokens_per_s", "mfu",
+                                                     "final_train_loss", "wall_time_s", "device", "world_size",
+                                                     "flops_per_token_train")}
+    figures.update(params_total=result.params.total,
+                   validation_loss=validation.loss if validation is not None else None,
                    last_interval_tokens_per_s=last.get("tokens_per_s"), last_interval_mfu=last.get("mfu"))
-    problems = [] if figures["status"] == "completed" else [f"the run ended {figures['status']}"]
-    if device == "cuda" and figures["device"] == "cpu":
+    problems = [] if result.status == "completed" else [f"the run ended {result.status}"]
+    if device == "cuda" and result.device == "cpu":
         problems.append("it trained on the CPU, not on the GPU")
     return figures, problems
 
 
 def logged_losses(run_dir: Path) -> list[float]:
     """The training loss of every logged step (resume markers and evaluation records left out)."""
-    from isoflop.sweep_dir import read_jsonl
+    from isoflop.atomic_files import read_jsonl
 
     return [record["loss"] for record in read_jsonl(run_dir / "metrics.jsonl")
             if record.get("kind") is None and record.get("loss") is not None]

@@ -70,7 +70,7 @@ class AcceptanceReport:
         return not any(step.status in ("failed", "timed_out") for step in self.steps)
 
     def to_json(self) -> str:
-        from isoflop.metrics_log import finite_or_null
+        from isoflop.atomic_files import finite_or_null
 
         return json.dumps(finite_or_null(dataclasses.asdict(self)), indent=2, allow_nan=False) + "\n"
 

@@ -128,7 +128,7 @@ def write_output_file(path: Path, text: str, flag: str) -> None:
     """Write ``text`` to ``path`` atomically (an existing file is replaced only when
     the new one is complete); a path that cannot be written is a :class:`UserError`
     naming ``flag``."""
-    from isoflop.sweep_dir import write_atomic
+    from isoflop.atomic_files import write_atomic
 
     problem = _output_problem(path)
     if problem is None:

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from isoflop.commands.common import add_study_arguments, human_count
+from isoflop.commands.common import add_study_arguments, human_count, write_output_file
 from isoflop.errors import UserError
-from isoflop.atomic_files import csv_text, write_atomic
+from isoflop.atomic_files import csv_text
 from isoflop.run_records import PlanRow
 
 FORMATS = ("table", "csv", "json")
@@ -98,18 +98,11 @@ def within_tolerance(measured: dict[str, dict[str, float]]) -> bool:
 
 
 def write_output(text: str, out: Path | None) -> None:
-    """Print, or write ``out`` atomically (an existing file is replaced only when complete)."""
+    """Print, or write ``out`` atomically (:func:`isoflop.commands.common.write_output_file`)."""
     if out is None:
         sys.stdout.write(text)
         return
-    if out.is_dir():
-        raise UserError(f"--out {out}: is a directory; pass a file path such as {out / 'plan.csv'}")
-    if not out.parent.is_dir():
-        raise UserError(f"--out {out}: cannot write (no such directory {out.parent}); choose a writable path")
-    try:
-        write_atomic(out, text)
-    except OSError as error:
-        raise UserError(f"--out {out}: cannot write ({error.strerror}); choose a writable path") from None
+    write_output_file(out, text, "--out")
 
 
 def run(args: argparse.Namespace) -> int:
