@@ -107,10 +107,11 @@ class Labels:
 def axis_labels(args: argparse.Namespace, collection) -> Labels:
     """Axis labels for the figures and the report's settings."""
     if collection.kind == "csv":
-        dataset = f"{args.eval_dataset} " if args.eval_dataset else ""
         unit = f" ({collection.loss_unit})" if collection.loss_unit else ""
-        value_label = f"Perplexity{f' on {args.eval_dataset}' if dataset else ''}" if args.metric == "perplexity" \
-            else f"{dataset}loss{unit}".capitalize()
+        if args.metric == "perplexity":
+            value_label = f"Perplexity on {args.eval_dataset}" if args.eval_dataset else "Perplexity"
+        else:
+            value_label = (f"{args.eval_dataset} loss" if args.eval_dataset else "Loss") + unit
         if collection.params_derived:
             return Labels(value_label, "Parameters N = C / (6 D), derived", "C/(6D)")
         return Labels(value_label, f"Parameters N ({args.params})" if args.params else "Parameters N", args.params or "")
@@ -229,13 +230,13 @@ def run(args: argparse.Namespace) -> int:
     ReportDirectory.check_destination(out_dir, inputs)
     collection = _collect(args)
     fits = _fit(args, collection, options)
+    with ReportDirectory(out_dir, inputs) as report:
+        result = _write(args, collection, fits, options, report.path)
+        report_path = report.commit() / "report.md"
     for excluded in collection.excluded:
         print(f"warning: run {excluded.run_id} excluded: {excluded.reason}", file=sys.stderr)
     for warning in fits.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    with ReportDirectory(out_dir, inputs) as report:
-        result = _write(args, collection, fits, options, report.path)
-        report_path = report.commit() / "report.md"
     _print_summary(report_path, result, args.metric)
     return 0
 
