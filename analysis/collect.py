@@ -36,6 +36,8 @@ from isoflop.errors import UserError
 
 MAX_PLAUSIBLE_COUNT = 1e40
 """FLOPs, parameters and tokens above this are a unit or parsing mistake (frontier runs are ~1e26 FLOPs)."""
+MAX_PLAUSIBLE_METRIC = 1e15
+"""A fitted loss or perplexity beyond +-this is a unit or parsing mistake (and would overflow the fits)."""
 
 
 @dataclass
@@ -67,6 +69,13 @@ def count_problem(value: float) -> str | None:
         return "a finite number"
     if not 1.0 <= value <= MAX_PLAUSIBLE_COUNT:
         return f"a positive count, at least 1 and at most {budget_text(MAX_PLAUSIBLE_COUNT)}"
+    return None
+
+
+def metric_problem(value: float) -> str | None:
+    """What is wrong with a fitted value, a loss or a perplexity (None when it is plausible)."""
+    if not math.isfinite(value) or abs(value) > MAX_PLAUSIBLE_METRIC:
+        return f"a finite number between -{budget_text(MAX_PLAUSIBLE_METRIC)} and {budget_text(MAX_PLAUSIBLE_METRIC)}"
     return None
 
 
@@ -173,8 +182,9 @@ def _exclusion_reason(result: dict) -> str | None:
 
 def _row_problem(row: dict[str, object]) -> str | None:
     """Why a row cannot be fitted: a non-finite metric or an implausible count (None: fine)."""
-    if not math.isfinite(float(row["metric"])):
-        return "non-finite metric (a perplexity that overflows, or a NaN loss); skipped"
+    problem = metric_problem(float(row["metric"]))
+    if problem:
+        return f"the fitted metric {row['metric']!r} must be {problem} (a perplexity that overflows, or a NaN loss); skipped"
     for key in ("budget", "params", "tokens"):
         problem = count_problem(float(row[key]))
         if problem:

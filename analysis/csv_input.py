@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.collect import Collection, count_problem
+from analysis.collect import Collection, count_problem, metric_problem
 from analysis.grouping import default_group_columns, group_labels, pooled_points_warning, resolve_group_columns
 from analysis.options import PERPLEXITY_LOSS_UNITS
 from isoflop.errors import UserError
@@ -124,9 +124,8 @@ def _resolve_columns(frame: pd.DataFrame, explicit: dict[str, str], path: Path) 
 def _numeric(frame: pd.DataFrame, column: str, canonical: str, path: Path) -> pd.Series:
     """A column as floats; UserError naming the first bad line (not a number, or an implausible count)."""
     values = pd.to_numeric(frame[column], errors="coerce").astype(float)
-    problems = [None if np.isfinite(value) else "a finite number" for value in values]
-    if canonical in COUNT_COLUMNS:
-        problems = [problem or count_problem(value) for problem, value in zip(problems, values)]
+    check = count_problem if canonical in COUNT_COLUMNS else metric_problem
+    problems = [check(value) for value in values]
     first = next((index for index, problem in enumerate(problems) if problem), None)
     if first is not None:
         raise UserError(f"{path}: column {column!r} ({canonical}) must be {problems[first]}; line {first + 2} has "
@@ -169,7 +168,7 @@ def _add_metric(runs: pd.DataFrame, raw: pd.DataFrame, resolved: dict[str, str],
             raise UserError(f"--metric perplexity: {path} has no perplexity column and the loss unit is unknown; pass "
                             "--loss-unit nats if the loss is in nats/token, or fit --metric loss")
     runs["metric"] = runs["loss"] if metric == "loss" else runs["perplexity"]
-    if not np.all(np.isfinite(runs["metric"])):
+    if any(metric_problem(value) for value in runs["metric"]):
         raise UserError(f"--csv {path}: perplexity overflows (exp of a large loss); use --metric loss")
 
 

@@ -108,6 +108,10 @@ CASES: dict[str, Case] = {
                                    unreadable=["sweep/runs"]),
     "sizes from 1e-300 to 1e300": Case(["analyze", "--csv", "extreme.csv", "--out", "new"], "at least 1 and at most 1e40",
                                        prepare=_write_extreme_sizes),
+    "losses of 1e300": Case(["analyze", "--csv", "bigloss.csv", "--out", "new"], "between -1e15 and 1e15",
+                            prepare=lambda root: (root / "bigloss.csv").write_text(
+                                "budget,params,loss\n1e19,1e8,1e300\n1e19,2e8,1e299\n1e19,4e8,3e300\n")),
+    "--out below a file": Case(["analyze", "--csv", "good.csv", "--out", "good.csv/report"], "cannot write in"),
     "perplexity of huge losses (CSV)": Case(["analyze", "--csv", "huge.csv", "--out", "new", "--metric", "perplexity",
                                              "--loss-unit", "nats"], "perplexity overflows", prepare=_write_huge_losses),
     "perplexity of huge losses (sweep)": Case(["analyze", "sweep", "--out", "new", "--metric", "perplexity"],

@@ -188,3 +188,15 @@ def test_bad_sweeps_are_user_errors(tmp_path: Path) -> None:
 
 def test_command_module_imports_nothing_heavy() -> None:
     assert heavy_imports(("analysis.command",), ("pandas", "numpy", "scipy", "matplotlib")) == []
+
+
+def test_implausible_run_is_excluded_with_its_reason(tmp_path: Path) -> None:
+    sweep = build_sweep(tmp_path / "sweep")
+    result_path = sweep / "runs" / "dense-6e+18-0" / "result.json"
+    result = json.loads(result_path.read_text())
+    result["params"]["active"] = 1e-300
+    result_path.write_text(json.dumps(result))
+    collection = collect_sweep(sweep)
+    reasons = {run.run_id: run.reason for run in collection.excluded}
+    assert "params 1e-300 must be a positive count" in reasons["dense-6e+18-0"]
+    assert "dense-6e+18-0" not in set(collection.runs["run_id"])
