@@ -11,34 +11,20 @@ from analysis.fits import fit_all_optima
 from analysis.parabola import fit_axis
 from analysis.powerlaw import fit_all_power_laws
 from analysis.records import PowerLawFit
+from analysis_support import CHINCHILLA, surface_runs
 
-# Chinchilla's fitted surface (Hoffmann et al. 2022, Eq. 10): L = E + A/N^alpha + B/D^beta.
-E, A, B, ALPHA, BETA = 1.69, 406.4, 410.7, 0.34, 0.28
 BUDGETS = (1e18, 3e18, 1e19, 3e19, 1e20, 3e20)
-PARAMS_EXPONENT = BETA / (ALPHA + BETA)  # a in N*(C) ∝ C^a
-TOKENS_EXPONENT = ALPHA / (ALPHA + BETA)  # b in D*(C) ∝ C^b
-
-
-def true_optimal_params(budget: float) -> float:
-    """Exact N*(C) of the surface under C = 6ND."""
-    allocation = (ALPHA * A / (BETA * B)) ** (1.0 / (ALPHA + BETA))
-    return allocation * (budget / 6.0) ** PARAMS_EXPONENT
+E, A, B, ALPHA, BETA = CHINCHILLA.E, CHINCHILLA.A, CHINCHILLA.B, CHINCHILLA.alpha, CHINCHILLA.beta
+PARAMS_EXPONENT = CHINCHILLA.params_exponent
+TOKENS_EXPONENT = 1.0 - PARAMS_EXPONENT
+true_optimal_params = CHINCHILLA.optimal_params
 
 
 def surface_points(half_width_decades: float, n_sizes: int, offset_decades: float = 0.05,
                    noise_std: float = 0.0, seed: int = 0) -> pd.DataFrame:
-    """Runs on isoFLOP lines C = 6ND, log-spaced sizes around the true optimum (shifted by ``offset_decades``)."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for budget in BUDGETS:
-        center = np.log10(true_optimal_params(budget)) + offset_decades
-        for log_params in np.linspace(center - half_width_decades, center + half_width_decades, n_sizes):
-            params = 10.0**log_params
-            tokens = budget / (6.0 * params)
-            loss = E + A / params**ALPHA + B / tokens**BETA
-            rows.append(dict(method="synthetic", budget=budget, params=params, tokens=tokens,
-                             loss=loss + noise_std * rng.standard_normal()))
-    return pd.DataFrame(rows)
+    """Runs around the true optimum of Chinchilla's surface, shifted by ``offset_decades``."""
+    return surface_runs(CHINCHILLA, BUDGETS, half_width_decades, n_sizes, noise_std, seed,
+                        center_of=lambda budget: float(np.log10(true_optimal_params(budget))) + offset_decades)
 
 
 def power_laws_of(frame: pd.DataFrame, n_bootstrap: int = 0, seed: int = 0) -> dict[str, PowerLawFit]:

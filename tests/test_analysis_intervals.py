@@ -11,6 +11,7 @@ import pytest
 from analysis.fits import fit_all_optima, fit_optimum
 from analysis.intervals import LINE_THROUGH_TWO_POINTS
 from analysis.powerlaw import fit_all_power_laws, fit_power_law
+from analysis_support import CHINCHILLA, surface_runs
 
 BUDGET = 1e19
 TRUE_LOG10_VERTEX = 8.1
@@ -191,24 +192,8 @@ def test_optimum_interval_covers_the_true_vertex_at_the_stated_level(confidence:
     assert abs(coverage - confidence) <= 3 * sampling_error, coverage
 
 
-# Chinchilla's surface (Hoffmann et al. 2022, Eq. 10); on grids centred on the optimum with a fixed width, approach 2's
-# vertex is off by the same factor at every budget, so the fitted exponent is unbiased and coverage can be measured.
-E, A, B, ALPHA, BETA = 1.69, 406.4, 410.7, 0.34, 0.28
-PARAMS_EXPONENT = BETA / (ALPHA + BETA)
-
-
-def chinchilla_runs(budgets: np.ndarray, seed: int, noise_std: float = 0.01) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    allocation = (ALPHA * A / (BETA * B)) ** (1.0 / (ALPHA + BETA))
-    rows = []
-    for budget in budgets:
-        center = np.log10(allocation * (budget / 6.0) ** PARAMS_EXPONENT)
-        for log_params in np.linspace(center - 0.6, center + 0.6, 7):
-            params = 10.0**log_params
-            tokens = budget / (6.0 * params)
-            loss = E + A / params**ALPHA + B / tokens**BETA + noise_std * rng.standard_normal()
-            rows.append(dict(method="s", budget=budget, params=params, tokens=tokens, loss=loss))
-    return pd.DataFrame(rows)
+# On Chinchilla's surface with grids centred on the optimum at a fixed width, approach 2's vertex is off by the same
+# factor at every budget, so the fitted exponent is unbiased and the coverage of its interval can be measured.
 
 
 @pytest.mark.parametrize("confidence", [0.95, 0.8])
@@ -216,10 +201,10 @@ def test_exponent_interval_covers_the_true_exponent_at_the_stated_level(confiden
     seeds = 150
     hits = 0
     for seed in range(seeds):
-        optima = fit_all_optima(chinchilla_runs(np.geomspace(1e18, 1e21, 5), seed), "loss", n_bootstrap=300, seed=seed,
-                                confidence=confidence)
+        runs = surface_runs(CHINCHILLA, np.geomspace(1e18, 1e21, 5), 0.6, 7, noise_std=0.01, seed=seed)
+        optima = fit_all_optima(runs, "loss", n_bootstrap=300, seed=seed, confidence=confidence)
         law = next(law for law in fit_all_power_laws(optima, confidence=confidence) if law.quantity == "params")
         interval = law.exponent_interval
-        hits += interval.printable and interval.low <= PARAMS_EXPONENT <= interval.high
+        hits += interval.printable and interval.low <= CHINCHILLA.params_exponent <= interval.high
     coverage = hits / seeds
     assert abs(coverage - confidence) <= 3 * np.sqrt(confidence * (1 - confidence) / seeds), coverage

@@ -28,50 +28,33 @@ from analysis.approach3 import fit_all_approach3
 from analysis.fits import fit_all_optima
 from analysis.powerlaw import fit_power_law
 from analysis.vpnls import fit_vpnls
+from analysis_support import Surface, surface_runs
 
-SURFACES = {"symmetric": (1.7, 400.0, 400.0, 0.3, 0.3), "asymmetric": (1.7, 400.0, 400.0, 0.4, 0.2)}
+SURFACES = {"symmetric": Surface(1.7, 400.0, 400.0, 0.3, 0.3), "asymmetric": Surface(1.7, 400.0, 400.0, 0.4, 0.2)}
 BUDGETS = np.geomspace(1e18, 1e22, 5)
 TARGET_BUDGET = 1e24
-HALF_WIDTH_DECADES = 1.0
 
 
-def true_optimal_params(surface: tuple[float, ...], budget: float) -> float:
-    """N*(C) of the surface under C = 6ND (Hoffmann et al. 2022, Eq. 4)."""
-    _, a_coefficient, b_coefficient, alpha, beta = surface
-    allocation = (alpha * a_coefficient / (beta * b_coefficient)) ** (1.0 / (alpha + beta))
-    return allocation * (budget / 6.0) ** (beta / (alpha + beta))
+def isoflop_runs(surface: Surface, grid: str, noise_std: float = 0.0, seed: int = 0) -> pd.DataFrame:
+    """9 sizes over +-1 decade per budget, centred as ``grid`` says."""
+    middle_ratio = (1e20 / 6.0) / surface.optimal_params(1e20) ** 2  # D*/N* at 1e20
+    centers = {"centred": lambda budget: np.log10(surface.optimal_params(budget)),
+               "offset": lambda budget: np.log10(surface.optimal_params(budget)) + 0.3,
+               "fixed ratio": lambda budget: 0.5 * np.log10(budget / (6.0 * middle_ratio))}
+    return surface_runs(surface, BUDGETS, 1.0, 9, noise_std, seed, center_of=centers[grid], method="s")
 
 
-def isoflop_runs(surface: tuple[float, ...], grid: str, noise_std: float = 0.0, seed: int = 0) -> pd.DataFrame:
-    irreducible, a_coefficient, b_coefficient, alpha, beta = surface
-    rng = np.random.default_rng(seed)
-    middle_ratio = (1e20 / 6.0) / true_optimal_params(surface, 1e20) ** 2  # D*/N* at 1e20
-    rows = []
-    for budget in BUDGETS:
-        center = {"centred": np.log10(true_optimal_params(surface, budget)),
-                  "offset": np.log10(true_optimal_params(surface, budget)) + 0.3,
-                  "fixed ratio": 0.5 * np.log10(budget / (6.0 * middle_ratio))}[grid]
-        for log_params in np.linspace(center - HALF_WIDTH_DECADES, center + HALF_WIDTH_DECADES, 9):
-            params = 10.0**log_params
-            tokens = budget / (6.0 * params)
-            loss = irreducible + a_coefficient / params**alpha + b_coefficient / tokens**beta
-            rows.append(dict(method="s", budget=budget, params=params, tokens=tokens,
-                             loss=loss + noise_std * rng.standard_normal()))
-    return pd.DataFrame(rows)
-
-
-def errors(surface: tuple[float, ...], grid: str, noise_std: float = 0.0, seeds: int = 1) -> dict[str, tuple[float, float]]:
+def errors(surface: Surface, grid: str, noise_std: float = 0.0, seeds: int = 1) -> dict[str, tuple[float, float]]:
     """Mean (exponent error, log10 N*(1e24) error) of approach 2 and of VPNLS."""
-    _, _, _, alpha, beta = surface
-    true_exponent = beta / (alpha + beta)
-    true_target = np.log10(true_optimal_params(surface, TARGET_BUDGET))
+    true_target = np.log10(surface.optimal_params(TARGET_BUDGET))
     approach2, vpnls = [], []
     for seed in range(seeds):
         runs = isoflop_runs(surface, grid, noise_std, seed)
         law = fit_power_law("s", fit_all_optima(runs, "loss", n_bootstrap=0), "params", predict_budgets=(TARGET_BUDGET,))
-        approach2.append((law.exponent - true_exponent, np.log10(law.predictions[0].value) - true_target))
+        approach2.append((law.exponent - surface.params_exponent, np.log10(law.predictions[0].value) - true_target))
         fit = fit_vpnls("s", runs["params"].to_numpy(), runs["tokens"].to_numpy(), runs["loss"].to_numpy())
-        vpnls.append((fit.params_exponent - true_exponent, np.log10(fit.optimal_params(TARGET_BUDGET)) - true_target))
+        vpnls.append((fit.params_exponent - surface.params_exponent,
+                      np.log10(fit.optimal_params(TARGET_BUDGET)) - true_target))
     return {"approach2": tuple(np.mean(approach2, axis=0)), "vpnls": tuple(np.mean(vpnls, axis=0))}
 
 
@@ -104,7 +87,9 @@ def test_vpnls_fit_record_and_dispatch() -> None:
     runs = isoflop_runs(SURFACES["asymmetric"], "centred")
     (fit,) = fit_all_approach3(runs, "loss")
     assert fit.method == "vpnls" and fit.converged and fit.huber_delta is None
-    assert (fit.E, fit.A, fit.B, fit.alpha, fit.beta) == pytest.approx(SURFACES["asymmetric"], rel=1e-4)
+    truth = SURFACES["asymmetric"]
+    assert (fit.E, fit.A, fit.B, fit.alpha, fit.beta) == pytest.approx((truth.E, truth.A, truth.B, truth.alpha, truth.beta),
+                                                                       rel=1e-4)
     assert fit_vpnls("tiny", np.array([1e7, 1e8]), np.array([1e9, 1e10]), np.array([3.0, 2.9])) is None
     (skipped,) = fit_all_approach3(runs.head(4), "loss")
     assert isinstance(skipped, str) and "at least 6 runs" in skipped
