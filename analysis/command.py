@@ -158,36 +158,32 @@ def _fit(args: argparse.Namespace, collection, options: CheckedOptions) -> Fits:
     return fits
 
 
-def _write(args: argparse.Namespace, collection, fits: Fits, options: CheckedOptions, out_dir: Path):
-    """Every file of the report into ``out_dir``; returns the :class:`~analysis.report.AnalysisResult`."""
+def _write_figures(args: argparse.Namespace, collection, fits: Fits, options: CheckedOptions,
+                   out_dir: Path) -> dict[str, str]:
+    """The isoFLOP, scaling and ablation figures; returns PNG name → caption."""
     from analysis.ablations import plot_ablations
-    from analysis.collect import to_parquet
     from analysis.figures import plot_isoflop
-    from analysis.fits import optima_table
-    from analysis.powerlaw import power_law_table
     from analysis.records import PowerLawFit
-    from analysis.report import AnalysisResult, render_report
     from analysis.scaling_figure import plot_scaling
-    from analysis.tables import optimal_run_table, perplexity_columns, usage_table, write_table
-
-    runs, optima = collection.runs, fits.optima
-    runs.to_csv(out_dir / "runs.csv", index=False)
-    if args.parquet:
-        to_parquet(runs, out_dir / "runs.parquet")
-    optima_frame = optima_table(optima, args.metric)
-    optima_frame.to_csv(out_dir / "optima.csv", index=False)
-    power_law_table(fits.power_laws).to_csv(out_dir / "powerlaws.csv", index=False)
 
     labels = axis_labels(args, collection)
-    plot_isoflop(runs, optima, out_dir / "isoflop", "metric", labels.value, labels.params, confidence=options.confidence)
+    plot_isoflop(collection.runs, fits.optima, out_dir / "isoflop", "metric", labels.value, labels.params,
+                 confidence=options.confidence)
     figures = {"isoflop.png": "IsoFLOP curves: the fitted metric against model size, one curve per budget"}
     fitted_laws = [law for law in fits.power_laws if isinstance(law, PowerLawFit)]
-    if fitted_laws or any(o.n_opt is not None for o in optima):
-        plot_scaling(optima, fitted_laws, out_dir / "scaling", labels.params_kind, options.predict_budgets,
+    if fitted_laws or any(o.n_opt is not None for o in fits.optima):
+        plot_scaling(fits.optima, fitted_laws, out_dir / "scaling", labels.params_kind, options.predict_budgets,
                      options.confidence)
         figures["scaling.png"] = "Compute-optimal parameters N*(C) and tokens D*(C), with the fitted power laws"
     figures.update(plot_ablations(fits.ablations, out_dir, labels.value, labels.params, options.confidence))
+    return figures
 
+
+def _write_tables(collection, optima: list, out_dir: Path) -> dict:
+    """He 2024 Tables 1 and 2 (a loss table instead of perplexities when the loss unit is unknown)."""
+    from analysis.tables import optimal_run_table, perplexity_columns, usage_table, write_table
+
+    runs = collection.runs
     tables = {}
     value_columns = perplexity_columns(runs)
     group_header = "group" if collection.kind == "csv" else "method"
@@ -202,19 +198,41 @@ def _write(args: argparse.Namespace, collection, fits: Fits, options: CheckedOpt
         tables["table_usage"] = ("Expert usage (percent) and unevenness per configuration and budget (He 2024, Table 2)", usage)
     for stem, (caption, table) in tables.items():
         write_table(table, out_dir / stem, caption)
+    return tables
 
-    level = f"{options.confidence:.0%}"
-    settings = {
+
+def _settings(args: argparse.Namespace, collection, options: CheckedOptions) -> dict[str, str]:
+    """The report's first lines: what was analysed and how."""
+    resampled = "residuals at the fixed sampled sizes" if args.resample == "residuals" else "whole runs"
+    source = args.eval_dataset or (DEFAULT_EVAL_DATASET if collection.kind == "sweep" else "CSV loss column")
+    return {
         "Input": collection.source,
-        "Metric": f"{args.metric} ({args.eval_dataset or (DEFAULT_EVAL_DATASET if collection.kind == 'sweep' else 'CSV loss column')})",
+        "Metric": f"{args.metric} ({source})",
         "Loss unit": collection.loss_unit or "unknown (pass --loss-unit)",
-        "Parameters": labels.params,
+        "Parameters": axis_labels(args, collection).params,
         "Fit": "Huber (robust) parabolas" if args.robust else "least-squares parabolas",
-        "Bootstrap": (f"{args.bootstrap} replicates ({'residuals at the fixed sampled sizes' if args.resample == 'residuals' else 'whole runs'}"
-                      f" resampled), seed {args.seed}, {level} percentile intervals" if args.bootstrap else "off (no intervals)"),
+        "Bootstrap": (f"{args.bootstrap} replicates ({resampled} resampled), seed {args.seed}, "
+                      f"{options.confidence:.0%} percentile intervals" if args.bootstrap else "off (no intervals)"),
     }
-    result = AnalysisResult(collection=collection, settings=settings, optima=optima, optima_table=optima_frame,
-                            power_laws=fits.power_laws, approach3=fits.approach3, figures=figures, tables=tables,
+
+
+def _write(args: argparse.Namespace, collection, fits: Fits, options: CheckedOptions, out_dir: Path):
+    """Every file of the report into ``out_dir``; returns the :class:`~analysis.report.AnalysisResult`."""
+    from analysis.collect import to_parquet
+    from analysis.fits import optima_table
+    from analysis.powerlaw import power_law_table
+    from analysis.report import AnalysisResult, render_report
+
+    collection.runs.to_csv(out_dir / "runs.csv", index=False)
+    if args.parquet:
+        to_parquet(collection.runs, out_dir / "runs.parquet")
+    optima_frame = optima_table(fits.optima, args.metric)
+    optima_frame.to_csv(out_dir / "optima.csv", index=False)
+    power_law_table(fits.power_laws).to_csv(out_dir / "powerlaws.csv", index=False)
+    result = AnalysisResult(collection=collection, settings=_settings(args, collection, options), optima=fits.optima,
+                            optima_table=optima_frame, power_laws=fits.power_laws, approach3=fits.approach3,
+                            figures=_write_figures(args, collection, fits, options, out_dir),
+                            tables=_write_tables(collection, fits.optima, out_dir),
                             partial_notes=fits.partial_notes, warnings=fits.warnings)
     render_report(result, out_dir)
     return result

@@ -114,3 +114,25 @@ def test_approach3_lbfgs_recovers_the_surface() -> None:
 
 def test_approach3_needs_enough_runs() -> None:
     assert fit_approach3("tiny", np.array([1e7, 1e8]), np.array([1e9, 1e10]), np.array([3.0, 2.9])) is None
+
+
+def test_off_centre_optimum_is_warned_about(tmp_path, capsys) -> None:
+    """Sizes from 7.0 to 8.2 decades with the minimum at 7.15: N* sits at 12% of the range, in the outer quarter."""
+    from analysis.diagnostics import off_centre_warnings
+    from conftest import analyze
+
+    rows = []
+    for budget, vertex, low in ((1e19, 7.6, 7.0), (1e20, 8.1, 7.5), (1e21, 7.15 + 1.0, 8.0)):
+        for x in np.linspace(low, low + 1.2, 7):
+            rows.append(dict(method="m", budget=budget, params=10**x, tokens=budget / (6 * 10**x),
+                             loss=3.0 + 0.3 * (x - vertex) ** 2))
+    frame = pd.DataFrame(rows)
+    optima = fit_all_optima(frame, "loss", n_bootstrap=0)
+    positions = [o.params_fit.vertex_position for o in optima]
+    assert positions == pytest.approx([0.5, 0.5, 0.125], abs=1e-6)
+    (warning,) = off_centre_warnings(optima)
+    assert warning.startswith("m at C=1e21: N* sits at 12% of the sampled log-size range") and "add smaller sizes" in warning
+    frame.to_csv(tmp_path / "runs.csv", index=False)
+    assert analyze("--csv", str(tmp_path / "runs.csv"), "--out", str(tmp_path / "out"), "--bootstrap", "0") == 0
+    assert "warning: m at C=1e21: N* sits at 12%" in capsys.readouterr().err
+    assert "| 0.125 |" in (tmp_path / "out" / "report.md").read_text()
