@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm, to_hex  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import LogFormatterSciNotation, LogLocator  # noqa: E402
 
 from analysis.records import Interval  # noqa: E402
 
@@ -74,6 +75,14 @@ def log_window(values: list[float]) -> tuple[float, float]:
     return min(finite) / 10**MARGIN_DECADES, max(finite) * 10**MARGIN_DECADES
 
 
+def label_few_decades(axis: matplotlib.axis.Axis, low: float, high: float) -> None:
+    """On a log axis spanning at most ~2 decades, label the 2x and 5x ticks too (else only powers of ten show)."""
+    if np.log10(high / low) <= 2.2:
+        axis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+        axis.set_minor_formatter(LogFormatterSciNotation(labelOnlyBase=False, minor_thresholds=(3, 3)))
+        axis.set_tick_params(which="minor", labelsize=7)
+
+
 def draw_interval(axes: plt.Axes, center: float, fixed: float, interval: Interval, window: tuple[float, float],
                   color: object, horizontal: bool) -> bool:
     """An interval bar around ``center`` (along x if ``horizontal``), clipped at ``window`` with a triangle.
@@ -99,16 +108,24 @@ def draw_interval(axes: plt.Axes, center: float, fixed: float, interval: Interva
     return clipped
 
 
-def interval_handles(confidence: float, unreliable: bool, clipped: bool) -> list[Line2D]:
-    """Legend entries explaining interval bars, dashed (unreliable) bars and clipping triangles."""
-    handles = [Line2D([], [], color="0.3", marker="|", markersize=8, linewidth=1.1,
-                      label=f"{confidence:.0%} bootstrap interval")]
-    if unreliable:
+def interval_handles(confidence: float, kinds: set[str]) -> list[Line2D]:
+    """Legend entries for what was drawn: interval bars (``interval``), dashed unreliable ones
+    (``unreliable``) and clipping triangles (``clipped``)."""
+    handles = []
+    if "interval" in kinds:
+        handles.append(Line2D([], [], color="0.3", marker="|", markersize=8, linewidth=1.1,
+                              label=f"{confidence:.0%} bootstrap interval"))
+    if "unreliable" in kinds:
         handles.append(Line2D([], [], color="0.3", linestyle=(0, (3, 2)), linewidth=1.1,
                               label="interval marked unreliable (see report)"))
-    if clipped:
+    if "clipped" in kinds:
         handles.append(Line2D([], [], color="0.3", marker=">", linestyle="none", label="continues beyond the axis"))
     return handles
+
+
+def interval_kinds(interval: Interval) -> set[str]:
+    """The legend kinds an interval bar needs (see :func:`interval_handles`)."""
+    return {"interval", "unreliable"} if interval.status == "unreliable" else {"interval"} if interval.printable else set()
 
 
 def save(figure: plt.Figure, stem: Path) -> list[Path]:

@@ -22,12 +22,12 @@ import numpy as np
 import pandas as pd
 
 from analysis.figure_style import (FIGURE_WIDTH_INCHES, LEGEND_HEIGHT_INCHES, PANEL_HEIGHT_INCHES, STYLE,
-                                   BudgetPalette, draw_interval, interval_handles, log_window, plt, save)
+                                   BudgetPalette, draw_interval, interval_handles, interval_kinds, label_few_decades,
+                                   log_window, plt, save)
 from analysis.formatting import budget_latex
 from analysis.records import Optimum, ParabolaFit
 
 from matplotlib.lines import Line2D  # noqa: E402  (after figure_style selected the Agg backend)
-from matplotlib.ticker import LogFormatterSciNotation, LogLocator  # noqa: E402
 
 MAX_BUDGET_TICKS = 12
 """Up to this many budgets, the colour bar has a labelled tick at each one."""
@@ -81,8 +81,7 @@ def _draw_optimum(axes: plt.Axes, optimum: Optimum, color: object, window: tuple
         return kinds
     if draw_interval(axes, optimum.n_opt, optimum.loss_opt, optimum.n_interval, window, color, horizontal=True):
         kinds.add("clipped")
-    if optimum.n_interval.status == "unreliable":
-        kinds.add("unreliable")
+    kinds |= interval_kinds(optimum.n_interval)
     axes.scatter(optimum.n_opt, optimum.loss_opt, marker="*", s=150, zorder=5, linewidths=0.7, color=color,
                  edgecolors="black")
     return kinds
@@ -92,10 +91,7 @@ def _format_size_axis(axes: plt.Axes, window: tuple[float, float]) -> None:
     axes.set_xscale("log")
     axes.set_xlim(*window)
     axes.grid(True, which="minor", alpha=0.12)
-    if np.log10(window[1] / window[0]) <= 2.2:  # few decades: label 2x and 5x ticks too
-        axes.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
-        axes.xaxis.set_minor_formatter(LogFormatterSciNotation(labelOnlyBase=False, minor_thresholds=(3, 3)))
-        axes.tick_params(axis="x", which="minor", labelsize=7)
+    label_few_decades(axes.xaxis, *window)
 
 
 def _draw_panel(axes: plt.Axes, points: pd.DataFrame, optima: list[Optimum], value_column: str,
@@ -140,7 +136,7 @@ def _legend(figure: plt.Figure, panels: list[plt.Axes], palette: BudgetPalette, 
                     for b in palette.budgets]
     handles.append(Line2D([], [], color="0.3", marker="*", markersize=10, markeredgecolor="black", linestyle="none",
                           label="fitted optimum (parabola vertex)"))
-    handles += interval_handles(confidence, "unreliable" in kinds, "clipped" in kinds)
+    handles += interval_handles(confidence, kinds)
     if kinds & {"extrapolated", "extrapolated_beyond"}:
         handles.append(Line2D([], [], color="0.3", marker="*", markersize=10, markerfacecolor="white", linestyle=":",
                               label="optimum outside the sampled sizes (extrapolated, not used)"))

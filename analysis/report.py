@@ -99,7 +99,7 @@ def _optima_section(result: AnalysisResult) -> list[str]:
              f"N* {level:.0%} CI": _interval_cell(o.n_interval), "D*": o.d_opt,
              f"D* {level:.0%} CI": _interval_cell(o.d_interval), "metric*": o.loss_opt,
              "points": o.n_points, "sizes": o.n_sizes,
-             "usable": f"{o.n_interval.usable}/{o.n_interval.replicates}" if o.n_interval.replicates else "–",
+             "usable": f"{o.n_interval.usable}/{o.n_interval.replicates}" if o.n_interval.printable else "–",
              "N* position": o.params_fit.vertex_position} for o in result.optima]
     lines = ["## Compute-optimal allocation per budget (optima.csv)", "",
              "Vertices of the parabola of the metric in log10(params) (N\\*, metric\\*) and in log10(tokens) (D\\*), "
@@ -109,7 +109,9 @@ def _optima_section(result: AnalysisResult) -> list[str]:
     marked = [(o, quantity, interval) for o in result.optima
               for quantity, interval in (("N*", o.n_interval), ("D*", o.d_interval)) if interval.status == "unreliable"]
     lines += [f"- † {o.group} at C={budget_text(o.budget)}, {quantity}: {interval.note}." for o, quantity, interval in marked]
-    return lines + ([""] if marked else [])
+    missing = [o for o in result.optima if o.params_fit.status == "ok" and not o.n_interval.printable]
+    lines += [f"- No interval for {o.group} at C={budget_text(o.budget)}: {o.n_interval.note}." for o in missing]
+    return lines + ([""] if marked or missing else [])
 
 
 def _law_row(law: PowerLawFit) -> dict[str, object]:

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from analysis.figure_style import (FIGURE_WIDTH_INCHES, LEGEND_HEIGHT_INCHES, PANEL_HEIGHT_INCHES, STYLE,
-                                   draw_interval, group_colors, interval_handles, log_window, plt, save)
+                                   draw_interval, group_colors, interval_handles, interval_kinds, label_few_decades,
+                                   log_window, plt, save)
 from analysis.records import Axis, Optimum, PowerLawFit
 
 from matplotlib.lines import Line2D  # noqa: E402  (after figure_style selected the Agg backend)
@@ -59,8 +60,7 @@ def _draw_optima(panel: plt.Axes, optima: list[Optimum], quantity: Axis, color: 
         kinds.add("located" if located else "extrapolated")
         if draw_interval(panel, value, optimum.budget, optimum.interval(quantity), window, color, horizontal=False):
             kinds.add("clipped")
-        if optimum.interval(quantity).status == "unreliable":
-            kinds.add("unreliable")
+        kinds |= interval_kinds(optimum.interval(quantity))
         shown = min(max(value, window[0]), window[1])
         if shown != value:
             kinds.add("clipped")
@@ -100,7 +100,7 @@ def _marker_handles(kinds: set[str], confidence: float, any_band: bool, any_pred
     if "extrapolated" in kinds:
         handles.append(Line2D([], [], color="0.3", marker="o", markerfacecolor="white", linestyle="none",
                               label="extrapolated optimum (not fitted)"))
-    handles += interval_handles(confidence, "unreliable" in kinds, False)
+    handles += interval_handles(confidence, kinds - {"clipped"})
     if any_band:
         handles.append(Line2D([], [], color="0.3", alpha=0.3, linewidth=8, label=f"{confidence:.0%} band of the power law"))
     if any_prediction:
@@ -133,9 +133,14 @@ def scaling_figure(optima: list[Optimum], power_laws: list[PowerLawFit], params_
                 law = next((p for p in power_laws if p.group == group and p.quantity == quantity), None)
                 if law is not None:
                     _draw_law(panel, law, colors[group], predict_budgets, annotate=len(groups) == 1)
+                elif any(o.value(quantity) is not None for o in optima if o.group == group):
+                    panel.plot([], [], color=colors[group], marker="o", linestyle="none",
+                               label=f"{group}: no power law (see report)")
             panel.set_xscale("log")
             panel.set_yscale("log")
             panel.set_ylim(*window)
+            label_few_decades(panel.yaxis, *window)
+            label_few_decades(panel.xaxis, *panel.get_xlim())
             panel.set_xlabel("Training compute C (FLOPs)")
             kind = f" ({params_kind})" if params_kind else ""
             panel.set_ylabel(f"Optimal parameters N*{kind}" if quantity == "params" else "Optimal training tokens D*")
