@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from isoflop.compose import load_study
 
     started = time.monotonic()
+    analysis.command.validate_args(analysis.command.parse_args([str(args.root), "--bootstrap", str(args.bootstrap)]))
     composed = load_study(args.sweep, args.overrides, args.budgets)
     sweep = submit_study(composed, args.root, args.name, retry_failed=True, new=False)
     print(f"sweep: {sweep.path}", file=sys.stderr)
