@@ -48,6 +48,22 @@ def evaluation_loss(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, ba
     return float(total_loss.item()) / max(1, total_tokens), total_tokens
 
 
+@torch.no_grad()
+def validation_loss(model: torch.nn.Module, spec: RunSpec, data: TrainingData, device: torch.device,
+                    autocast: Callable) -> float | None:
+    """Mean loss (nats/token) on the first ``train.eval_tokens`` tokens of the validation split,
+    as :func:`evaluate_all` measures it (None when not finite); the model is left in the mode
+    it was in. For evaluations during training (``train.eval_every_tokens``)."""
+    was_training = model.training
+    model.eval()
+    try:
+        loss, _ = evaluation_loss(model, data.validation_tokens(spec.train.eval_tokens), spec.seq_len,
+                                  spec.micro_batch_size, device, autocast)
+    finally:
+        model.train(was_training)
+    return loss if math.isfinite(loss) else None
+
+
 def evaluate_all(model: torch.nn.Module, spec: RunSpec, data: TrainingData, device: torch.device,
                  autocast: Callable) -> tuple[dict[str, EvalScores], dict, list[str]]:
     """(scores by corpus name, routing statistics by layer, notes)."""
