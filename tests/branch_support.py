@@ -10,8 +10,7 @@ from isoflop.forks import write_trunks
 from isoflop.planner import plan
 from isoflop.sweep_dir import SweepDir
 
-ONE_SHAPE = {"dense": ["~methods.moe", "~methods.pkm", "~methods.peer"],
-             "peer-sparse": ["~methods.moe", "~methods.pkm", "~methods.dense", "train.sparse_tables=true"]}
+ONE_SHAPE = {"dense": ["~methods.peer"], "peer-sparse": ["~methods.dense", "train.sparse_tables=true"]}
 
 
 def branch_sweep(root: Path, methods: list[str], executor: str = "debug"):

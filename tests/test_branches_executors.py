@@ -17,8 +17,7 @@ from conftest import events, isoflop, metrics, status_rows, wait_until
 from test_slurm_sweep import slurm_overrides, sweep_jobs
 
 # A trunk of 534 steps; branches fork at step 134 (budget 1e10) and at its end (4e10).
-STUDY = ("--sweep", "smoke_wsd", "--budget", "1e10", "--budget", "4e10", "~methods.moe", "~methods.pkm",
-         "~methods.peer", "ladder.shapes=[[1,8,2]]")
+STUDY = ("--sweep", "smoke_wsd", "--budget", "1e10", "--budget", "4e10", "~methods.peer", "ladder.shapes=[[1,8,2]]")
 
 pytestmark = pytest.mark.slow
 
