@@ -14,7 +14,7 @@ parabola's minimum is bracketed.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -202,17 +202,20 @@ def choose_runs(study: StudyConfig, method: str, budget_flops: float, candidates
     return kept, dropped, notes
 
 
-def plan(study: StudyConfig) -> Plan:
+def plan(study: StudyConfig, centre_params: Mapping[tuple[str, float], float] | None = None) -> Plan:
     """Every run of ``study``: budgets x methods x the ladder around the optimum.
 
-    Deterministic: the same study gives the same runs and run_ids. Raises
+    ``centre_params`` optionally centres the ladder of a (method, budget in FLOPs) on
+    a given number of active non-embedding parameters (a predicted N*) instead of
+    the D = tokens_per_param·N estimate (:func:`data_rich`); pairs it lacks keep the
+    estimate. Deterministic: the same study gives the same runs and run_ids. Raises
     :class:`UserError` when a budget is too small for every candidate of a method.
     ``strategy: cooldown_branches`` is planned by :func:`isoflop.branch_planner.plan_branches`.
     """
     if study.strategy == "cooldown_branches":
         from isoflop.branch_planner import plan_branches
 
-        return plan_branches(study)
+        return plan_branches(study, centre_params)
     runs: list[RunSpec] = []
     dropped: list[DroppedRun] = []
     notes: list[str] = []
@@ -220,7 +223,8 @@ def plan(study: StudyConfig) -> Plan:
     for budget_flops in study.budgets:
         for method in study.methods:
             candidates = budget_candidates(study, method, budget_flops, costed_models[method])
-            kept, dropped_here, notes_here = choose_runs(study, method, budget_flops, candidates)
+            kept, dropped_here, notes_here = choose_runs(study, method, budget_flops, candidates,
+                                                         (centre_params or {}).get((method, budget_flops)))
             runs.extend(run.with_run_id() for run in kept)
             dropped.extend(dropped_here)
             notes.extend(notes_here)

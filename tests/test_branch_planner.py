@@ -103,10 +103,28 @@ def test_a_given_centre_places_the_ladder_window(tiny_wsd) -> None:
     ladder = [costs.n_params_active_non_embedding for _, costs in shared_ladder(tiny_wsd, "dense")]
     assert ladder == sorted(ladder) and all(b >= 1.3 * a for a, b in zip(ladder, ladder[1:]))
     centre = (ladder[4] + ladder[5]) / 2
-    centred = plan_branches(tiny_wsd, {("dense", 1e12): centre})
-    kept = sorted(run.costs["n_params_active_non_embedding"] for run in centred.runs
-                  if run.method == "dense" and run.budget_flops == 1e12)
-    assert kept == ladder[2:8]  # sizes_below (3) below the centre, sizes_above (3) above it
+    centred = plan(tiny_wsd, centre_params={("dense", 1e12): centre})
+    assert kept_sizes(centred, "dense", 1e12) == ladder[2:8]  # sizes_below (3) below the centre, sizes_above (3) above
+    assert kept_sizes(centred, "dense", 3e11) == kept_sizes(plan_branches(tiny_wsd), "dense", 3e11)
+
+
+def test_a_given_centre_places_an_independent_ladder(tiny_wsd) -> None:
+    tiny = load_study("tiny").study
+    candidates = sorted(costs.n_params_active_non_embedding for _, costs in costed_candidates(tiny, "dense"))
+    estimated = kept_sizes(plan(tiny), "dense", 1e12)
+    centre = (candidates[3] + candidates[4]) / 2
+    kept = kept_sizes(plan(tiny, centre_params={("dense", 1e12): centre}), "dense", 1e12)
+    assert kept != estimated  # the D = 100 N estimate centres elsewhere
+    below, above = [size for size in kept if size < centre], [size for size in kept if size > centre]
+    assert (len(below), len(above)) == (tiny.ladder.sizes_below, tiny.ladder.sizes_above)
+    assert max(below) == candidates[3] and min(above) == candidates[4]
+    assert all(b >= tiny.ladder.size_ratio * a for a, b in zip(kept, kept[1:]))
+
+
+def kept_sizes(planned, method: str, budget_flops: float) -> list[int]:
+    """Active non-embedding parameters of a plan's runs of one (method, budget), ascending."""
+    return sorted(run.costs["n_params_active_non_embedding"] for run in planned.runs
+                  if run.method == method and run.budget_flops == budget_flops)
 
 
 @pytest.mark.parametrize("sweep, output_format", [("tiny", "csv"), ("smoke", "table"),
