@@ -57,6 +57,7 @@ from isoflop.metrics_log import MetricsLogger, finite_or_null
 from isoflop.optimization import (
     all_reduce_sparse_gradients, build_optimizers, clip_gradients, learning_rate_at, set_learning_rate,
 )
+from isoflop.planner import per_rank_micro_batch_size
 from isoflop.run_spec import RunSpec
 from isoflop.sweep_dir import read_json, write_atomic
 
@@ -202,8 +203,7 @@ def run(spec: RunSpec, run_dir: str | Path) -> dict:
             raise UserError(f"train.batch_size={batch_size} is not divisible by the {world_size} "
                             "processes; use a multiple of the process count")
         per_rank = batch_size // world_size  # sequences per rank per step
-        micro_batch = max(size for size in range(1, min(spec.micro_batch_size, per_rank) + 1)
-                          if per_rank % size == 0)
+        micro_batch = per_rank_micro_batch_size(batch_size, spec.micro_batch_size, world_size)
         accumulation = per_rank // micro_batch
         data = load_training_data(spec.data, seq_len, spec.seed, spec.tokens)
         from models import build_model

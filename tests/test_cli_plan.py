@@ -59,6 +59,7 @@ def test_csv_to_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     (["--out", "/nonexistent-dir/plan.txt"], "cannot write"),
     (["methods.peer.n_experts=1000"], "perfect-square"),
     (["cluster=nosuch"], "cluster/nosuch"),
+    (["train.micro_batch_size=8"], "methods.moe.routing_group=16: each forward holds 8 sequences per process"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str],
                                           expected: str) -> None:

@@ -85,21 +85,27 @@ def render(rows: list[dict[str, Any]], output_format: str, runs: Any) -> str:
     return csv_text(rows)
 
 
-def verify_flops(rows: list[dict[str, Any]], runs: Any) -> bool:
-    """Add measured training FLOPs per token and their ratio to the accounting; True if all agree."""
+def verify_flops(rows: list[dict[str, Any]], runs: Any, world_size: int) -> bool:
+    """Add measured training FLOPs per token and their ratio to the accounting; True if all agree.
+
+    Each model is measured at the micro-batch one of its ``world_size``
+    training processes runs (:func:`isoflop.planner.per_rank_micro_batch_size`).
+    """
     try:
         from models.verify import measure_forward_flops_per_token
     except ImportError as error:
         raise UserError(f"--verify-flops needs the model zoo, which is not available ({error}); "
                         "run without --verify-flops") from None
     from isoflop.flops import TRAINING_FLOPS_PER_FORWARD_FLOP, model_costs
+    from isoflop.planner import per_rank_micro_batch_size
 
     measured_by_model: dict[str, tuple[float, float]] = {}  # forward FLOPs/token, ratio
     all_agree = True
     for row, run in zip(rows, runs):
-        key = json.dumps(run.model.to_dict(), sort_keys=True) + str(run.micro_batch_size)
+        micro_batch = per_rank_micro_batch_size(run.batch_size, run.micro_batch_size, world_size)
+        key = json.dumps(run.model.to_dict(), sort_keys=True) + str(micro_batch)
         if key not in measured_by_model:
-            measured = measure_forward_flops_per_token(run.model, run.seq_len, run.micro_batch_size)
+            measured = measure_forward_flops_per_token(run.model, run.seq_len, micro_batch)
             expected = model_costs(run.model, run.seq_len).flops_per_token_forward_measurable
             measured_by_model[key] = (measured, measured / expected)
         measured, ratio = measured_by_model[key]
@@ -126,12 +132,13 @@ def write_output(text: str, out: Path | None) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from isoflop.compose import load_study
-    from isoflop.planner import plan
+    from isoflop.planner import plan, processes_per_run
 
     composed = load_study(args.sweep, args.overrides, args.budgets)
     study_plan = plan(composed.study)
     rows = plan_rows(study_plan.runs)
-    all_agree = verify_flops(rows, study_plan.runs) if args.verify_flops else True
+    all_agree = (verify_flops(rows, study_plan.runs, processes_per_run(composed.study.cluster))
+                 if args.verify_flops else True)
     if args.verify_flops and args.format == "table":
         for row in rows:
             print(f"{row['run_id']:<40} measured/accounted FLOPs = {row['measured_over_accounted']:.4f}",
