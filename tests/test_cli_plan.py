@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import subprocess
 import sys
@@ -36,6 +38,17 @@ def test_json_has_the_documented_fields(capsys: pytest.CaptureFixture[str]) -> N
                 "batch_size", "seq_len", "realized_flops", "model"}
     assert status == 0 and rows and required <= set(rows[0])
     assert rows[0]["model"]["ffw"]["family"] == "dense"
+    assert all(row["causal"] for row in rows)  # the default study's layers are all causal
+
+
+def test_the_papers_query_batchnorm_is_marked_non_causal(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run_cli(capsys, "plan", "--budget", "6e18", "--format", "csv",
+                             "+methods.peer.query_norm_statistics=batch")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert status == 0
+    assert {row["causal"] for row in rows if row["method"] == "peer"} == {"False"}
+    assert all("qnorm=batch NON-CAUSAL" in row["ffw"] for row in rows if row["method"] == "peer")
+    assert {row["causal"] for row in rows if row["method"] != "peer"} == {"True"}
 
 
 def test_csv_to_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -39,7 +39,7 @@ def plan_rows(runs: Any) -> list[dict[str, Any]]:
         rows.append({
             "run_id": run.run_id, "method": run.method, "budget": run.budget_flops,
             "n_layers": backbone.n_layers, "d_model": backbone.d_model, "n_heads": backbone.n_heads,
-            "ffw": run.model.ffw.summary(), "ffw_family": run.model.ffw.family,
+            "ffw": run.model.ffw.summary(), "ffw_family": run.model.ffw.family, "causal": run.model.ffw.causal,
             "n_params_total": costs["n_params_total"], "n_params_active": costs["n_params_active"],
             "n_params_embedding": costs["n_params_embedding"],
             "n_params_active_non_embedding": costs["n_params_active_non_embedding"],
