@@ -98,3 +98,35 @@ def test_console_script_answers_without_traceback() -> None:
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_verify_flops_holds_every_smoke_model(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, err = run_cli(capsys, "plan", "--sweep", "smoke", "--verify-flops", "--format", "json")
+    rows = json.loads(out)
+    assert status == 0, err
+    assert {row["method"] for row in rows} == {"dense", "moe", "pkm", "peer"}
+    assert all(abs(row["measured_over_accounted"] - 1) <= 0.01 for row in rows)
+
+
+def test_verify_flops_measures_at_the_micro_batch_a_rank_trains(monkeypatch: pytest.MonkeyPatch) -> None:
+    import models.verify
+    from isoflop.commands.plan import verify_flops
+    from isoflop.compose import load_study
+    from isoflop.planner import plan
+
+    measured_batches = []
+
+    def record(config: object, seq_len: int, batch_size: int) -> float:
+        measured_batches.append(batch_size)
+        from isoflop.flops import model_costs
+        return model_costs(config, seq_len).flops_per_token_forward_measurable
+
+    monkeypatch.setattr(models.verify, "measure_forward_flops_per_token", record)
+    study = load_study("smoke", ["train.micro_batch_size=8", "+methods.moe.routing_group=4"]).study
+    runs = plan(study).runs
+    assert verify_flops([{} for _ in runs], runs, world_size=2)
+    # 16 sequences on 2 processes: 8 per rank, micro-batch 8 -> 8; on 4 processes -> 4.
+    assert set(measured_batches) == {8}
+    measured_batches.clear()
+    verify_flops([{} for _ in runs], runs, world_size=4)
+    assert set(measured_batches) == {4}
