@@ -132,7 +132,7 @@ def processes_per_run(cluster: ClusterConfig) -> int:
 def per_rank_micro_batch_size(batch_size: int, micro_batch_size: int, world_size: int) -> int:
     """Sequences per forward on one rank, as the trainer runs it: the largest
     divisor of the per-rank batch (batch_size / world_size) that is <= micro_batch_size."""
-    per_rank = batch_size // world_size
+    per_rank = max(1, batch_size // world_size)
     return max(size for size in range(1, min(micro_batch_size, per_rank) + 1) if per_rank % size == 0)
 
 

@@ -57,6 +57,12 @@ def slot_schedule(positions: int, slots: int, n_experts: int,
         slot i of expert e), slot_rank (int64; the slot takes the expert's
         rank-th best token at t) and slot_valid (bool; False for padding).
     """
+    with torch.inference_mode(False):  # cached: ordinary tensors even when first built in inference mode
+        return _slot_schedule(positions, slots, n_experts, device)
+
+
+def _slot_schedule(positions: int, slots: int, n_experts: int,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     position = torch.arange(positions).view(1, -1)  # (1, T)
     expert = torch.arange(n_experts).view(-1, 1)  # (E, 1)
     slots_before = (position * slots + expert) // n_experts  # (E, T) slots before t, plus e // E = 0
