@@ -21,7 +21,7 @@ from typing import Any
 from isoflop.errors import UserError
 from isoflop.flops import ModelCosts, model_costs
 from isoflop.run_spec import RunSpec
-from isoflop.study_config import StudyConfig
+from isoflop.study_config import ClusterConfig, StudyConfig
 from models.config import ModelConfig
 from models.ffw.config_base import FFWConfigBase
 
@@ -131,6 +131,36 @@ def spread_out(items: list, count: int, size_ratio: float, size: Callable[[Any],
     return picked
 
 
+def processes_per_run(cluster: ClusterConfig) -> int:
+    """Training processes (DDP ranks) of one run: nodes x tasks per node (1 in-process, ``debug``)."""
+    return 1 if cluster.executor == "debug" else cluster.nodes * cluster.tasks_per_node
+
+
+def per_rank_micro_batch_size(batch_size: int, micro_batch_size: int, world_size: int) -> int:
+    """Sequences per forward on one rank, as the trainer runs it: the largest
+    divisor of the per-rank batch (batch_size / world_size) that is <= micro_batch_size."""
+    per_rank = max(1, batch_size // world_size)
+    return max(size for size in range(1, min(micro_batch_size, per_rank) + 1) if per_rank % size == 0)
+
+
+def check_routing_groups(study: StudyConfig) -> None:
+    """Raise :class:`UserError` when a method routes groups of sequences
+    (expert choice's ``routing_group``) that a forward's per-rank micro-batch
+    cannot hold a whole number of."""
+    world_size = processes_per_run(study.cluster)
+    train = study.train
+    micro_batch = per_rank_micro_batch_size(train.batch_size, train.micro_batch_size or train.batch_size, world_size)
+    for method, ffw in study.methods.items():
+        group = ffw.sequences_per_routing_group
+        if micro_batch % group:
+            raise UserError(
+                f"methods.{method}.routing_group={group}: each forward holds {micro_batch} sequences per process "
+                f"(train.batch_size={train.batch_size} on {world_size} process{'es' if world_size > 1 else ''}, "
+                f"train.micro_batch_size={train.micro_batch_size or 'unset'}), not a whole number of routing "
+                f"groups; set train.micro_batch_size to a multiple of {group} or methods.{method}.routing_group "
+                f"to a divisor of {micro_batch}")
+
+
 def smallest_feasible_budget(study: StudyConfig) -> float:
     """FLOPs that let the cheapest candidate of every method train ``min_steps`` steps."""
     tokens = study.train.batch_size * study.train.seq_len * study.ladder.min_steps
@@ -209,9 +239,11 @@ def plan(study: StudyConfig, centre_params: Mapping[tuple[str, float], float] | 
     a given number of active non-embedding parameters (a predicted N*) instead of
     the D = tokens_per_param·N estimate (:func:`data_rich`); pairs it lacks keep the
     estimate. Deterministic: the same study gives the same runs and run_ids. Raises
-    :class:`UserError` when a budget is too small for every candidate of a method.
+    :class:`UserError` when a budget is too small for every candidate of a method,
+    or a method's routing group does not fit the micro-batch.
     ``strategy: cooldown_branches`` is planned by :func:`isoflop.branch_planner.plan_branches`.
     """
+    check_routing_groups(study)
     if study.strategy == "cooldown_branches":
         from isoflop.branch_planner import plan_branches
 

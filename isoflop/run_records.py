@@ -54,7 +54,10 @@ class PlanRow:
     ``flops_per_token_*`` in FLOPs per token (``forward``/``train`` exact matmul
     counts, ``6n``/``6n_non_embedding`` the 6·N conventions); ``tokens`` and
     ``steps`` of the run; ``tokens_per_param`` = tokens per active
-    non-embedding parameter; ``realized_over_budget`` = realized / budget.
+    non-embedding parameter; ``realized_over_budget`` = realized / budget;
+    ``causal``: whether the FFW keeps a token's output independent of later
+    tokens in training (a plan.csv without the column is all causal: no
+    option that breaks it existed then).
     A branch (``strategy: cooldown_branches``) also has ``trunk_id`` and
     ``fork_step``, the step of the trunk it starts from; other rows have neither
     column. ``trunks.csv`` holds the trunks in the same schema.
@@ -87,6 +90,7 @@ class PlanRow:
     realized_flops: float
     realized_over_budget: float
     learning_rate: float
+    causal: bool = True  # False: the FFW lets later tokens of a sequence change earlier outputs in training
     trunk_id: str | None = optional_field(None)
     fork_step: int | None = optional_field(None)
 
@@ -105,7 +109,7 @@ class PlanRow:
                    tokens_per_param=run.tokens / costs["n_params_active_non_embedding"],
                    realized_flops=run.realized_flops,
                    realized_over_budget=run.realized_flops / run.budget_flops,
-                   learning_rate=run.learning_rate, trunk_id=run.trunk_id,
+                   learning_rate=run.learning_rate, causal=run.model.ffw.causal, trunk_id=run.trunk_id,
                    fork_step=run.cooldown_start_step if run.trunk_id else None)
 
     def to_dict(self) -> dict[str, Any]:

@@ -156,7 +156,7 @@ def test_plan_shows_trunks_branches_and_the_flops_ratio(capsys, branch_plan) -> 
     assert all(run["trunk_id"] in {t["run_id"] for t in planned["trunks"]} for run in planned["runs"])
     assert main(["plan", "--sweep", "tiny_wsd", "--format", "csv"]) == 0
     header = capsys.readouterr().out.splitlines()[0]
-    assert header.endswith(",learning_rate,trunk_id,fork_step")
+    assert header.endswith(",learning_rate,causal,trunk_id,fork_step")
 
 
 def test_dry_run_costs_the_shared_total(capsys, tmp_path: Path, branch_plan) -> None:
