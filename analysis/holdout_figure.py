@@ -9,18 +9,21 @@ interval level; at the held-out budget (the dashed vertical line) the
 prediction (open diamond, left) and the budget's own optimum (filled square,
 right), each with its interval.
 
-Bottom row, the same two at the held-out budget only, zoomed so that their
-intervals can be compared: per group, the prediction interval as a shaded band
-with the prediction's bar in it, and the measured optimum with its bar beside
-it. Each zoom panel's title gives the verdict (:mod:`analysis.holdout`):
-whether the measured optimum fell inside the prediction interval, and whether
-the two agree within both intervals. Values beyond an axis are clipped at its
-edge and marked, as in the other figures.
+Bottom row, the held-out budget only, relative to its own optimum (N*, D*:
+predicted / measured on a log axis; L*: predicted - measured), so that groups
+of different sizes share an axis: per group, the prediction with its interval
+(diamond, left), the verdict's interval of predicted/measured (grey, centre:
+it carries both uncertainties; *consistent* when it crosses the dashed line)
+and the measured optimum with its own interval (square, right). Under each
+group, the verdict (:mod:`analysis.holdout`): whether the measured optimum fell
+inside the prediction interval, and whether the two are consistent. Values
+beyond an axis are clipped at its edge and marked, as in the other figures.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -29,10 +32,12 @@ from analysis.figure_style import (FIGURE_WIDTH_INCHES, LEGEND_HEIGHT_INCHES, PA
                                    log_window, plt, save)
 from analysis.formatting import budget_latex
 from analysis.holdout import QUANTITIES, HoldoutVerdict, QuantityVerdict
+from analysis.intervals import map_bounds
 from analysis.loss_law import LossLawFit
 from analysis.records import Interval, Optimum, PowerLawFit
 
 from matplotlib.lines import Line2D  # noqa: E402  (after figure_style selected the Agg backend)
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter  # noqa: E402
 
 OFFSET_DECADES = 0.03
 """Prediction and measurement sit this far left and right of the held-out budget, so their bars do not overlap."""
@@ -152,46 +157,71 @@ def _draw_panel(panel: plt.Axes, quantity: str, optima: list[Optimum], verdicts:
     return kinds
 
 
-def _zoom_window(verdicts: list[QuantityVerdict], log_scale: bool) -> tuple[float, float] | None:
-    """The range of the predicted and measured values and their intervals, with a margin (None when empty)."""
-    ends = [value for v in verdicts for value in (v.predicted, v.measured, v.interval.low, v.interval.high,
-                                                  v.measured_interval.low, v.measured_interval.high)
-            if value is not None and np.isfinite(value) and (value > 0 or not log_scale)]
-    if not ends:
+def _relative(quantity: str, measured: float) -> Callable[[float], float]:
+    """Value -> value / measured (N*, D*) or value - measured (L*): the zoom row's axis."""
+    if quantity == "loss":
+        return lambda value: value - measured
+    return lambda value: value / measured
+
+
+def _zoom_entries(verdict: QuantityVerdict) -> list[tuple[float, float, Interval, str, bool]] | None:
+    """(slot offset, value, interval, marker, filled) relative to the measured optimum, or None without one.
+
+    The prediction (diamond, left), the predicted/measured interval of the verdict (grey, centre: it
+    carries both uncertainties) and the measured optimum (square, right, at 1 or 0).
+    """
+    if verdict.predicted is None or verdict.measured is None:
         return None
+    relative = _relative(verdict.quantity, verdict.measured)
+    return [(-0.22, relative(verdict.predicted), map_bounds(verdict.interval, relative), "D", False),
+            (0.0, relative(verdict.predicted), verdict.difference, "", True),
+            (0.22, relative(verdict.measured), map_bounds(verdict.measured_interval, relative), "s", True)]
+
+
+def _zoom_window(entries: list[tuple[float, float, Interval, str, bool]], log_scale: bool) -> tuple[float, float]:
+    """The range of the relative values and their intervals, and agreement (1 or 0), with a margin."""
+    ends = [1.0 if log_scale else 0.0] + [end for _, value, interval, _, _ in entries
+                                          for end in (value, interval.low, interval.high)]
+    ends = [end for end in ends if end is not None and np.isfinite(end) and (end > 0 or not log_scale)]
     if log_scale:
         low, high = np.log10(min(ends)), np.log10(max(ends))
-        margin = 0.12 * (high - low) or 0.02
+        margin = 0.12 * (high - low) or 0.01
         return 10.0 ** (low - margin), 10.0 ** (high + margin)
-    margin = 0.12 * (max(ends) - min(ends)) or 0.01 * abs(max(ends)) or 0.01
+    margin = 0.12 * (max(ends) - min(ends)) or 0.01
     return min(ends) - margin, max(ends) + margin
 
 
-def _draw_zoom(panel: plt.Axes, quantity: str, verdicts: list[HoldoutVerdict], colors: dict[str, str]) -> None:
-    """Prediction interval (band and bar) and measured optimum (bar) at the held-out budget, one slot per group."""
-    entries = [(index, v.group, q) for index, v in enumerate(verdicts) for q in v.quantities if q.quantity == quantity]
-    window = _zoom_window([q for _, _, q in entries], quantity != "loss")
-    if quantity != "loss":
+def _draw_zoom(panel: plt.Axes, quantity: str, verdicts: list[HoldoutVerdict], colors: dict[str, str]) -> set[str]:
+    """Per group, at the held-out budget: prediction, the verdict's interval and the measured optimum, all
+    relative to the measured optimum (module docstring); the verdict words under the group's name."""
+    verdicts_here = [(v.group, q) for v in verdicts for q in v.quantities if q.quantity == quantity]
+    entries = {group: _zoom_entries(q) for group, q in verdicts_here}
+    log_scale = quantity != "loss"
+    window = _zoom_window([entry for group_entries in entries.values() if group_entries for entry in group_entries],
+                          log_scale)
+    if log_scale:
         panel.set_yscale("log")
-    for slot, group, verdict in entries:
-        color = colors[group]
-        if verdict.interval.printable:
-            panel.fill_between([slot - 0.4, slot + 0.4], verdict.interval.low, verdict.interval.high, color=color,
-                               alpha=0.13, linewidth=0)
-        if verdict.predicted is not None and window is not None:
-            _draw_point(panel, slot - 0.15, verdict.predicted, verdict.interval, window, color, "D", False)
-        if verdict.measured is not None and window is not None:
-            _draw_point(panel, slot + 0.15, verdict.measured, verdict.measured_interval, window, color, "s", True)
-    if window is not None:
-        panel.set_ylim(*window)
-        if quantity != "loss":
-            label_few_decades(panel.yaxis, *window)
-    panel.set_xlim(-0.6, len(verdicts) - 0.4)
-    panel.set_xticks(range(len(verdicts)) if len(verdicts) > 1 else [], [v.group for v in verdicts] if len(verdicts) > 1 else [])
+    panel.axhline(1.0 if log_scale else 0.0, color="0.5", linewidth=0.8, linestyle="--", zorder=0)
+    kinds: set[str] = set()
+    for slot, (group, _) in enumerate(verdicts_here):
+        for offset, value, interval, marker, filled in entries[group] or []:
+            if marker:
+                kinds |= _draw_point(panel, slot + offset, value, interval, window, colors[group], marker, filled)
+            elif draw_interval(panel, value, slot + offset, interval, window, "0.35", horizontal=False):
+                kinds.add("clipped")
+    panel.set_ylim(*window)
+    if log_scale:
+        panel.yaxis.set_major_locator(LogLocator(subs=(1.0, 1.25, 1.6, 2.0, 2.5, 3.2, 4.0, 5.0, 6.3, 8.0)))
+        panel.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+        panel.yaxis.set_minor_formatter(NullFormatter())
+    panel.set_xlim(-0.6, len(verdicts_here) - 0.4)
+    panel.set_xticks(range(len(verdicts_here)),
+                     ["\n".join(([group] if len(verdicts_here) > 1 else []) + verdict_words(q).split(", "))
+                      for group, q in verdicts_here], fontsize=7)
     panel.grid(False, axis="x")
-    words = [verdict_words(q) for _, _, q in entries]
-    title = words[0] if len(words) == 1 else "verdicts in the report"
-    panel.set_title(f"{SYMBOL_TEX[quantity]} at C = {budget_latex(verdicts[0].budget)}\n{title}", fontsize=8)
+    panel.set_ylabel("predicted / measured" if log_scale else "predicted − measured", fontsize=8)
+    panel.set_title(f"{SYMBOL_TEX[quantity]} at C = {budget_latex(verdicts[0].budget)}, vs its own fit", fontsize=8)
+    return kinds | {"difference"}
 
 
 def _legend_handles(kinds: set[str], confidence: float, colors: dict[str, str]) -> list[Line2D]:
@@ -199,8 +229,10 @@ def _legend_handles(kinds: set[str], confidence: float, colors: dict[str, str]) 
                ("not used", dict(marker="o", markerfacecolor="white"), "optimum not located (not fitted)"),
                ("law", dict(linestyle="-", marker=None), "law fitted without C (dotted: extrapolated)"),
                ("prediction", dict(marker="D", markerfacecolor="white"), "prediction at the held-out C"),
-               ("measured", dict(marker="s"), "held-out C's own optimum")]
-    handles = [Line2D([], [], color="0.3", **({"linestyle": "none"} | style), label=label)
+               ("measured", dict(marker="s"), "held-out C's own optimum"),
+               ("difference", dict(marker="|", markersize=9, markeredgewidth=1.6, color="0.35"),
+                "predicted/measured (− for L*): both intervals")]
+    handles = [Line2D([], [], **({"color": "0.3", "linestyle": "none"} | style), label=label)
                for kind, style, label in entries if kind in kinds]
     handles += interval_handles(confidence, kinds)
     if "band" in kinds:
@@ -228,7 +260,7 @@ def holdout_figure(optima: list[Optimum], verdicts: list[HoldoutVerdict], value_
             panel.set_title(TITLES[quantity])
             panel.set_ylabel(labels[quantity])
             panel.set_xlabel("Training compute C (FLOPs)")
-            _draw_zoom(zoom, quantity, verdicts, colors)
+            kinds |= _draw_zoom(zoom, quantity, verdicts, colors)
         figure.suptitle(f"Held-out budget C = {budget_latex(verdicts[0].budget)} (dashed line): predicted from the "
                         "other budgets, then measured")
         figure.legend(handles=_legend_handles(kinds, confidence, colors), loc="outside lower center", ncols=3,
