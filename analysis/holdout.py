@@ -180,9 +180,9 @@ def _measured_replicates(optimum: Optimum, quantity: str) -> tuple[np.ndarray, n
     fit = optimum.axis_fit("params" if quantity == "loss" else quantity)
     replicate_log10 = optimum.bootstrap_log10("params" if quantity == "loss" else quantity)
     samples, below, above = censored_vertices(fit, replicate_log10, expansion_factor=1.0)
-    if quantity == "loss":
-        located = np.isfinite(samples)
-        samples, below, above = np.where(located, optimum.loss_opt_bootstrap, np.nan), below & False, above & False
+    if quantity == "loss":  # L* at a vertex beyond the sizes is unknown, not censored: left out
+        not_censored = np.zeros_like(below)
+        return np.where(np.isfinite(samples), optimum.loss_opt_bootstrap, np.nan), not_censored, not_censored
     return samples, below, above
 
 

@@ -50,7 +50,7 @@ def optima_rows(verdicts: list[HoldoutVerdict], metric: str) -> pd.DataFrame:
                          loss_opt_hi=loss.interval.high, interval=worst.status, interval_note="; ".join(notes),
                          confidence=params.interval.confidence, replicates=params.replicate_count,
                          n_opt_usable=params.interval.usable, d_opt_usable=tokens.interval.usable, metric=metric,
-                         row="holdout_prediction",
+                         row=HOLDOUT_ROWS["prediction"],
                          predicted_from=" ".join(budget_text(b) for b in verdict.prediction.budgets_given)))
     return pd.DataFrame(rows)
 
@@ -99,7 +99,7 @@ def law_rows(verdicts: list[HoldoutVerdict]) -> pd.DataFrame:
         frame["row"] = frame["row"].map(HOLDOUT_ROWS)
         frame["held_out"] = verdict.budget
         for quantity_verdict in verdict.quantities:
-            at = (frame["row"] == "holdout_prediction") & (frame["quantity"] == quantity_verdict.quantity)
+            at = (frame["row"] == HOLDOUT_ROWS["prediction"]) & (frame["quantity"] == quantity_verdict.quantity)
             measured = quantity_verdict.measured_interval
             frame.loc[at, ["measured", "measured_lo", "measured_hi"]] = [quantity_verdict.measured, measured.low,
                                                                           measured.high]

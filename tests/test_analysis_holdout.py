@@ -16,6 +16,7 @@ from analysis.loss_law import CURVE_THROUGH_THREE_POINTS, fit_curves, fit_loss_l
 from analysis_support import CHINCHILLA, surface_runs
 from conftest import analyze
 from test_analysis_csv import LLAMA3_CSV, needs_llama3
+from test_analysis_sweep import write_run
 
 BUDGETS = np.geomspace(1e18, 1e21, 5)
 HELD_OUT = float(BUDGETS[-1])
@@ -202,3 +203,26 @@ def test_llama3_largest_budget_held_out(tmp_path: Path) -> None:
     laws = pd.read_csv(tmp_path / "powerlaws.csv")
     exponents = laws[laws["quantity"] == "tokens"].set_index("row")["exponent"]
     assert exponents["holdout_fit"] < exponents["fit"]
+
+
+def test_analyze_holdout_budget_on_a_sweep(tmp_path: Path) -> None:
+    """Sweep input: runs/<id>/run.json and result.json, 4 budgets of 7 sizes with noise, the smallest held out
+    (L* through the 3 others has no interval, so no verdict); a second method has runs at the held-out
+    budget only, so it gets no prediction and says why."""
+    rng = np.random.default_rng(0)
+    budgets = (1e18, 4e18, 1.6e19, 6.4e19)
+    for budget in budgets:
+        center = np.log10(CHINCHILLA.optimal_params(budget))
+        for index, log_params in enumerate(np.linspace(center - 0.6, center + 0.6, 7)):
+            write_run(tmp_path / "sweep" / "runs", f"dense-{budget:.0e}-{index}", "dense", budget, 10.0**log_params,
+                      {"family": "dense"}, offset=0.005 * rng.standard_normal())
+            if budget == budgets[0]:
+                write_run(tmp_path / "sweep" / "runs", f"pkm-{index}", "pkm", budget, 10.0**log_params, {"family": "pkm"})
+    assert analyze(tmp_path / "sweep", "--bootstrap", "100", "--holdout-budget", "1e18") == 0
+    document = json.loads((tmp_path / "sweep" / "report" / "holdout.json").read_text())
+    dense, pkm = document["methods"]["dense"], document["methods"]["pkm"]
+    assert dense["budgets_given"] == pytest.approx(list(budgets[1:]))
+    assert dense["quantities"]["params"]["inside"] is not None and dense["quantities"]["tokens"]["inside"] is not None
+    assert dense["quantities"]["loss"]["inside"] is None and CURVE_THROUGH_THREE_POINTS in dense["quantities"]["loss"]["note"]
+    assert pkm["quantities"] == {} and "0 other budget(s)" in pkm["note"]
+    assert "- **pkm**: no prediction: 0 other budget(s)" in (tmp_path / "sweep" / "report" / "report.md").read_text()
