@@ -172,6 +172,7 @@ class HoldoutVerdict:
     prediction: OptimumPrediction | None
     measured: Optimum | None
     quantities: tuple[QuantityVerdict, ...]
+    confidence: float
     note: str = ""
 
 
@@ -209,7 +210,7 @@ def _difference(predicted: QuantityPrediction, optimum: Optimum, confidence: flo
     variances = float(np.var(predictions[usable_prediction])), float(np.var(measured[usable_measured]))
     degrees = predicted.degrees_of_freedom, optimum.n_points - 3
     welch = sum(variances) ** 2 / sum(variance**2 / max(degree, 1) for variance, degree in zip(variances, degrees))
-    factor = small_sample_expansion(max(1, int(round(welch))), confidence) if np.isfinite(welch) else 1.0
+    factor = small_sample_expansion(max(1, round(welch)), confidence) if np.isfinite(welch) else 1.0
     center = predicted.value - optimum.loss_opt if predicted.quantity == "loss" else float(
         np.log10(predicted.value / optimum.value(predicted.quantity)))
     differences = center + factor * ((predictions - measured) - center)
@@ -258,10 +259,10 @@ def holdout_verdicts(optima: list[Optimum], budget: float, confidence: float = 0
             located = sum(o.params_fit.status == "ok" for o in others)
             note = (f"{located} other budget(s) with an ok optimum; a prediction needs at least "
                     f"{MIN_BUDGETS_TO_PREDICT}")
-            verdicts.append(HoldoutVerdict(group, budget, None, measured, (), note))
+            verdicts.append(HoldoutVerdict(group, budget, None, measured, (), confidence, note))
             continue
         quantities = tuple(_verdict(prediction.quantity(quantity), measured, confidence) for quantity in QUANTITIES)
-        verdicts.append(HoldoutVerdict(group, budget, prediction, measured, quantities))
+        verdicts.append(HoldoutVerdict(group, budget, prediction, measured, quantities, confidence))
     return verdicts
 
 
@@ -269,7 +270,7 @@ def held_out_budget(budgets: list[float], requested: float) -> float:
     """The data's budget equal to ``requested`` (FLOPs); UserError when it is absent or leaves too few others."""
     from isoflop.errors import UserError
 
-    present = sorted(set(float(budget) for budget in budgets))
+    present = sorted({float(budget) for budget in budgets})
     match = next((budget for budget in present if same_budget(budget, requested)), None)
     listed = ", ".join(budget_text(budget) for budget in present)
     if match is None:

@@ -22,8 +22,8 @@ beyond an axis are clipped at its edge and marked, as in the other figures.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

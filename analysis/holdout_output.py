@@ -185,16 +185,16 @@ def holdout_section(verdicts: list[HoldoutVerdict]) -> list[str]:
     if not verdicts:
         return []
     budget = budget_text(verdicts[0].budget)
-    level = next((q.interval.confidence for v in verdicts for q in v.quantities), 0.95)
+    level = verdicts[0].confidence
     lines = [f"## Held-out budget C = {budget}: predicted from the other budgets, then measured (holdout.json)", "",
-             f"Per group, N\\*(C) and D\\*(C) (power laws) and L\\*(C) = E + A·(C/C_ref)^-γ (the metric at the "
+             (f"Per group, N\\*(C) and D\\*(C) (power laws) and L\\*(C) = E + A·(C/C_ref)^-γ (the metric at the "
              f"optimum; E is the irreducible part, the form Hoffmann et al. 2022's Eq. 2 and 4 imply) are fitted on "
              f"every budget except {budget}. Their {level:.0%} bootstrap intervals carry every fitted optimum's "
              f"uncertainty and cover the true optimum at that rate. *inside*: {budget}'s own isoFLOP optimum lies "
              "inside the prediction interval; it carries its own noise too, so a correct law puts it inside less "
              f"often than {level:.0%}. *consistent*: the {level:.0%} interval of predicted/measured (predicted − "
              "measured for L\\*), which carries both uncertainties, contains 1 (0); a correct law fails it "
-             f"{1 - level:.0%} of the time.", ""]
+             f"{1 - level:.0%} of the time."), ""]
     rows = []
     for verdict in verdicts:
         for quantity in verdict.quantities:
@@ -217,10 +217,10 @@ def holdout_section(verdicts: list[HoldoutVerdict]) -> list[str]:
         given = ", ".join(budget_text(b) for b in verdict.prediction.budgets_given)
         lines.append(f"- **{verdict.group}** (from {given}: {'; '.join(law for law in laws if law)}): "
                      + "; ".join(_sentence(quantity) for quantity in verdict.quantities) + ".")
-    lines += ["", "A law that predicts a budget it did not see, within both intervals, is evidence that it extrapolates "
+    lines += ["", ("A law that predicts a budget it did not see, within both intervals, is evidence that it extrapolates "
               "one step; a prediction further out (`--predict`) widens with the distance in log C and assumes the law "
               "still holds there. An inconsistent quantity says the law bends, or an off-centre grid biases the "
-              "optima: a larger budget's prediction would likely be off in the same direction.", ""]
+              "optima: a larger budget's prediction would likely be off in the same direction."), ""]
     return lines
 
 
