@@ -43,7 +43,7 @@ def test_product_key_top_k_on_integer_scores_keeps_the_best_multiset() -> None:
     """With ties the chosen ids may differ between methods, the top scores may not."""
     torch.manual_seed(0)
     first, second = torch.randint(0, 3, (20, 6)).double(), torch.randint(0, 3, (20, 6)).double()
-    scores, index = product_key_top_k(first, second, 4)
+    scores, index = product_key_top_k(torch.stack([first, second], dim=-2), 4)
     all_pairs = (first.unsqueeze(-1) + second.unsqueeze(-2)).flatten(-2)  # (20, 36)
     torch.testing.assert_close(scores, all_pairs.sort(dim=-1, descending=True).values[:, :4])
     torch.testing.assert_close(all_pairs.gather(-1, index), scores)

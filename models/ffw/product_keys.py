@@ -5,7 +5,9 @@ N = n² keys are the Cartesian product of two sets of n sub-keys,
 k_(i,j) = [c_i ; c'_j]. A query q = [q1 ; q2] scores k_(i,j) with
 q1·c_i + q2·c'_j, so the exact top-k over all N keys lies among the k² pairs
 of the per-half top-k (Lample §3.2): two n-way searches, k² additions and one
-top-k replace an N-way search.
+top-k replace an N-way search. Since each half's top-k is sorted, only the
+about k·ln k pairs of ranks (a, b) with (a+1)(b+1) <= k can be among the best
+(:func:`candidate_pairs`), so only those are added and searched.
 
 Each of h heads has its own query (one ``nn.Linear`` d -> h·d_key, no bias)
 and its own sub-keys. Optional BatchNorm on the queries (Lample §3.3) uses
@@ -64,28 +66,61 @@ class ProductKeyRetrieval(nn.Module):
         if self.query_batchnorm is not None:
             query = self.query_batchnorm(query)
         query = query.view(tokens, self.n_heads, 2, self.d_key // 2)  # (M, h, 2, d_key/2)
-        half_scores = torch.einsum("mhsc,hsnc->mhsn", query, self.sub_keys)  # (M, h, 2, n)
-        return product_key_top_k(half_scores[:, :, 0], half_scores[:, :, 1], self.top_k)
+        key_scores, key_index = product_key_top_k(sub_key_scores(query, self.sub_keys), self.top_k, half_dim=1)
+        return key_scores.transpose(0, 1), key_index.transpose(0, 1)  # (M, h, k) each
 
 
-def product_key_top_k(first_scores: torch.Tensor, second_scores: torch.Tensor,
-                      top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact top-k of s(i, j) = first[i] + second[j] over all n² pairs.
+def sub_key_scores(query: torch.Tensor, sub_keys: torch.Tensor) -> torch.Tensor:
+    """Scores q_s·c of every sub-key for every head and half, as one batched matmul.
 
     Args:
-        first_scores, second_scores: (..., n) sub-key scores of the two halves.
+        query: (M, h, 2, d_key/2) the two query halves of every head (any strides the
+            (M, h·2, d_key/2) view allows).
+        sub_keys: (h, 2, n, d_key/2).
+    Returns:
+        (h, 2, M, n), contiguous, so top-k runs over contiguous rows and its gradient
+        is already in the matmul's layout. FLOPs: 2·h·n·d_key per token (one bmm).
+    """
+    tokens, heads, halves, half_width = query.shape
+    batched_query = query.reshape(tokens, heads * halves, half_width).transpose(0, 1)  # (h·2, M, d_key/2)
+    batched_keys = sub_keys.reshape(heads * halves, -1, half_width).transpose(1, 2)  # (h·2, d_key/2, n)
+    return torch.bmm(batched_query, batched_keys).view(heads, halves, tokens, -1)  # (h, 2, M, n)
+
+
+def candidate_pairs(top_k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pairs (a, b) of per-half ranks that can hold one of the k best sums: (a+1)(b+1) <= k.
+
+    With both halves' top-k sorted descending, the pair of ranks (a, b) is beaten or tied by
+    every pair (a', b') <= (a, b), (a+1)(b+1) - 1 others; if that is k or more it cannot be
+    among the k best (except by an exact tie). For k = 16 this keeps 50 of the k² = 256 pairs
+    (sum over a of floor(k / (a+1)), about k ln k).
+    Returns:
+        first_rank, second_rank: (C,) int64 each.
+    """
+    pairs = [(a, b) for a in range(top_k) for b in range(top_k // (a + 1))]
+    ranks = torch.tensor(pairs, dtype=torch.int64, device=device).view(-1, 2)  # (C, 2)
+    return ranks[:, 0], ranks[:, 1]
+
+
+def product_key_top_k(half_scores: torch.Tensor, top_k: int, half_dim: int = -2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k of s(i, j) = first[i] + second[j] over all n² pairs (Lample et al. 2019 §3.2).
+
+    Args:
+        half_scores: (..., n) sub-key scores with the two halves stacked along ``half_dim``
+            (size 2), e.g. (..., 2, n) or (h, 2, M, n).
         top_k: k <= n.
     Returns:
-        scores (..., k) sorted descending and ids (..., k) = i·n + j.
+        scores (k sorted descending) and ids i·n + j, shaped as half_scores without
+        ``half_dim`` and with k in place of n. Among exactly tied sums the choice is arbitrary.
     """
-    n_keys = first_scores.shape[-1]
-    first_top, first_index = first_scores.topk(top_k, dim=-1)  # (..., k)
-    second_top, second_index = second_scores.topk(top_k, dim=-1)  # (..., k)
-    candidate_scores = first_top.unsqueeze(-1) + second_top.unsqueeze(-2)  # (..., k, k)
-    candidate_index = first_index.unsqueeze(-1) * n_keys + second_index.unsqueeze(-2)  # (..., k, k)
-    candidate_scores = candidate_scores.flatten(-2)  # (..., k²)
-    best_scores, best_position = candidate_scores.topk(top_k, dim=-1)  # (..., k)
-    best_index = candidate_index.flatten(-2).gather(-1, best_position)  # (..., k)
+    n_keys = half_scores.shape[-1]
+    half_top, half_index = half_scores.topk(top_k, dim=-1)  # (..., k) each, one call for both halves
+    first_top, second_top = half_top.unbind(half_dim)
+    first_index, second_index = half_index.unbind(half_dim)
+    first_rank, second_rank = candidate_pairs(top_k, half_scores.device)  # (C,)
+    candidate_scores = first_top.index_select(-1, first_rank) + second_top.index_select(-1, second_rank)  # (..., C)
+    best_scores, best = candidate_scores.topk(top_k, dim=-1)  # (..., k)
+    best_index = first_index.gather(-1, first_rank[best]) * n_keys + second_index.gather(-1, second_rank[best])
     return best_scores, best_index
 
 
