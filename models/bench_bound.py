@@ -18,8 +18,8 @@ training factor 3 (backward = 2 x forward; ``isoflop.flops``).
 
 Step bytes (:func:`peer_step_bytes`), what any implementation must move:
 the expert table rows the step touches, read in forward and again in backward
-and their gradients written (3 passes per table and direction: 6 x rows x d
-for U and V, 9 with the GLU table W); the per-token activations x and dy read,
+and their gradients written (3 passes per table: 6 x rows x d for U and V,
+9 with the GLU table W); the per-token activations x and dy read,
 y and dx written (4 x T x d); the other parameters read twice and their
 gradients written (3 x params); per (token, head, k) pair the int64 expert id
 and the router score read in forward and backward and the score's gradient
@@ -131,7 +131,7 @@ def peer_step_bytes(layer: FFWLayer, tokens: int, touched_rows: int) -> float:
     item = tables[0].element_size()
     other_parameters = sum(p.numel() * p.element_size() for p in layer.parameters() if id(p) not in table_ids)
     pairs = tokens * layer.config.n_heads * layer.config.top_k
-    return float(3 * 2 * len(tables) * touched_rows * layer.d_model * item + 4 * tokens * layer.d_model * item
+    return float(3 * len(tables) * touched_rows * layer.d_model * item + 4 * tokens * layer.d_model * item
                  + 3 * other_parameters + pairs * PAIR_BYTES)
 
 

@@ -50,8 +50,8 @@ def test_step_matmul_flops_are_three_times_the_counted_forward() -> None:
 def test_step_bytes_by_hand(glu: bool) -> None:
     """d = 16, N = 64 (n = 8), h = 2, k = 2, d_key = 8, 16 tokens, fp32, 40 rows touched."""
     layer = build_ffw(PEERConfig(n_experts=64, n_heads=2, top_k=2, d_key=8, glu=glu), 16, 1)
-    tables = 3 if glu else 2
-    rows = 3 * 2 * tables * 40 * 16 * 4  # each table's touched rows read forward and backward, gradient written
+    # U, V (and W): touched rows read in forward, read in backward, gradient written
+    rows = (9 if glu else 6) * 40 * 16 * 4
     activations = 4 * 16 * 16 * 4  # x, dy read; y, dx written
     # query 16 x (2 * 8), sub-keys 2 * 2 * 8 * 4, BatchNorm weight and bias 2 * 16: read twice, gradient written
     other_parameters = 3 * (16 * 16 + 2 * 2 * 8 * 4 + 2 * 16) * 4
