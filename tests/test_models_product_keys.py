@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from models import build_ffw
 from models.ffw.peer_config import PEERConfig
-from models.ffw.product_keys import ProductKeyRetrieval, product_key_top_k
+from models.ffw.product_keys import ProductKeyRetrieval, ProductKeySearch, candidate_pairs, product_key_top_k
 
 
 def brute_force_top_k(retrieval: ProductKeyRetrieval, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,3 +66,36 @@ def test_peer_with_one_expert_per_head_is_a_dense_mlp_of_the_retrieved_experts(g
         if glu:
             hidden = hidden * (layer.gate_table[chosen] @ token)
         torch.testing.assert_close(flat_output[position], w_out.T @ hidden)
+
+
+@pytest.mark.parametrize("n_keys,top_k,half_width,n_heads", [(8, 3, 3, 2), (16, 16, 4, 3), (32, 5, 8, 1)])
+def test_search_gradients_equal_plain_autograd(n_keys: int, top_k: int, half_width: int, n_heads: int) -> None:
+    """The hand-written backward is the autograd of the plain formulation: all heads' sub-key
+    scores at once, the top-k of every half, all k² candidate sums, their top-k."""
+    torch.manual_seed(n_keys)
+    query = torch.randn(40, n_heads, 2, half_width, dtype=torch.float64, requires_grad=True)
+    sub_keys = torch.randn(n_heads, 2, n_keys, half_width, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(n_heads, 40, top_k, dtype=torch.float64)
+    scores, index = ProductKeySearch.apply(query, sub_keys, top_k)
+    torch.autograd.backward(scores, upstream)
+    grads = query.grad.clone(), sub_keys.grad.clone()
+    query.grad = sub_keys.grad = None
+    half_scores = torch.einsum("mhsc,hsnc->hmsn", query, sub_keys)  # (h, M, 2, n)
+    first_top, first_index = half_scores[:, :, 0].topk(top_k, dim=-1)
+    second_top, second_index = half_scores[:, :, 1].topk(top_k, dim=-1)
+    all_sums = (first_top.unsqueeze(-1) + second_top.unsqueeze(-2)).flatten(-2)  # (h, M, k²)
+    expected_scores, position = all_sums.topk(top_k, dim=-1)
+    expected_index = (first_index.unsqueeze(-1) * n_keys + second_index.unsqueeze(-2)).flatten(-2).gather(-1, position)
+    torch.testing.assert_close(index, expected_index, rtol=0, atol=0)
+    torch.testing.assert_close(scores, expected_scores, rtol=1e-14, atol=1e-14)
+    torch.autograd.backward(expected_scores, upstream)
+    torch.testing.assert_close(grads[0], query.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grads[1], sub_keys.grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("top_k,expected", [(1, 1), (2, 3), (4, 8), (16, 50)])
+def test_candidate_pairs_count_the_ranks_with_few_enough_better_pairs(top_k: int, expected: int) -> None:
+    """(a+1)(b+1) <= k: k=4 keeps (0,0..3), (1,0..1), (2,0), (3,0); k=16 keeps 16+8+5+4+3+2+2+2+8·1."""
+    first_rank, second_rank = candidate_pairs(top_k, torch.device("cpu"))
+    assert len(first_rank) == expected
+    assert all((a + 1) * (b + 1) <= top_k for a, b in zip(first_rank.tolist(), second_rank.tolist()))

@@ -25,8 +25,11 @@ top-k selections and the index arithmetic.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 
 class ProductKeyRetrieval(nn.Module):
@@ -66,25 +69,54 @@ class ProductKeyRetrieval(nn.Module):
         if self.query_batchnorm is not None:
             query = self.query_batchnorm(query)
         query = query.view(tokens, self.n_heads, 2, self.d_key // 2)  # (M, h, 2, d_key/2)
-        key_scores, key_index = product_key_top_k(sub_key_scores(query, self.sub_keys), self.top_k, half_dim=1)
+        key_scores, key_index = ProductKeySearch.apply(query, self.sub_keys, self.top_k)  # (h, M, k) each
         return key_scores.transpose(0, 1), key_index.transpose(0, 1)  # (M, h, k) each
 
 
-def sub_key_scores(query: torch.Tensor, sub_keys: torch.Tensor) -> torch.Tensor:
-    """Scores q_s·c of every sub-key for every head and half, as one batched matmul.
+class ProductKeySearch(torch.autograd.Function):
+    """Sub-key scores, per-half top-k and the k best pairs of every head, with a hand-written backward.
 
-    Args:
-        query: (M, h, 2, d_key/2) the two query halves of every head (any strides the
-            (M, h·2, d_key/2) view allows).
-        sub_keys: (h, 2, n, d_key/2).
-    Returns:
-        (h, 2, M, n), contiguous, so top-k runs over contiguous rows and its gradient
-        is already in the matmul's layout. FLOPs: 2·h·n·d_key per token (one bmm).
+    Forward, head by head: the head's sub-key scores q_s·c (2, M, n) come from one batched
+    matmul (FLOPs 2·n·d_key per token and head, as counted) and its per-half top-k is taken
+    while they are in cache; no (h, 2, M, n) tensor is kept or allocated. Backward: the
+    gradient of the k best sums goes to the two per-half ranks they came from, is scattered
+    into one reused (2, M, n) buffer per head, and the two matmuls of the scores' gradient
+    follow (dq = dS c, dc = dS^T q), so the maths is the plain autograd one, in the same
+    order. Twice-differentiating is not supported.
+
+    ``apply(query (M, h, 2, d_key/2), sub_keys (h, 2, n, d_key/2), top_k)`` returns the scores
+    (h, M, k), sorted descending, and the ids i·n + j (h, M, k) of the k best keys per head.
     """
-    tokens, heads, halves, half_width = query.shape
-    batched_query = query.reshape(tokens, heads * halves, half_width).transpose(0, 1)  # (h·2, M, d_key/2)
-    batched_keys = sub_keys.reshape(heads * halves, -1, half_width).transpose(1, 2)  # (h·2, d_key/2, n)
-    return torch.bmm(batched_query, batched_keys).view(heads, halves, tokens, -1)  # (h, 2, M, n)
+
+    @staticmethod
+    def forward(ctx: Any, query: torch.Tensor, sub_keys: torch.Tensor,
+                top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens, heads, halves, half_width = query.shape
+        half_top = query.new_empty(heads, halves, tokens, top_k)  # (h, 2, M, k)
+        half_index = torch.empty(half_top.shape, dtype=torch.int64, device=query.device)
+        for head in range(heads):
+            scores = torch.bmm(query[:, head].transpose(0, 1), sub_keys[head].transpose(1, 2))  # (2, M, n)
+            torch.topk(scores, top_k, dim=-1, out=(half_top[head], half_index[head]))
+        best_scores, best_index, best_ranks = best_pairs(half_top, half_index, top_k, sub_keys.shape[2], half_dim=1)
+        ctx.save_for_backward(query, sub_keys, half_index, best_ranks)
+        ctx.mark_non_differentiable(best_index)
+        return best_scores, best_index
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_scores: torch.Tensor, _grad_index: None) -> tuple[torch.Tensor, torch.Tensor, None]:
+        query, sub_keys, half_index, best_ranks = ctx.saved_tensors
+        tokens, heads, halves, half_width = query.shape
+        grad_top = grad_scores.new_zeros(half_index.shape)  # (h, 2, M, k)
+        grad_top.scatter_add_(-1, best_ranks, grad_scores.unsqueeze(1).expand_as(best_ranks))
+        grad_half = grad_scores.new_empty(halves, tokens, sub_keys.shape[2])  # (2, M, n), reused per head
+        grad_query = grad_scores.new_empty(heads, halves, tokens, half_width)  # (h, 2, M, d_key/2)
+        grad_keys = torch.empty_like(sub_keys)  # (h, 2, n, d_key/2)
+        for head in range(heads):
+            grad_half.zero_().scatter_(-1, half_index[head], grad_top[head])
+            torch.bmm(grad_half, sub_keys[head], out=grad_query[head])
+            torch.bmm(grad_half.transpose(1, 2), query[:, head].transpose(0, 1), out=grad_keys[head])
+        return grad_query.permute(2, 0, 1, 3), grad_keys, None
 
 
 def candidate_pairs(top_k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,25 +134,39 @@ def candidate_pairs(top_k: int, device: torch.device) -> tuple[torch.Tensor, tor
     return ranks[:, 0], ranks[:, 1]
 
 
+def best_pairs(half_top: torch.Tensor, half_index: torch.Tensor, top_k: int, n_keys: int,
+               half_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The k best sums first[a] + second[b] from each half's top-k (sorted descending).
+
+    Args:
+        half_top, half_index: (..., k) per-half top-k scores and sub-key ids, the two halves
+            stacked along ``half_dim`` (size 2).
+    Returns:
+        scores (k sorted descending), ids i·n + j, both shaped as half_top without
+        ``half_dim``, and the per-half ranks (a, b) of each, shaped as half_top.
+    """
+    first_top, second_top = half_top.unbind(half_dim)
+    first_rank, second_rank = candidate_pairs(top_k, half_top.device)  # (C,)
+    candidate_scores = first_top.index_select(-1, first_rank) + second_top.index_select(-1, second_rank)  # (..., C)
+    best_scores, best = candidate_scores.topk(top_k, dim=-1)  # (..., k)
+    best_ranks = torch.stack([first_rank[best], second_rank[best]], dim=half_dim)  # as half_top
+    first_index, second_index = half_index.gather(-1, best_ranks).unbind(half_dim)
+    return best_scores, first_index * n_keys + second_index, best_ranks
+
+
 def product_key_top_k(half_scores: torch.Tensor, top_k: int, half_dim: int = -2) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k of s(i, j) = first[i] + second[j] over all n² pairs (Lample et al. 2019 §3.2).
 
     Args:
         half_scores: (..., n) sub-key scores with the two halves stacked along ``half_dim``
-            (size 2), e.g. (..., 2, n) or (h, 2, M, n).
+            (size 2), e.g. (..., 2, n).
         top_k: k <= n.
     Returns:
         scores (k sorted descending) and ids i·n + j, shaped as half_scores without
         ``half_dim`` and with k in place of n. Among exactly tied sums the choice is arbitrary.
     """
-    n_keys = half_scores.shape[-1]
     half_top, half_index = half_scores.topk(top_k, dim=-1)  # (..., k) each, one call for both halves
-    first_top, second_top = half_top.unbind(half_dim)
-    first_index, second_index = half_index.unbind(half_dim)
-    first_rank, second_rank = candidate_pairs(top_k, half_scores.device)  # (C,)
-    candidate_scores = first_top.index_select(-1, first_rank) + second_top.index_select(-1, second_rank)  # (..., C)
-    best_scores, best = candidate_scores.topk(top_k, dim=-1)  # (..., k)
-    best_index = first_index.gather(-1, first_rank[best]) * n_keys + second_index.gather(-1, second_rank[best])
+    best_scores, best_index, _ = best_pairs(half_top, half_index, top_k, half_scores.shape[-1], half_dim)
     return best_scores, best_index
 
 
