@@ -34,10 +34,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from kernels.host_memory import empty_on_huge_pages
 from kernels.peer_reference import activation_pair
 
 # Dtypes `torch.sparse.sampled_addmm` supports on the CPU; others are computed in fp32.
 SDDMM_DTYPES = (torch.float32, torch.float64)
+# Table-gradient rows computed per `F.embedding_bag` call (bytes of fp32 output): small enough
+# that the allocator reuses the block's memory from step to step instead of mapping it afresh.
+ROW_BLOCK_BYTES = 4 * 2**20
 
 
 @dataclass(frozen=True)
@@ -103,15 +107,31 @@ class PairsByExpert:
                  touched_rows: torch.Tensor | None) -> torch.Tensor:
         """fp32 sum over each expert's pairs of weight * vectors[t]: a table gradient.
 
+        One `F.embedding_bag` per block of ROW_BLOCK_BYTES of output rows, each copied into an
+        output on huge pages (`kernels.host_memory`): the block results are small enough for the
+        allocator to reuse every step, and the large output faults in 2 MiB at a time.
         Args:
             vectors: (T, d).  sorted_weights: (P,) in `order`.
             touched_rows: None for all N rows, else the (R,) rows to return (in that order).
         Returns:
             (N, d), or (R, d) for the touched rows; rows without pairs are 0.
         """
-        starts = self.row_starts if touched_rows is None else self.row_starts[touched_rows]
-        return F.embedding_bag(self.tokens, vectors.float(), starts, mode="sum", per_sample_weights=sorted_weights,
-                               include_last_offset=touched_rows is None)
+        if touched_rows is None:
+            bounds = self.row_starts  # (N+1,) pairs of row r: bounds[r]:bounds[r+1]
+        else:
+            bounds = torch.cat([self.row_starts[touched_rows], self.row_starts[-1:]])  # (R+1,)
+        rows, width = bounds.shape[0] - 1, vectors.shape[1]
+        vectors = vectors.float()
+        sums = empty_on_huge_pages(rows, width, device=vectors.device)
+        rows_per_block = max(1, ROW_BLOCK_BYTES // (4 * width))
+        block_starts = list(range(0, rows, rows_per_block)) + [rows]
+        pair_bounds = bounds[block_starts].tolist()
+        for block, (first, last) in enumerate(zip(block_starts[:-1], block_starts[1:])):
+            low, high = pair_bounds[block], pair_bounds[block + 1]
+            sums[first:last] = F.embedding_bag(self.tokens[low:high], vectors, bounds[first:last + 1] - low,
+                                               mode="sum", per_sample_weights=sorted_weights[low:high],
+                                               include_last_offset=True)
+        return sums
 
 
 def peer_forward_torch(
