@@ -65,7 +65,8 @@ class PairsByExpert:
     def of(expert_index: torch.Tensor, table_rows: int) -> PairsByExpert:
         """Group the pairs of `expert_index` (T, E) int64 in [0, table_rows) by expert."""
         flat = expert_index.reshape(-1)  # (P,)
-        order = torch.argsort(flat, stable=True)  # (P,)
+        keys = flat.int() if table_rows <= torch.iinfo(torch.int32).max else flat  # int32 sorts about twice as fast
+        order = torch.argsort(keys, stable=True)  # (P,)
         row_starts = torch.zeros(table_rows + 1, device=flat.device, dtype=torch.int64)
         torch.cumsum(torch.bincount(flat, minlength=table_rows), 0, out=row_starts[1:])
         return PairsByExpert(order, order // expert_index.shape[1], row_starts)
