@@ -110,13 +110,15 @@ class ProductKeySearch(torch.autograd.Function):
         grad_top = grad_scores.new_zeros(half_index.shape)  # (h, 2, M, k)
         grad_top.scatter_add_(-1, best_ranks, grad_scores.unsqueeze(1).expand_as(best_ranks))
         grad_half = grad_scores.new_empty(halves, tokens, sub_keys.shape[2])  # (2, M, n), reused per head
-        grad_query = grad_scores.new_empty(heads, halves, tokens, half_width)  # (h, 2, M, d_key/2)
+        grad_head_query = grad_scores.new_empty(halves, tokens, half_width)  # (2, M, d_key/2), reused per head
+        grad_query = torch.empty_like(query, memory_format=torch.contiguous_format)  # (M, h, 2, d_key/2)
         grad_keys = torch.empty_like(sub_keys)  # (h, 2, n, d_key/2)
         for head in range(heads):
             grad_half.zero_().scatter_(-1, half_index[head], grad_top[head])
-            torch.bmm(grad_half, sub_keys[head], out=grad_query[head])
+            torch.bmm(grad_half, sub_keys[head], out=grad_head_query)
+            grad_query[:, head] = grad_head_query.transpose(0, 1)  # copied into the query's layout while in cache
             torch.bmm(grad_half.transpose(1, 2), query[:, head].transpose(0, 1), out=grad_keys[head])
-        return grad_query.permute(2, 0, 1, 3), grad_keys, None
+        return grad_query, grad_keys, None
 
 
 def candidate_pairs(top_k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
