@@ -14,14 +14,17 @@ backward, with r = <v_i, dy_t>:
     r:  SDDMM as for s (V read once).
     dx = sum ds u_i [+ dw w_i]: `F.embedding_bag` over each token's pairs.
     dU[i] = sum_t ds x_t, dV[i] = sum_t g o dy_t [, dW[i] = sum_t dw x_t]:
-        `F.embedding_bag` over A's rows with x (or dy) as the table, so each
-        gradient row is written once, in order, and no (T*E, d) outer
-        products exist.
+        A (weighted) times x or dy, one sparse-dense matmul (`torch.addmm`),
+        so each gradient row is written once, in order, and no (T*E, d) outer
+        products exist. Its output lies on huge pages (`kernels.host_memory`):
+        a fresh (N, d) tensor every step otherwise costs more in 4 KiB page
+        faults than the matmul.
 
 Only the pre-activations (T, h*k) are kept between forward and backward; the
-backward sorts the pairs again (cheaper than widening the op's outputs).
-Table gradients are accumulated in fp32, densely (N, d) or, with
-`sparse=True`, over the touched rows only and returned as a sparse COO tensor.
+backward sorts the pairs again (about 1 ms; passing the order on would widen
+the op's outputs for every backend). Table gradients are accumulated in fp32,
+densely (N, d) or, with `sparse=True`, over the touched rows only and returned
+as a sparse COO tensor.
 Rounding: sums run in a different order than the reference's einsum, so results
 agree with it to fp32 rounding, not bitwise.
 """
@@ -39,9 +42,6 @@ from kernels.peer_reference import activation_pair
 
 # Dtypes `torch.sparse.sampled_addmm` supports on the CPU; others are computed in fp32.
 SDDMM_DTYPES = (torch.float32, torch.float64)
-# Table-gradient rows computed per `F.embedding_bag` call (bytes of fp32 output): small enough
-# that the allocator reuses the block's memory from step to step instead of mapping it afresh.
-ROW_BLOCK_BYTES = 4 * 2**20
 
 
 @dataclass(frozen=True)
@@ -108,31 +108,22 @@ class PairsByExpert:
                  touched_rows: torch.Tensor | None) -> torch.Tensor:
         """fp32 sum over each expert's pairs of weight * vectors[t]: a table gradient.
 
-        One `F.embedding_bag` per block of ROW_BLOCK_BYTES of output rows, each copied into an
-        output on huge pages (`kernels.host_memory`): the block results are small enough for the
-        allocator to reuse every step, and the large output faults in 2 MiB at a time.
+        The (rows x T) CSR matrix of the weights times ``vectors`` (one sparse-dense matmul), written
+        into an output on huge pages (`kernels.host_memory`) so that it faults in 2 MiB at a time.
         Args:
             vectors: (T, d).  sorted_weights: (P,) in `order`.
             touched_rows: None for all N rows, else the (R,) rows to return (in that order).
         Returns:
             (N, d), or (R, d) for the touched rows; rows without pairs are 0.
         """
-        if touched_rows is None:
-            bounds = self.row_starts  # (N+1,) pairs of row r: bounds[r]:bounds[r+1]
-        else:
-            bounds = torch.cat([self.row_starts[touched_rows], self.row_starts[-1:]])  # (R+1,)
-        rows, width = bounds.shape[0] - 1, vectors.shape[1]
-        vectors = vectors.float()
-        sums = empty_on_huge_pages(rows, width, device=vectors.device)
-        rows_per_block = max(1, ROW_BLOCK_BYTES // (4 * width))
-        block_starts = list(range(0, rows, rows_per_block)) + [rows]
-        pair_bounds = bounds[block_starts].tolist()
-        for block, (first, last) in enumerate(zip(block_starts[:-1], block_starts[1:])):
-            low, high = pair_bounds[block], pair_bounds[block + 1]
-            sums[first:last] = F.embedding_bag(self.tokens[low:high], vectors, bounds[first:last + 1] - low,
-                                               mode="sum", per_sample_weights=sorted_weights[low:high],
-                                               include_last_offset=True)
-        return sums
+        row_starts = self.row_starts if touched_rows is None else torch.cat(
+            [self.row_starts[touched_rows], self.row_starts[-1:]])  # (rows+1,)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+            weights = torch.sparse_csr_tensor(row_starts, self.tokens, sorted_weights.float(),
+                                              (row_starts.shape[0] - 1, vectors.shape[0]))
+        sums = empty_on_huge_pages(weights.shape[0], vectors.shape[1], device=vectors.device)
+        return torch.addmm(sums, weights, vectors.float(), beta=0.0, out=sums)  # beta 0: sums is not read
 
 
 def peer_forward_torch(

@@ -10,7 +10,6 @@ from kernel_support import (  # sets TRITON_INTERPRET
 from torch.utils.flop_counter import FlopCounterMode
 
 import kernels
-from kernels import peer_torch
 from kernels.dispatch import resolve_backend
 from kernels.peer_reference import peer_experts_reference
 
@@ -164,18 +163,6 @@ def test_sparse_grad_drives_sparse_adam() -> None:
     for table, old in zip(tables, before):
         changed = (table.detach() != old).any(dim=1)
         assert changed[touched].all() and not changed[~touched].any(), "SparseAdam must update exactly the touched rows"
-
-
-@pytest.mark.parametrize("sparse_grad", [False, True])
-def test_table_gradients_computed_in_blocks_of_rows_match_reference(monkeypatch: pytest.MonkeyPatch,
-                                                                    sparse_grad: bool) -> None:
-    """Row blocks of 3 rows (d = 16): block edges fall inside runs of untouched and repeated rows."""
-    monkeypatch.setattr(peer_torch, "ROW_BLOCK_BYTES", 3 * 16 * 4)
-    inputs = make_inputs(9, 4, 3, 16, 40, glu=True, device=torch.device("cpu"))
-    expected = grads_of(kernels.peer_experts, inputs, activation="gelu", backend="reference")
-    actual = grads_of(kernels.peer_experts, inputs, activation="gelu", backend="torch", sparse_grad=sparse_grad)
-    for name in ("d_down_table", "d_up_table", "d_gate_table"):
-        assert_close(actual[name], expected[name], 2e-6, f"blocked {name}")
 
 
 def test_torch_path_computes_bfloat16_tables_in_float32() -> None:
