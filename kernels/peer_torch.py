@@ -44,6 +44,14 @@ from kernels.peer_reference import activation_pair
 SDDMM_DTYPES = (torch.float32, torch.float64)
 
 
+def csr_matrix(row_starts: torch.Tensor, columns: torch.Tensor, values: torch.Tensor,
+               column_count: int) -> torch.Tensor:
+    """A (len(row_starts) - 1, column_count) sparse CSR tensor (PyTorch's beta warning silenced)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(row_starts, columns, values, (row_starts.shape[0] - 1, column_count))
+
+
 @dataclass(frozen=True)
 class PairsByExpert:
     """The (token, expert) pairs of a step grouped by expert: the CSR pattern of the (N x T)
@@ -97,11 +105,9 @@ class PairsByExpert:
         columns = max(vectors.shape[0], -(-pair_count // max(1, table_rows)))
         if columns > vectors.shape[0]:
             vectors = F.pad(vectors, (0, 0, 0, columns - vectors.shape[0]))
-        values = torch.zeros(pair_count, device=table.device, dtype=dtype)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-            pattern = torch.sparse_csr_tensor(self.row_starts, self.tokens, values, (table_rows, columns))
-            dots = torch.sparse.sampled_addmm(pattern, table.to(dtype), vectors.to(dtype).t(), beta=0.0)
+        pattern = csr_matrix(self.row_starts, self.tokens, torch.zeros(pair_count, device=table.device, dtype=dtype),
+                             columns)
+        dots = torch.sparse.sampled_addmm(pattern, table.to(dtype), vectors.to(dtype).t(), beta=0.0)
         return dots.values().float()
 
     def row_sums(self, vectors: torch.Tensor, sorted_weights: torch.Tensor,
@@ -118,10 +124,7 @@ class PairsByExpert:
         """
         row_starts = self.row_starts if touched_rows is None else torch.cat(
             [self.row_starts[touched_rows], self.row_starts[-1:]])  # (rows+1,)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-            weights = torch.sparse_csr_tensor(row_starts, self.tokens, sorted_weights.float(),
-                                              (row_starts.shape[0] - 1, vectors.shape[0]))
+        weights = csr_matrix(row_starts, self.tokens, sorted_weights.float(), vectors.shape[0])
         sums = empty_on_huge_pages(weights.shape[0], vectors.shape[1], device=vectors.device)
         return torch.addmm(sums, weights, vectors.float(), beta=0.0, out=sums)  # beta 0: sums is not read
 
