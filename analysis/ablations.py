@@ -54,7 +54,8 @@ def _setting_label(record: pd.Series, columns: tuple[str, ...]) -> str:
     return ", ".join(parts)
 
 
-def detect_ablations(runs: pd.DataFrame, n_bootstrap: int, seed: int, robust: bool) -> list[Ablation]:
+def detect_ablations(runs: pd.DataFrame, n_bootstrap: int, seed: int, robust: bool, confidence: float = 0.95,
+                     resampling: str = "residuals") -> list[Ablation]:
     """Find ablations in the runs' FFW settings and fit their isoFLOP curves per setting and budget."""
     if "ffw_family" not in runs.columns:
         return []
@@ -76,17 +77,21 @@ def detect_ablations(runs: pd.DataFrame, n_bootstrap: int, seed: int, robust: bo
                 continue
             selected = selected.sort_values([*columns, "budget", "params"])
             selected = selected.assign(setting=[_setting_label(record, columns) for _, record in selected.iterrows()])
-            optima = fit_all_optima(selected, "metric", group_column="setting", n_bootstrap=n_bootstrap, seed=seed, robust=robust)
+            optima = fit_all_optima(selected, "metric", group_column="setting", n_bootstrap=n_bootstrap, seed=seed,
+                                    robust=robust, confidence=confidence, resampling=resampling)
             title = f"{family}: {ABLATIONS[name][1]}"
             ablations.append(Ablation(name=name, family=str(family), title=title, runs=selected, optima=optima))
     return ablations
 
 
-def plot_ablations(ablations: list[Ablation], out_dir: Path, value_label: str, params_label: str) -> list[Path]:
-    """One isoFLOP figure per ablation, ``ablation_<family>_<name>.png/.pdf``."""
-    paths: list[Path] = []
+def plot_ablations(ablations: list[Ablation], out_dir: Path, value_label: str, params_label: str,
+                   confidence: float = 0.95) -> dict[str, str]:
+    """One isoFLOP figure per ablation, ``ablation_<family>_<name>.png/.pdf``; returns PNG name → caption."""
+    captions: dict[str, str] = {}
     for ablation in ablations:
         stem = out_dir / f"ablation_{ablation.family}_{ablation.name}"
-        paths += plot_isoflop(ablation.runs, ablation.optima, stem, "metric", value_label, params_label,
-                              group_column="setting", title=ablation.title, legend_title="setting")
-    return paths
+        plot_isoflop(ablation.runs, ablation.optima, stem, "metric", value_label, params_label,
+                     group_column="setting", title=f"IsoFLOP curves, {ablation.title}", confidence=confidence)
+        captions[stem.with_suffix(".png").name] = (f"IsoFLOP curves of {ablation.family} runs, one panel per "
+                                                    f"{ABLATIONS[ablation.name][1]}")
+    return captions

@@ -1,6 +1,9 @@
 """Parametric loss fit L(N, D) = E + A/N^alpha + B/D^beta (Hoffmann et al. 2022, approach 3).
 
-As in Appendix D.2 of Hoffmann et al. (2022): with a = log A, b = log B,
+Two fitting methods (``isoflop analyze --approach3 --approach3-method``): ``vpnls``
+(the default; :mod:`analysis.vpnls`) and ``lbfgs``, below.
+
+``lbfgs``, as in Appendix D.2 of Hoffmann et al. (2022): with a = log A, b = log B,
 e = log E, minimise over (a, b, e, alpha, beta)
 
     sum_i Huber_delta( LSE(a - alpha log N_i, b - beta log D_i, e) - log L_i ),   delta = 1e-3,
@@ -89,15 +92,22 @@ def fit_approach3(group: str, params: np.ndarray, tokens: np.ndarray, loss: np.n
             best = result
     a, b, e, alpha, beta = best.x
     return Approach3Fit(group=group, E=float(np.exp(e)), A=float(np.exp(a)), B=float(np.exp(b)), alpha=float(alpha),
-                        beta=float(beta), objective=float(best.fun), n_points=len(params), huber_delta=delta,
-                        converged=bool(best.success))
+                        beta=float(beta), objective=float(best.fun), n_points=len(params), converged=bool(best.success),
+                        method="lbfgs", huber_delta=delta)
 
 
-def fit_all_approach3(frame, value_column: str = "loss", group_column: str = "method") -> list[Approach3Fit | str]:
-    """Approach-3 fits per group of a tidy frame (params, tokens, value_column); a string explains a skipped group."""
+def fit_all_approach3(frame, value_column: str = "loss", group_column: str = "method",
+                      method: str = "vpnls") -> list[Approach3Fit | str]:
+    """Approach-3 fits per group of a tidy frame (params, tokens, value_column); a string explains a skipped group.
+
+    ``method``: ``vpnls`` (:func:`analysis.vpnls.fit_vpnls`) or ``lbfgs`` (:func:`fit_approach3`).
+    """
+    from analysis.vpnls import MIN_POINTS as VPNLS_MIN_POINTS, fit_vpnls
+
+    fit_group, needed = (fit_vpnls, VPNLS_MIN_POINTS) if method == "vpnls" else (fit_approach3, MIN_POINTS)
     results: list[Approach3Fit | str] = []
     for group, runs in frame.groupby(group_column, sort=True):
-        fit = fit_approach3(str(group), runs["params"].to_numpy(float), runs["tokens"].to_numpy(float),
-                            runs[value_column].to_numpy(float))
-        results.append(fit if fit is not None else f"{group}: approach 3 needs at least {MIN_POINTS} runs, has {len(runs)}")
+        fit = fit_group(str(group), runs["params"].to_numpy(float), runs["tokens"].to_numpy(float),
+                        runs[value_column].to_numpy(float))
+        results.append(fit if fit is not None else f"{group}: approach 3 needs at least {needed} runs, has {len(runs)}")
     return results

@@ -1,34 +1,30 @@
 """``isoflop analyze``: isoFLOP curves, compute-optimal allocations, power laws, figures, tables, report.
 
     isoflop analyze (SWEEP_DIR | --csv FILE) [--out DIR] [--predict FLOPS]... [--bootstrap N] [--seed S]
-                    [--metric loss|perplexity] [--eval-dataset NAME] [--params KIND] [--robust] [--approach3]
+                    [--ci 95|80] [--resample residuals|runs] [--metric loss|perplexity] [--eval-dataset NAME]
+                    [--params KIND] [--group-by COLS] [--loss-unit UNIT] [--robust]
+                    [--approach3 [--approach3-method vpnls|lbfgs]]
 
 This module imports only the standard library at import time (``isoflop --help``
 must stay fast); pandas, numpy, scipy and matplotlib are imported inside :func:`run`.
 
 Defaults: ``--out`` is ``SWEEP_DIR/report`` for a sweep and ``./report`` (in the
-current directory) for ``--csv``. ``--params active`` counts the parameters a
-token touches, which is what the C = 6·N·D isoFLOP accounting is about: a
-sparse layer's idle experts cost memory, not per-token compute.
+current directory) for ``--csv``; the report replaces a previous one as a whole
+(:mod:`analysis.output`). ``--params active`` counts the parameters a token
+touches, which is what the C = 6·N·D isoFLOP accounting is about.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from analysis.options import (ABLATION_BOOTSTRAP_CAP, APPROACH3_METHODS, CONFIDENCE_LEVELS, DEFAULT_BOOTSTRAP,
+                              DEFAULT_CONFIDENCE, DEFAULT_EVAL_DATASET, DEFAULT_PARAMS_KIND, METRICS, PARAMS_KINDS,
+                              RESAMPLING_METHODS, SWEEP_LOSS_UNIT, CheckedOptions, check_options)
 from isoflop.errors import UserError
-
-PARAMS_KINDS = ("total", "active", "non_embedding", "active_non_embedding")
-"""Parameter counts ``--params`` may put on the x axis (keys of a run's ``params``)."""
-METRICS = ("loss", "perplexity")
-"""What ``--metric`` may fit: the evaluation loss or its perplexity exp(loss)."""
-DEFAULT_EVAL_DATASET = "validation"
-"""Evaluation set fitted without ``--eval-dataset``: the held-out split of the training corpus."""
-DEFAULT_BOOTSTRAP = 1000
-ABLATION_BOOTSTRAP_CAP = 300
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,38 +35,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(method optional; one of params/tokens may be missing and is derived from C = 6ND)")
     parser.add_argument("--columns", metavar="MAP", help="CSV column mapping CANONICAL=SOURCE,..., e.g. "
                         "budget=compute_budget,tokens=training_tokens,loss=validation_loss (common aliases are automatic)")
+    parser.add_argument("--group-by", metavar="COLS", default=None,
+                        help="CSV columns whose values define the groups, e.g. dataset,model (default: the non-numeric "
+                             "columns that split the rows into curves)")
+    parser.add_argument("--loss-unit", metavar="UNIT", default=None,
+                        help="unit of the CSV loss for labels, e.g. nats/token (perplexity = exp(loss) needs nats); "
+                             "default: unknown")
     parser.add_argument("--out", type=Path, metavar="DIR", help="output directory (default: SWEEP_DIR/report, or ./report with --csv)")
     parser.add_argument("--predict", action="append", default=[], metavar="FLOPS",
                         help="predict N* and D* at this budget in FLOPs (repeatable), e.g. --predict 1e21")
     parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, metavar="N",
-                        help=f"bootstrap resamples for confidence intervals (default {DEFAULT_BOOTSTRAP}; 0 disables)")
+                        help=f"bootstrap replicates for the intervals (default {DEFAULT_BOOTSTRAP}; 0 disables)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed of the bootstrap (default 0)")
+    parser.add_argument("--ci", choices=tuple(CONFIDENCE_LEVELS), default=DEFAULT_CONFIDENCE,
+                        help="interval level: 95 (percent), or 80 for the 10th-90th percentile interval Hoffmann et al. "
+                             f"(2022) report (default {DEFAULT_CONFIDENCE})")
+    parser.add_argument("--resample", choices=RESAMPLING_METHODS, default=RESAMPLING_METHODS[0],
+                        help="bootstrap: resample the parabola's residuals at the fixed sampled sizes (default), or "
+                             "whole runs (for points that are not a designed grid)")
     parser.add_argument("--metric", choices=METRICS, default="loss",
                         help="fit and plot the evaluation loss or its perplexity exp(loss) (default loss)")
     parser.add_argument("--eval-dataset", metavar="NAME", default=None,
                         help=f"evaluation set to fit (default {DEFAULT_EVAL_DATASET!r}, the held-out split of the training corpus; "
                              "with --csv: column NAME or NAME_loss)")
     parser.add_argument("--params", choices=PARAMS_KINDS, default=None,
-                        help="parameter count on the x axis (default active: the parameters a token touches, "
-                             "which is what C = 6ND counts)")
+                        help=f"parameter count on the x axis (default {DEFAULT_PARAMS_KIND}: the parameters a token "
+                             "touches, which is what C = 6ND counts)")
     parser.add_argument("--robust", action="store_true", help="Huber fits instead of least squares for the parabolas")
     parser.add_argument("--approach3", action="store_true",
                         help="also fit L(N, D) = E + A/N^alpha + B/D^beta (Hoffmann et al. 2022, approach 3)")
+    parser.add_argument("--approach3-method", choices=APPROACH3_METHODS, default=APPROACH3_METHODS[0],
+                        help="approach 3 by variable projection + non-negative least squares (vpnls, default) or by "
+                             "Huber L-BFGS over all five parameters (lbfgs)")
     parser.add_argument("--parquet", action="store_true", help="also write the collected runs as runs.parquet (needs pyarrow)")
 
 
-def parse_budgets(texts: list[str]) -> tuple[float, ...]:
-    """Parse ``--predict`` values as positive FLOP counts."""
-    budgets = []
-    for text in texts:
-        try:
-            budget = float(text)
-        except ValueError:
-            raise UserError(f"--predict {text!r} is not a number; pass FLOPs such as 1e21") from None
-        if not math.isfinite(budget) or budget <= 0:
-            raise UserError(f"--predict {text!r} must be a positive number of FLOPs, such as 1e21")
-        budgets.append(budget)
-    return tuple(budgets)
+def validate_args(args: argparse.Namespace) -> CheckedOptions:
+    """Check everything that can be checked before any data is read (``isoflop study`` calls it before submitting)."""
+    if (args.sweep_dir is None) == (args.csv is None):
+        raise UserError("pass either a sweep directory or --csv FILE (exactly one)")
+    if args.csv is None:
+        for option, value in (("--columns", args.columns), ("--group-by", args.group_by), ("--loss-unit", args.loss_unit)):
+            if value is not None:
+                raise UserError(f"{option} applies to --csv input only; drop it or pass --csv FILE")
+    return check_options(args.bootstrap, args.seed, args.predict, args.ci)
 
 
 def _collect(args: argparse.Namespace):
@@ -78,126 +86,210 @@ def _collect(args: argparse.Namespace):
     from analysis.collect import collect_sweep
     from analysis.csv_input import load_csv, parse_column_map
 
-    if (args.sweep_dir is None) == (args.csv is None):
-        raise UserError("pass either a sweep directory or --csv FILE (exactly one)")
     if args.csv is not None:
         params_column = f"params_{args.params}" if args.params else None
-        return load_csv(args.csv, parse_column_map(args.columns), args.metric, args.eval_dataset, params_column)
-    if args.columns:
-        raise UserError("--columns applies to --csv input only; drop it or pass --csv FILE")
-    return collect_sweep(args.sweep_dir, args.params or "active", args.eval_dataset or DEFAULT_EVAL_DATASET, args.metric)
+        return load_csv(args.csv, parse_column_map(args.columns), args.metric, args.eval_dataset, params_column,
+                        args.group_by, args.loss_unit)
+    return collect_sweep(args.sweep_dir, args.params or DEFAULT_PARAMS_KIND, args.eval_dataset or DEFAULT_EVAL_DATASET,
+                         args.metric)
 
 
-def _labels(args: argparse.Namespace, collection) -> tuple[str, str]:
-    """Axis labels: (metric label, params label)."""
-    dataset = args.eval_dataset or (DEFAULT_EVAL_DATASET if args.csv is None else "")
-    where = f", {dataset}" if dataset else ""
-    value_label = f"Perplexity{where}" if args.metric == "perplexity" else f"Loss{where} (nats/token)"
-    if args.csv is not None:
-        return value_label, "C/6D, derived" if collection.params_derived else (args.params or "from CSV")
-    return value_label, args.params or "active"
+@dataclass(frozen=True)
+class Labels:
+    """Words for what is plotted: the fitted value (with its unit when known) and the parameter count."""
+
+    value: str
+    params: str
+    params_kind: str
+    """Short form for the scaling figure's axis, e.g. ``active`` or ``C/(6D)``; empty when plain."""
+
+
+def axis_labels(args: argparse.Namespace, collection) -> Labels:
+    """Axis labels for the figures and the report's settings."""
+    if collection.kind == "csv":
+        unit = f" ({collection.loss_unit})" if collection.loss_unit else ""
+        if args.metric == "perplexity":
+            value_label = f"Perplexity on {args.eval_dataset}" if args.eval_dataset else "Perplexity"
+        else:
+            value_label = (f"{args.eval_dataset} loss" if args.eval_dataset else "Loss") + unit
+        if collection.params_derived:
+            return Labels(value_label, "Parameters N = C / (6 D), derived", "C/(6D)")
+        return Labels(value_label, f"Parameters N ({args.params})" if args.params else "Parameters N", args.params or "")
+    dataset = args.eval_dataset or DEFAULT_EVAL_DATASET
+    value_label = f"Perplexity on {dataset}" if args.metric == "perplexity" else f"Loss on {dataset} ({SWEEP_LOSS_UNIT})"
+    kind = args.params or DEFAULT_PARAMS_KIND
+    return Labels(value_label, f"Parameters N ({kind})", kind)
+
+
+@dataclass
+class Fits:
+    """What the analysis fitted, before anything is drawn or written."""
+
+    optima: list
+    power_laws: list
+    approach3: list = field(default_factory=list)
+    ablations: list = field(default_factory=list)
+    partial_notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _fit(args: argparse.Namespace, collection, options: CheckedOptions) -> Fits:
+    from analysis.ablations import detect_ablations
+    from analysis.approach3 import fit_all_approach3
+    from analysis.diagnostics import off_centre_warnings
+    from analysis.fits import fit_all_optima
+    from analysis.powerlaw import fit_all_power_laws
+    from analysis.records import PowerLawFit
+
+    runs = collection.runs
+    optima = fit_all_optima(runs, "metric", n_bootstrap=args.bootstrap, seed=args.seed, robust=args.robust,
+                            confidence=options.confidence, resampling=args.resample)
+    power_laws = fit_all_power_laws(optima, options.predict_budgets, options.confidence)
+    if options.predict_budgets and not any(isinstance(law, PowerLawFit) for law in power_laws):
+        raise UserError("--predict needs a power law, i.e. at least 2 budgets with an ok optimum for some method; "
+                        "add budgets to the sweep or drop --predict")
+    fits = Fits(optima=optima, power_laws=power_laws, warnings=[*collection.warnings, *off_centre_warnings(optima)])
+    if runs["budget"].nunique() < 2:
+        fits.partial_notes.append("a single budget: parabolas and optima only, no power law across budgets (add a second budget)")
+    if args.approach3:
+        fits.approach3 = fit_all_approach3(runs, "loss", method=args.approach3_method)
+    fits.ablations = detect_ablations(runs, min(args.bootstrap, ABLATION_BOOTSTRAP_CAP), args.seed, args.robust,
+                                      options.confidence, args.resample)
+    return fits
+
+
+def _write_figures(args: argparse.Namespace, collection, fits: Fits, options: CheckedOptions,
+                   out_dir: Path) -> dict[str, str]:
+    """The isoFLOP, scaling and ablation figures; returns PNG name → caption."""
+    from analysis.ablations import plot_ablations
+    from analysis.figures import plot_isoflop
+    from analysis.records import PowerLawFit
+    from analysis.scaling_figure import plot_scaling
+
+    labels = axis_labels(args, collection)
+    plot_isoflop(collection.runs, fits.optima, out_dir / "isoflop", "metric", labels.value, labels.params,
+                 confidence=options.confidence)
+    figures = {"isoflop.png": "IsoFLOP curves: the fitted metric against model size, one curve per budget"}
+    fitted_laws = [law for law in fits.power_laws if isinstance(law, PowerLawFit)]
+    if fitted_laws or any(o.n_opt is not None for o in fits.optima):
+        plot_scaling(fits.optima, fitted_laws, out_dir / "scaling", labels.params_kind, options.predict_budgets,
+                     options.confidence)
+        figures["scaling.png"] = "Compute-optimal parameters N*(C) and tokens D*(C), with the fitted power laws"
+    figures.update(plot_ablations(fits.ablations, out_dir, labels.value, labels.params, options.confidence))
+    return figures
+
+
+def _write_tables(collection, optima: list, out_dir: Path) -> dict:
+    """He 2024 Tables 1 and 2 (a loss table instead of perplexities when the loss unit is unknown)."""
+    from analysis.tables import optimal_run_table, perplexity_columns, usage_table, write_table
+
+    runs = collection.runs
+    tables = {}
+    value_columns = perplexity_columns(runs)
+    group_header = "group" if collection.kind == "csv" else "method"
+    if value_columns:
+        tables["table_perplexity"] = (f"Perplexity of the compute-optimal run per {group_header} and budget (He 2024, Table 1)",
+                                      optimal_run_table(runs, optima, value_columns, group_header))
+    else:
+        tables["table_loss"] = ("Loss of the compute-optimal run per group and budget (loss unit unknown: no perplexity)",
+                                optimal_run_table(runs, optima, {"loss": "loss"}, group_header))
+    usage = usage_table(runs)
+    if usage is not None:
+        tables["table_usage"] = ("Expert usage (percent) and unevenness per configuration and budget (He 2024, Table 2)", usage)
+    for stem, (caption, table) in tables.items():
+        write_table(table, out_dir / stem, caption)
+    return tables
+
+
+def _settings(args: argparse.Namespace, collection, options: CheckedOptions) -> dict[str, str]:
+    """The report's first lines: what was analysed and how."""
+    resampled = "residuals at the fixed sampled sizes" if args.resample == "residuals" else "whole runs"
+    source = args.eval_dataset or (DEFAULT_EVAL_DATASET if collection.kind == "sweep" else "CSV loss column")
+    return {
+        "Input": collection.source,
+        "Metric": f"{args.metric} ({source})",
+        "Loss unit": collection.loss_unit or "unknown (pass --loss-unit)",
+        "Parameters": axis_labels(args, collection).params,
+        "Fit": "Huber (robust) parabolas" if args.robust else "least-squares parabolas",
+        "Bootstrap": (f"{args.bootstrap} replicates ({resampled} resampled), seed {args.seed}, "
+                      f"{options.confidence:.0%} percentile intervals" if args.bootstrap else "off (no intervals)"),
+    }
+
+
+def _write(args: argparse.Namespace, collection, fits: Fits, options: CheckedOptions, out_dir: Path):
+    """Every file of the report into ``out_dir``; returns the :class:`~analysis.report.AnalysisResult`."""
+    from analysis.collect import to_parquet
+    from analysis.fits import optima_table
+    from analysis.powerlaw import power_law_table
+    from analysis.report import AnalysisResult, render_report
+
+    collection.runs.to_csv(out_dir / "runs.csv", index=False)
+    if args.parquet:
+        to_parquet(collection.runs, out_dir / "runs.parquet")
+    optima_frame = optima_table(fits.optima, args.metric)
+    optima_frame.to_csv(out_dir / "optima.csv", index=False)
+    power_law_table(fits.power_laws).to_csv(out_dir / "powerlaws.csv", index=False)
+    result = AnalysisResult(collection=collection, settings=_settings(args, collection, options), optima=fits.optima,
+                            optima_table=optima_frame, power_laws=fits.power_laws, approach3=fits.approach3,
+                            figures=_write_figures(args, collection, fits, options, out_dir),
+                            tables=_write_tables(collection, fits.optima, out_dir),
+                            partial_notes=fits.partial_notes, warnings=fits.warnings)
+    render_report(result, out_dir)
+    return result
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the analysis and write the report; returns the exit status (0). Raises UserError on bad input."""
-    if args.bootstrap < 0:
-        raise UserError(f"--bootstrap {args.bootstrap} must be 0 or more (0 disables intervals)")
-    predict_budgets = parse_budgets(args.predict)
+    options = validate_args(args)
+    out_dir = args.out or (args.sweep_dir / "report" if args.sweep_dir is not None else Path("report"))
+    inputs = [args.csv] if args.csv is not None else [args.sweep_dir, args.sweep_dir / "runs"]
+    from analysis.output import ReportDirectory
+
+    ReportDirectory.check_destination(out_dir, inputs)
     collection = _collect(args)
-
-    from analysis.ablations import detect_ablations, plot_ablations
-    from analysis.approach3 import fit_all_approach3
-    from analysis.collect import to_parquet
-    from analysis.figures import plot_isoflop, plot_scaling
-    from analysis.fits import fit_all_optima, optima_table
-    from analysis.powerlaw import fit_all_power_laws, power_law_table
-    from analysis.records import PowerLawFit
-    from analysis.report import AnalysisResult, render_report
-    from analysis.tables import perplexity_table, usage_table, write_table
-
+    fits = _fit(args, collection, options)
+    with ReportDirectory(out_dir, inputs) as report:
+        result = _write(args, collection, fits, options, report.path)
+        report_path = report.commit() / "report.md"
     for excluded in collection.excluded:
         print(f"warning: run {excluded.run_id} excluded: {excluded.reason}", file=sys.stderr)
-    runs = collection.runs
-    optima = fit_all_optima(runs, "metric", n_bootstrap=args.bootstrap, seed=args.seed, robust=args.robust)
-    power_laws = fit_all_power_laws(optima, predict_budgets)
-    fitted_laws = [law for law in power_laws if isinstance(law, PowerLawFit)]
-    partial_notes = []
-    if runs["budget"].nunique() < 2:
-        partial_notes.append("a single budget: parabolas and optima only, no power law across budgets (add a second budget)")
-    if predict_budgets and not fitted_laws:
-        raise UserError("--predict needs a power law, i.e. at least 2 budgets with an ok optimum for some method; "
-                        "add budgets to the sweep or drop --predict")
-
-    out_dir = args.out or (args.sweep_dir / "report" if args.sweep_dir is not None else Path("report"))
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"--out {out_dir}: cannot create the directory ({error.strerror}); pass a writable --out DIR") from None
-    runs.to_csv(out_dir / "runs.csv", index=False)
-    if args.parquet:
-        to_parquet(runs, out_dir / "runs.parquet")
-    optima_frame = optima_table(optima, args.metric)
-    optima_frame.to_csv(out_dir / "optima.csv", index=False)
-    power_law_table(power_laws).to_csv(out_dir / "powerlaws.csv", index=False)
-
-    value_label, params_label = _labels(args, collection)
-    figures = plot_isoflop(runs, optima, out_dir / "isoflop", "metric", value_label, params_label,
-                           title="IsoFLOP curves (He 2024, Fig. 1 style)")
-    if fitted_laws or any(o.n_opt is not None for o in optima):
-        figures += plot_scaling(optima, fitted_laws, out_dir / "scaling", params_label, predict_budgets)
-    ablations = detect_ablations(runs, min(args.bootstrap, ABLATION_BOOTSTRAP_CAP), args.seed, args.robust)
-    figures += plot_ablations(ablations, out_dir, value_label, params_label)
-
-    tables = {"table_perplexity": ("Perplexity of the compute-optimal run per method and budget (He 2024, Table 1)",
-                                   perplexity_table(runs, optima))}
-    usage = usage_table(runs)
-    if usage is not None:
-        tables["table_usage"] = ("Expert usage (%) and unevenness per configuration (He 2024, Table 2)", usage)
-    for stem, (caption, table) in tables.items():
-        write_table(table, out_dir / stem, caption, group_column="budget")
-
-    approach3 = fit_all_approach3(runs, "loss") if args.approach3 else []
-    if args.csv is None:
-        metric_source = args.eval_dataset or DEFAULT_EVAL_DATASET
-    else:
-        metric_source = args.eval_dataset or "CSV loss column"
-    settings = {
-        "Input": collection.source,
-        "Metric": f"{args.metric} ({metric_source})",
-        "Parameters": f"{params_label} (active = parameters a token touches, the N of C = 6ND)" if args.csv is None else params_label,
-        "Fit": "Huber (robust) parabolas" if args.robust else "least-squares parabolas",
-        "Bootstrap": f"{args.bootstrap} resamples of runs, seed {args.seed}, 95% percentile intervals",
-    }
-    result = AnalysisResult(collection=collection, settings=settings, optima=optima, optima_table=optima_frame,
-                            power_laws=power_laws, approach3=approach3, figures=figures, tables=tables,
-                            partial_notes=partial_notes)
-    report_path = render_report(result, out_dir)
+    for warning in fits.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     _print_summary(report_path, result, args.metric)
     return 0
 
 
 def _print_summary(report_path: Path, result, metric: str) -> None:
     """A few lines on stdout: where the report is, the optima and the exponents of the fitted ``metric``."""
+    from analysis.formatting import budget_text, interval_text
     from analysis.records import PowerLawFit
 
-    runs = result.collection.runs
-    print(f"isoflop analyze: {len(runs)} runs analysed, {len(result.collection.excluded)} excluded; report: {report_path}")
+    unit = "rows" if result.collection.kind == "csv" else "runs"
+    print(f"isoflop analyze: {len(result.collection.runs)} {unit} analysed, {len(result.collection.excluded)} excluded; "
+          f"report: {report_path}")
     for optimum in result.optima:
+        budget = budget_text(optimum.budget)
         if optimum.n_opt is None:
-            print(f"  {optimum.group:<16} C={optimum.budget:.3g}  {optimum.status}: no optimum")
+            print(f"  {optimum.group:<16} C={budget}  {optimum.status}: no optimum")
             continue
         flag = "" if optimum.status == "ok" else f"  [{optimum.status}]"
         tokens = f"{optimum.d_opt:.3g}" if optimum.d_opt is not None else "n/a"
-        interval = f" [{optimum.n_opt_lo:.3g}, {optimum.n_opt_hi:.3g}]" if optimum.n_opt_lo == optimum.n_opt_lo else ""
-        print(f"  {optimum.group:<16} C={optimum.budget:.3g}  N*={optimum.n_opt:.3g}{interval}  D*={tokens}  "
+        interval = optimum.n_interval
+        shown = f" {interval_text(interval.low, interval.high, marked=interval.status == 'unreliable')}" if interval.printable else ""
+        print(f"  {optimum.group:<16} C={budget}  N*={optimum.n_opt:.3g}{shown}  D*={tokens}  "
               f"{metric}*={optimum.loss_opt:.4g}{flag}")
     for law in result.power_laws:
         if isinstance(law, PowerLawFit):
-            interval = f" [{law.exponent_lo:.4f}, {law.exponent_hi:.4f}]" if law.exponent_lo == law.exponent_lo else ""
-            print(f"  {law.group:<16} {law.quantity}* = {law.coefficient:.3g} C^{law.exponent:.4f}{interval} "
+            interval = law.exponent_interval
+            shown = (f" {interval_text(interval.low, interval.high, 4, interval.status == 'unreliable')}"
+                     if interval.printable else " (line through 2 budgets, no interval)" if law.through_two_points else "")
+            print(f"  {law.group:<16} {law.quantity}* = {law.coefficient:.3g} C^{law.exponent:.4f}{shown} "
                   f"over {law.n_budgets} budgets")
     for note in result.partial_notes:
         print(f"  partial report: {note}")
+    if any(o.n_interval.status == "unreliable" for o in result.optima) or any(
+            isinstance(law, PowerLawFit) and law.exponent_interval.status == "unreliable" for law in result.power_laws):
+        print("  † interval marked unreliable; report.md says why")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -4,16 +4,24 @@ N*(C) = G · C^a and D*(C) = H · C^b, with C in FLOPs, fitted as least-squares
 lines in log10-log10 through the per-budget optima of one group whose fit
 status is ``ok`` (extrapolated vertices and concave fits are left out and
 listed). Intervals bootstrap the whole two-stage pipeline: replicate r takes the
-r-th resampled parabola vertex of every budget (each budget resampled
-independently by :func:`analysis.fits.fit_optimum`) and refits the line.
+r-th replicate vertex of every budget (each budget resampled independently by
+:func:`analysis.fits.fit_optimum`) and refits the line. A replicate is usable
+when every budget's vertex is an interior minimum; the rest are censored (see
+:mod:`analysis.intervals`), and an end they decide is printed at the flattest
+or steepest line that stays inside every budget's sampled sizes.
+
+Through two budgets the line passes exactly through both optima: it is
+reported as such, with no interval for its exponent, coefficient or predictions.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from analysis.fits import percentile_interval
-from analysis.records import Axis, Optimum, PowerLawFit, PowerLawPrediction, PowerLawSkipped
+from analysis.formatting import budget_text
+from analysis.intervals import (LINE_THROUGH_TWO_POINTS, MIN_SIZES_FOR_RELIABLE_INTERVAL, Support, censored_interval,
+                                line_weights, linear_support, map_bounds, mark_unreliable)
+from analysis.records import Axis, Interval, Optimum, PowerLawFit, PowerLawPrediction, PowerLawSkipped
 
 
 def fit_lines(log10_budget: np.ndarray, log10_optimum: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -25,6 +33,76 @@ def fit_lines(log10_budget: np.ndarray, log10_optimum: np.ndarray) -> tuple[np.n
     return slope, intercept
 
 
+def _line_interval(replicate_values: np.ndarray, weights: np.ndarray, lows: np.ndarray, highs: np.ndarray,
+                   confidence: float, words: str) -> Interval:
+    """Censored interval of sum(weights * y) over the usable replicate rows (NaN rows are unusable)."""
+    support_low, support_high = linear_support(weights, lows, highs)
+    support = Support(support_low, support_high, f"the lowest {words} the sampled sizes allow",
+                      f"the highest {words} the sampled sizes allow")
+    unusable = np.zeros(replicate_values.shape, dtype=bool)
+    return censored_interval(replicate_values, unusable, unusable, support, confidence)
+
+
+def scatter_ratio(log10_budget: np.ndarray, log10_optimum: np.ndarray, replicate_variances: np.ndarray) -> float:
+    """How much more the optima scatter around their line than their bootstrap variances explain.
+
+    F = RSS / E[RSS], with E[RSS] = sum_b sum_j M_bj^2 var_j for the least-squares residual
+    maker M = I - H and the per-budget replicate variances var_j (log10 units). F near 1: the
+    line's residuals are what the per-budget noise predicts; F > 1: the optima deviate from a
+    power law by more than their own noise (misspecification, run-to-run variation), and the
+    bootstrap alone would understate the exponent's uncertainty. NaN when undefined.
+    """
+    design = np.stack([np.ones_like(log10_budget), log10_budget], axis=1)
+    residual_maker = np.eye(log10_budget.size) - design @ np.linalg.pinv(design)
+    residuals = residual_maker @ log10_optimum
+    expected = float(np.sum(residual_maker**2 @ replicate_variances))
+    return float(residuals @ residuals / expected) if expected > 0 else float("nan")
+
+
+def _bootstrap_intervals(usable: list[Optimum], quantity: Axis, log10_budget: np.ndarray, log10_optimum: np.ndarray,
+                         predict_budgets: tuple[float, ...], confidence: float):
+    """Exponent, coefficient and prediction intervals, the scatter ratio, and the usable replicate lines.
+
+    Replicate lines are refitted through the budgets' replicate vertices. When the optima
+    scatter around the line more than their replicates do (:func:`scatter_ratio` F > 1),
+    each replicate's deviation from the fitted line is scaled by sqrt(F) (the Birge ratio,
+    Birge 1932, Phys. Rev. 40, 207), so the interval reflects the observed scatter.
+    """
+    fits = [o.axis_fit(quantity) for o in usable]
+    lows = np.array([fit.log10_min for fit in fits])
+    highs = np.array([fit.log10_max for fit in fits])
+    stacked = np.stack([o.bootstrap_log10(quantity) for o in usable], axis=1)  # (R, budgets)
+    located = np.all((stacked >= lows) & (stacked <= highs), axis=1)
+    slopes = np.full(stacked.shape[0], np.nan)
+    intercepts = np.full(stacked.shape[0], np.nan)
+    ratio = float("nan")
+    if located.sum() > 1:
+        ratio = scatter_ratio(log10_budget, log10_optimum, np.var(stacked[located], axis=0))
+        inflation = np.sqrt(max(1.0, ratio)) if np.isfinite(ratio) else 1.0
+        slope, intercept = (float(value[0]) for value in fit_lines(log10_budget, log10_optimum[None, :]))
+        replicate_slopes, replicate_intercepts = fit_lines(log10_budget, stacked[located])
+        slopes[located] = slope + inflation * (replicate_slopes - slope)
+        intercepts[located] = intercept + inflation * (replicate_intercepts - intercept)
+
+    few_sizes = [f"{budget_text(o.budget)} ({o.n_sizes})" for o in usable if o.n_sizes < MIN_SIZES_FOR_RELIABLE_INTERVAL]
+
+    def interval_of(samples: np.ndarray, at_log10_budget: float | None, words: str) -> Interval:
+        interval = _line_interval(samples, line_weights(log10_budget, at_log10_budget), lows, highs, confidence, words)
+        if few_sizes:
+            interval = mark_unreliable(interval, "too few distinct sizes to know the optimum's uncertainty at budget(s) "
+                                                 + ", ".join(few_sizes))
+        return interval
+
+    exponent = interval_of(slopes, None, "exponent")
+    coefficient = map_bounds(interval_of(intercepts, 0.0, "coefficient"), lambda value: 10.0**value)
+    predictions = []
+    for budget in predict_budgets:
+        log10_budget_new = float(np.log10(budget))
+        interval = interval_of(intercepts + slopes * log10_budget_new, log10_budget_new, "prediction")
+        predictions.append(map_bounds(interval, lambda value: 10.0**value))
+    return exponent, coefficient, predictions, ratio, slopes[located], intercepts[located]
+
+
 def fit_power_law(group: str, optima: list[Optimum], quantity: Axis, predict_budgets: tuple[float, ...] = (),
                   confidence: float = 0.95) -> PowerLawFit | PowerLawSkipped:
     """Fit optimum(C) = coefficient · C^exponent for one group and one quantity (params or tokens).
@@ -33,41 +111,37 @@ def fit_power_law(group: str, optima: list[Optimum], quantity: Axis, predict_bud
         optima: the group's per-budget optima (any status; only ``ok`` fits are used).
         predict_budgets: budgets in FLOPs at which to predict the optimum.
     """
-    def axis_fit(optimum: Optimum):
-        return optimum.params_fit if quantity == "params" else optimum.tokens_fit
-
-    usable = sorted((o for o in optima if axis_fit(o).status == "ok"), key=lambda o: o.budget)
+    usable = sorted((o for o in optima if o.axis_fit(quantity).status == "ok"), key=lambda o: o.budget)
+    left_out = tuple(f"{budget_text(o.budget)} ({o.axis_fit(quantity).status})" for o in sorted(optima, key=lambda o: o.budget)
+                     if o.axis_fit(quantity).status != "ok")
     if len(usable) < 2:
-        left_out = [f"{o.budget:.3g} ({axis_fit(o).status})" for o in optima if axis_fit(o).status != "ok"]
         reason = f"needs at least 2 budgets with an ok optimum, has {len(usable)}"
         if left_out:
             reason += "; left out: " + ", ".join(left_out)
         return PowerLawSkipped(group=group, quantity=quantity, reason=reason)
     log10_budget = np.log10([o.budget for o in usable])
-    log10_optimum = np.array([axis_fit(o).vertex_log10 for o in usable])
+    log10_optimum = np.array([o.axis_fit(quantity).vertex_log10 for o in usable])
     slope, intercept = fit_lines(log10_budget, log10_optimum[None, :])
     exponent, log10_coefficient = float(slope[0]), float(intercept[0])
-
-    bootstrap_rows = [o.log10_n_opt_bootstrap if quantity == "params" else o.log10_d_opt_bootstrap for o in usable]
-    n_replicates = min(len(row) for row in bootstrap_rows)
+    replicates = min(o.bootstrap_log10(quantity).size for o in usable)
+    no_interval = Interval(note=LINE_THROUGH_TWO_POINTS if len(usable) == 2 else "no bootstrap (--bootstrap 0)",
+                           confidence=confidence, replicates=replicates)
+    exponent_interval = coefficient_interval = no_interval
+    prediction_intervals = [no_interval] * len(predict_budgets)
     boot_slope = boot_intercept = np.empty(0)
-    if n_replicates > 0:
-        stacked = np.stack([row[:n_replicates] for row in bootstrap_rows], axis=1)  # (R, budgets)
-        complete = np.all(np.isfinite(stacked), axis=1)
-        boot_slope, boot_intercept = fit_lines(log10_budget, stacked[complete]) if complete.any() else (np.empty(0), np.empty(0))
-    exponent_lo, exponent_hi = percentile_interval(boot_slope, confidence)
-    log10_coefficient_lo, log10_coefficient_hi = percentile_interval(boot_intercept, confidence)
-
-    predictions = []
-    for budget in predict_budgets:
-        value = 10.0 ** (log10_coefficient + exponent * np.log10(budget))
-        low, high = percentile_interval(boot_intercept + boot_slope * np.log10(budget), confidence)
-        predictions.append(PowerLawPrediction(budget=float(budget), value=float(value), value_lo=10.0**low, value_hi=10.0**high))
+    ratio = float("nan")
+    if len(usable) > 2 and replicates > 0:
+        exponent_interval, coefficient_interval, prediction_intervals, ratio, boot_slope, boot_intercept = (
+            _bootstrap_intervals(usable, quantity, log10_budget, log10_optimum, predict_budgets, confidence))
+    predictions = tuple(
+        PowerLawPrediction(budget=float(budget), value=float(10.0 ** (log10_coefficient + exponent * np.log10(budget))),
+                           interval=interval)
+        for budget, interval in zip(predict_budgets, prediction_intervals))
     return PowerLawFit(
         group=group, quantity=quantity, coefficient=10.0**log10_coefficient, exponent=exponent,
-        coefficient_lo=10.0**log10_coefficient_lo, coefficient_hi=10.0**log10_coefficient_hi,
-        exponent_lo=exponent_lo, exponent_hi=exponent_hi, budgets=tuple(o.budget for o in usable),
-        predictions=tuple(predictions), bootstrap_log10_coefficient=boot_intercept, bootstrap_exponent=boot_slope,
+        budgets=tuple(o.budget for o in usable), exponent_interval=exponent_interval,
+        coefficient_interval=coefficient_interval, predictions=predictions, left_out=left_out, scatter_ratio=ratio,
+        bootstrap_log10_coefficient=boot_intercept, bootstrap_exponent=boot_slope,
     )
 
 
@@ -86,7 +160,11 @@ def power_law_table(results: list[PowerLawFit | PowerLawSkipped]):
     """Rows of ``powerlaws.csv``.
 
     Fit rows (``row == "fit"``): method, quantity, coefficient, exponent,
-    exponent_lo, exponent_hi, coefficient_lo, coefficient_hi, n_budgets.
+    exponent_lo, exponent_hi, n_budgets, coefficient_lo, coefficient_hi, and the
+    interval's quality: ``interval`` (ok, unreliable, none), ``confidence``,
+    ``replicates``, ``replicates_usable`` (a replicate is usable when every
+    budget's optimum was interior), ``scatter_ratio`` (:func:`scatter_ratio`),
+    ``note`` (why unreliable or none).
     Prediction rows (``row == "prediction"``): method, quantity, budget (FLOPs),
     predicted, predicted_lo, predicted_hi (params or tokens).
     Skipped groups (``row == "skipped"``) carry the reason in ``note``.
@@ -98,16 +176,22 @@ def power_law_table(results: list[PowerLawFit | PowerLawSkipped]):
         if isinstance(result, PowerLawSkipped):
             rows.append(dict(row="skipped", method=result.group, quantity=result.quantity, note=result.reason))
             continue
+        interval = result.exponent_interval
         rows.append(dict(row="fit", method=result.group, quantity=result.quantity, coefficient=result.coefficient,
-                         exponent=result.exponent, exponent_lo=result.exponent_lo, exponent_hi=result.exponent_hi,
-                         coefficient_lo=result.coefficient_lo, coefficient_hi=result.coefficient_hi,
-                         n_budgets=result.n_budgets))
+                         exponent=result.exponent, exponent_lo=interval.low, exponent_hi=interval.high,
+                         coefficient_lo=result.coefficient_interval.low, coefficient_hi=result.coefficient_interval.high,
+                         n_budgets=result.n_budgets, interval=interval.status, confidence=interval.confidence,
+                         replicates=interval.replicates, replicates_usable=interval.usable,
+                         scatter_ratio=result.scatter_ratio, note=interval.note))
         for prediction in result.predictions:
             rows.append(dict(row="prediction", method=result.group, quantity=result.quantity, budget=prediction.budget,
-                             predicted=prediction.value, predicted_lo=prediction.value_lo,
-                             predicted_hi=prediction.value_hi))
+                             predicted=prediction.value, predicted_lo=prediction.interval.low,
+                             predicted_hi=prediction.interval.high, interval=prediction.interval.status,
+                             note=prediction.interval.note))
     columns = ["method", "quantity", "coefficient", "exponent", "exponent_lo", "exponent_hi", "n_budgets",
-               "coefficient_lo", "coefficient_hi", "row", "budget", "predicted", "predicted_lo", "predicted_hi", "note"]
+               "coefficient_lo", "coefficient_hi", "row", "budget", "predicted", "predicted_lo", "predicted_hi",
+               "interval", "confidence", "replicates", "replicates_usable", "scatter_ratio", "note"]
     table = pd.DataFrame(rows, columns=columns)
-    table["n_budgets"] = table["n_budgets"].astype("Int64")
+    for column in ("n_budgets", "replicates", "replicates_usable"):
+        table[column] = table[column].astype("Int64")
     return table

@@ -77,6 +77,19 @@ class ParabolaFit:
         return None if vertex is None else float(10.0**vertex)
 
     @property
+    def vertex_position(self) -> float | None:
+        """Where the minimum sits in the sampled log10 range: 0 at the smallest size, 1 at the largest.
+
+        0.5 is a grid centred on the optimum; values near 0 or 1 (or outside [0, 1])
+        mean the parabola is fitted mostly on one side of its minimum, where
+        approach 2's quadratic approximation of the isoFLOP curve is biased.
+        """
+        vertex = self.vertex_log10
+        if vertex is None or self.log10_max <= self.log10_min:
+            return None
+        return (vertex - self.log10_min) / (self.log10_max - self.log10_min)
+
+    @property
     def value_at_optimum(self) -> float | None:
         """Fitted metric at the minimum, or None."""
         if not self.has_optimum:
@@ -89,33 +102,102 @@ class ParabolaFit:
         return self.curvature * u**2 + self.slope * u + self.intercept
 
 
+IntervalStatus = Literal["ok", "unreliable", "none"]
+"""Quality of a bootstrap interval (see :mod:`analysis.intervals` for the rules).
+
+``ok``: a percentile interval the data support. ``unreliable``: printed, but
+marked, with the reason in ``Interval.note`` (too few distinct sizes, too few
+usable replicates, or an end that reaches the edge of what the sampled sizes
+can tell). ``none``: no interval (no bootstrap, no interior optimum, a line
+through two points...), with the reason in ``note``.
+"""
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A percentile bootstrap interval of one fitted quantity, with how many replicates it rests on.
+
+    ``low``/``high`` are in the quantity's own unit (parameters, tokens, the
+    metric, or the dimensionless exponent); NaN when ``status`` is ``none``.
+    ``usable`` counts the replicates that located the quantity (an interior
+    minimum at the budget, or at every budget of a power law) out of ``replicates``.
+    """
+
+    low: float = float("nan")
+    high: float = float("nan")
+    status: IntervalStatus = "none"
+    note: str = ""
+    confidence: float = 0.95
+    replicates: int = 0
+    usable: int = 0
+
+    @property
+    def printable(self) -> bool:
+        """True when there are bounds to print (``ok`` or ``unreliable``)."""
+        return self.status != "none"
+
+
+NO_INTERVAL = Interval(note="no bootstrap (--bootstrap 0)")
+
+
 @dataclass(frozen=True)
 class Optimum:
     """Compute-optimal allocation for one (group, budget), with bootstrap intervals.
 
     ``n_opt`` comes from the parabola in log10(params), ``d_opt`` from the
     parabola in log10(tokens); both are fit vertices, never sampled runs.
-    Intervals are percentile bootstrap intervals (resampling runs) at
-    ``confidence``; NaN when there is no optimum or no bootstrap.
+    The intervals follow the rules of :mod:`analysis.intervals`; the raw
+    replicate vertices (log10, NaN where a replicate had no interior minimum)
+    are kept for the power-law stage.
     """
 
     group: str
     budget: float
     status: FitStatus
     n_points: int
+    n_sizes: int
     params_fit: ParabolaFit
     tokens_fit: ParabolaFit
     n_opt: float | None
-    n_opt_lo: float
-    n_opt_hi: float
     d_opt: float | None
-    d_opt_lo: float
-    d_opt_hi: float
     loss_opt: float | None
-    loss_opt_lo: float
-    loss_opt_hi: float
+    n_interval: Interval = NO_INTERVAL
+    d_interval: Interval = NO_INTERVAL
+    loss_interval: Interval = NO_INTERVAL
     log10_n_opt_bootstrap: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0))
     log10_d_opt_bootstrap: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0))
+
+    @property
+    def n_opt_lo(self) -> float:
+        return self.n_interval.low
+
+    @property
+    def n_opt_hi(self) -> float:
+        return self.n_interval.high
+
+    @property
+    def d_opt_lo(self) -> float:
+        return self.d_interval.low
+
+    @property
+    def d_opt_hi(self) -> float:
+        return self.d_interval.high
+
+    def axis_fit(self, quantity: Axis) -> ParabolaFit:
+        """The parabola whose vertex is N* (``params``) or D* (``tokens``)."""
+        return self.params_fit if quantity == "params" else self.tokens_fit
+
+    def interval(self, quantity: Axis) -> Interval:
+        """The interval of N* (``params``) or D* (``tokens``)."""
+        return self.n_interval if quantity == "params" else self.d_interval
+
+    def value(self, quantity: Axis) -> float | None:
+        """N* (``params``) or D* (``tokens``), or None without an optimum."""
+        return self.n_opt if quantity == "params" else self.d_opt
+
+    def bootstrap_log10(self, quantity: Axis) -> np.ndarray:
+        """Replicate vertices (log10 N* or log10 D*), NaN where a replicate has no interior minimum."""
+        return self.log10_n_opt_bootstrap if quantity == "params" else self.log10_d_opt_bootstrap
 
 
 @dataclass(frozen=True)
@@ -124,8 +206,7 @@ class PowerLawPrediction:
 
     budget: float
     value: float
-    value_lo: float
-    value_hi: float
+    interval: Interval = NO_INTERVAL
 
 
 @dataclass(frozen=True)
@@ -135,20 +216,23 @@ class PowerLawFit:
     N*(C) = G C^a (``quantity="params"``) or D*(C) = H C^b (``"tokens"``), fitted
     as a least-squares line in log10-log10 through the per-budget optima with
     status ``ok`` (Hoffmann et al. 2022, approach 2). Intervals come from
-    bootstrapping the whole two-stage pipeline (resample runs within each
-    budget, refit parabolas, refit the line).
+    bootstrapping the whole two-stage pipeline (resample within each budget,
+    refit parabolas, refit the line; see :mod:`analysis.powerlaw`); a line through
+    two budgets gets none. ``left_out`` lists the budgets not used, with their
+    status; ``scatter_ratio`` compares the optima's scatter around the line with
+    their bootstrap variance (1: as expected; NaN: not computed).
     """
 
     group: str
     quantity: Axis
     coefficient: float
     exponent: float
-    coefficient_lo: float
-    coefficient_hi: float
-    exponent_lo: float
-    exponent_hi: float
     budgets: tuple[float, ...]
+    exponent_interval: Interval = NO_INTERVAL
+    coefficient_interval: Interval = NO_INTERVAL
     predictions: tuple[PowerLawPrediction, ...] = ()
+    left_out: tuple[str, ...] = ()
+    scatter_ratio: float = float("nan")
     bootstrap_log10_coefficient: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0))
     bootstrap_exponent: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0))
 
@@ -156,6 +240,19 @@ class PowerLawFit:
     def n_budgets(self) -> int:
         """Number of budgets the line was fitted through."""
         return len(self.budgets)
+
+    @property
+    def through_two_points(self) -> bool:
+        """True when the line passes exactly through two budgets' optima (no residual, no interval)."""
+        return self.n_budgets == 2
+
+    @property
+    def exponent_lo(self) -> float:
+        return self.exponent_interval.low
+
+    @property
+    def exponent_hi(self) -> float:
+        return self.exponent_interval.high
 
     def evaluate(self, budget: np.ndarray) -> np.ndarray:
         """Fitted optimum at budgets in FLOPs."""
@@ -173,11 +270,16 @@ class PowerLawSkipped:
 
 @dataclass(frozen=True)
 class Approach3Fit:
-    """L(N, D) = E + A / N**alpha + B / D**beta (Hoffmann et al. 2022, approach 3, App. D.2).
+    """L(N, D) = E + A / N**alpha + B / D**beta (Hoffmann et al. 2022, approach 3).
 
-    Fitted with a Huber loss (``huber_delta``) on log loss by L-BFGS from a grid
-    of initialisations. The implied compute-optimal allocation under C = 6 N D is
-    N*(C) = G (C/6)^a, D*(C) = (1/G) (C/6)^b with G = (alpha A / (beta B))^(1/(alpha+beta)),
+    ``method`` says how it was fitted: ``vpnls`` (variable projection: for fixed
+    (alpha, beta) the loss is linear in (E, A, B) >= 0, solved exactly by
+    non-negative least squares, leaving a 2-D search; see :mod:`analysis.vpnls`)
+    or ``lbfgs`` (Huber loss with ``huber_delta`` on log loss, L-BFGS over all five
+    parameters from a grid, as in Hoffmann et al. App. D.2; :mod:`analysis.approach3`).
+    ``objective`` is that method's own objective at the optimum. The implied
+    compute-optimal allocation under C = 6 N D is N*(C) = G (C/6)^a,
+    D*(C) = (1/G) (C/6)^b with G = (alpha A / (beta B))^(1/(alpha+beta)),
     a = beta / (alpha + beta), b = alpha / (alpha + beta).
     """
 
@@ -189,8 +291,9 @@ class Approach3Fit:
     beta: float
     objective: float
     n_points: int
-    huber_delta: float
     converged: bool
+    method: str = "vpnls"
+    huber_delta: float | None = None
 
     @property
     def params_exponent(self) -> float:

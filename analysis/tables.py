@@ -3,82 +3,92 @@
 ``table_perplexity``: for every (budget, method), the perplexity on each
 evaluation dataset of the compute-optimal run. The run is the sampled run
 nearest in log10(params) to the fitted optimum N* (the table reports measured
-perplexities, so it needs a run that exists); without a fitted optimum the
-run with the lowest fitted metric stands in, and the ``selection`` column says so.
+values, so it needs a run that exists); the ``selection`` column says how the
+run was chosen, including when N* was extrapolated past the sampled sizes (the
+nearest run is then at the edge) and when there is no optimum (the run with
+the lowest metric stands in). For a CSV whose loss unit is unknown, the same
+table shows the loss (``table_loss``): a perplexity needs a loss in nats.
 
 ``table_usage``: expert usage (%, share of experts that received at least one
 token) and unevenness (KL divergence of the routing distribution to uniform),
 as in He 2024 Table 2, per configuration and budget: the mean over the
 configuration's completed runs, with ``n_runs``.
+
+Tables hold numbers (budgets as floats, counts as integers); the writers
+format them: budgets as ``6e18`` in Markdown and CSV and ``$6\\times10^{18}$``
+in LaTeX (through pandas' ``Styler.to_latex``), counts as integers.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from analysis.formatting import MISSING, budget_latex, budget_text, number_text
 from analysis.records import Optimum
 
 CONFIG_COLUMNS = ("ffw_family", "ffw_n_experts", "ffw_n_heads", "ffw_top_k", "ffw_query_batchnorm")
 
 
-def _format_cell(value: object) -> str:
-    """Numbers with 4 significant digits, missing values as an en dash."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, (float, np.floating)):
-        return f"{float(value):.4g}"
-    return str(value)
+def _text_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Every cell as the text a reader sees (budgets as 6e18, counts as integers)."""
+    shown = table.copy().astype(object)
+    for column in table.columns:
+        formatter = budget_text if column == "budget" else number_text
+        shown[column] = [formatter(value) if not (column == "budget" and pd.isna(value)) else MISSING
+                         for value in table[column]]
+    return shown
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table (numbers with 4 significant digits)."""
-    header = "| " + " | ".join(map(str, table.columns)) + " |"
-    rule = "|" + "|".join("---" for _ in table.columns) + "|"
-    body = ["| " + " | ".join(_format_cell(value) for value in row) + " |" for row in table.itertuples(index=False)]
+    """A GitHub-flavoured Markdown table (budgets as 6e18, counts as integers, other numbers to 4 digits)."""
+    shown = _text_table(table)
+    header = "| " + " | ".join(map(str, shown.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in shown.columns) + "|"
+    body = ["| " + " | ".join(str(value).replace("|", "\\|") for value in row) + " |" for row in shown.itertuples(index=False)]
     return "\n".join([header, rule, *body]) + "\n"
 
 
-def _latex_escape(text: str) -> str:
-    for character, replacement in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"), ("$", r"\$")):
-        text = text.replace(character, replacement)
-    return text
+def to_latex(table: pd.DataFrame, caption: str) -> str:
+    """A booktabs LaTeX table through pandas' Styler (cells and headers escaped; budgets as $6\\times10^{18}$).
+
+    ``caption`` is written as given: LaTeX's special characters are for the caller to avoid.
+    """
+    formatters = {column: (budget_latex if column == "budget" else number_text) for column in table.columns}
+    styler = (table.style.hide(axis="index").format(formatters, escape="latex", na_rep=MISSING)
+              .format_index(escape="latex", axis=1))
+    alignment = "".join("r" if pd.api.types.is_numeric_dtype(table[column]) else "l" for column in table.columns)
+    return styler.to_latex(caption=caption, hrules=True, position="t", position_float="centering",
+                           column_format=alignment, environment="table")
 
 
-def to_latex(table: pd.DataFrame, caption: str, group_column: str | None = None) -> str:
-    """A booktabs LaTeX table; a rule separates blocks of ``group_column`` (e.g. budgets, as in He 2024 Table 1)."""
-    alignment = "l" * 2 + "r" * max(0, len(table.columns) - 2)
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_latex_escape(caption)}}}",
-             rf"\begin{{tabular}}{{{alignment}}}", r"\toprule",
-             " & ".join(_latex_escape(str(column)) for column in table.columns) + r" \\", r"\midrule"]
-    previous = None
-    for row in table.itertuples(index=False):
-        record = dict(zip(table.columns, row))
-        if group_column is not None and previous is not None and record[group_column] != previous:
-            lines.append(r"\midrule")
-        previous = record.get(group_column) if group_column else None
-        lines.append(" & ".join(_latex_escape(_format_cell(value)) for value in row) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
-
-
-def write_table(table: pd.DataFrame, stem: Path, caption: str, group_column: str | None = None) -> list[Path]:
+def write_table(table: pd.DataFrame, stem: Path, caption: str) -> list[Path]:
     """Write ``stem``.md, .tex and .csv; returns the paths."""
     paths = [stem.with_suffix(".md"), stem.with_suffix(".tex"), stem.with_suffix(".csv")]
     paths[0].write_text(to_markdown(table))
-    paths[1].write_text(to_latex(table, caption, group_column))
-    table.to_csv(paths[2], index=False)
+    paths[1].write_text(to_latex(table, caption))
+    table.assign(**({"budget": table["budget"].map(budget_text)} if "budget" in table else {})).to_csv(paths[2], index=False)
     return paths
 
 
-def perplexity_table(runs: pd.DataFrame, optima: list[Optimum]) -> pd.DataFrame:
-    """He 2024 Table 1: perplexity of each method's compute-optimal run on each evaluation dataset, by budget."""
-    perplexity_columns = [c for c in runs.columns if c.startswith("eval_") and c.endswith("_perplexity")] or ["perplexity"]
+def _selection(optimum: Optimum) -> str:
+    """How the compute-optimal run was picked, in words."""
+    status = optimum.params_fit.status
+    if status == "ok":
+        return "nearest to fitted N*"
+    if status == "vertex_outside_range":
+        return "N* extrapolated past the sampled sizes: nearest sampled run, at the edge"
+    return f"lowest sampled metric ({status}: no optimum)"
+
+
+def optimal_run_table(runs: pd.DataFrame, optima: list[Optimum], value_columns: dict[str, str],
+                      group_header: str = "method") -> pd.DataFrame:
+    """He 2024 Table 1: per budget and group, ``value_columns`` (table name → runs column) of the compute-optimal run.
+
+    ``group_header`` names the group column (``method`` for a sweep, ``group`` for CSV groups).
+    """
     rows = []
     for optimum in sorted(optima, key=lambda o: (o.budget, o.group)):
         points = runs[(runs["method"] == optimum.group) & (runs["budget"] == optimum.budget)]
@@ -86,19 +96,24 @@ def perplexity_table(runs: pd.DataFrame, optima: list[Optimum]) -> pd.DataFrame:
             continue
         if optimum.n_opt is not None:
             index = (np.log10(points["params"]) - np.log10(optimum.n_opt)).abs().idxmin()
-            selection = "nearest to fitted N*"
         else:
             index = points["metric"].idxmin()
-            selection = f"lowest sampled ({optimum.params_fit.status})"
         run = points.loc[index]
-        row: dict[str, object] = {"budget": f"{optimum.budget:.3g}", "method": optimum.group, "run_id": run["run_id"],
+        row: dict[str, object] = {"budget": optimum.budget, group_header: optimum.group, "run_id": run["run_id"],
                                   "params": float(run["params"])}
-        for column in perplexity_columns:
-            name = column.removeprefix("eval_").removesuffix("_perplexity")
-            row[name] = float(run[column])
-        row["selection"] = selection
+        row.update({name: float(run[column]) for name, column in value_columns.items()})
+        row["selection"] = _selection(optimum)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def perplexity_columns(runs: pd.DataFrame) -> dict[str, str]:
+    """Evaluation sets with a perplexity: table name → runs column (eval_<name>_perplexity, else perplexity)."""
+    columns = {column.removeprefix("eval_").removesuffix("_perplexity"): column
+               for column in runs.columns if column.startswith("eval_") and column.endswith("_perplexity")}
+    if columns:
+        return columns
+    return {"perplexity": "perplexity"} if runs["perplexity"].notna().all() else {}
 
 
 def usage_table(runs: pd.DataFrame) -> pd.DataFrame | None:
@@ -107,12 +122,15 @@ def usage_table(runs: pd.DataFrame) -> pd.DataFrame | None:
         return None
     routed = runs[runs["expert_usage"].notna()].copy()
     keys = ["method", *[c for c in CONFIG_COLUMNS if c in routed.columns], "budget"]
-    for key in keys:
-        routed[key] = routed[key].astype(str).where(routed[key].notna(), "–")
+    for key in keys[:-1]:
+        values = routed[key]
+        if pd.api.types.is_float_dtype(values) and np.all(np.isnan(values) | (values == np.round(values))):
+            routed[key] = values.astype("Int64")  # counts such as experts or heads, not 8.0
     aggregations = {"expert_usage": "mean", "run_id": "count"}
     if "routing_unevenness" in routed.columns:
         aggregations["routing_unevenness"] = "mean"
-    table = routed.groupby(keys, sort=True).agg(aggregations).reset_index()
+    table = routed.groupby(keys, sort=True, dropna=False).agg(aggregations).reset_index()
+    table["budget"] = table["budget"].astype(float)
     table["expert_usage"] = 100.0 * table["expert_usage"]
     table = table.rename(columns={"expert_usage": "expert_usage_percent", "routing_unevenness": "unevenness",
                                   "run_id": "n_runs"})

@@ -7,7 +7,9 @@ Layout under ``<run_dir>/checkpoints/``::
 
 The state holds the model, the optimizer(s), the step (the learning-rate
 schedule is a pure function of it), the data position, the RNG states
-(python, numpy, torch CPU and CUDA) and the running totals of the loop.
+(python, numpy, torch CPU and CUDA: :func:`random_generator_states`) and the
+running totals of the loop. :func:`load_for_resume` reads it in every process
+of a (multi-process) run.
 
 Writing is atomic: everything goes into ``step_N.tmp-<pid>/``, is fsynced, and
 the folder is renamed to ``step_N/`` last, so a crash leaves either a complete
@@ -26,13 +28,16 @@ import hashlib
 import io
 import json
 import os
+import random
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from isoflop.distributed import DistributedContext
 from isoflop.errors import UserError
 
 CHECKPOINT_FORMAT = 1
@@ -146,3 +151,35 @@ def load_latest(run_dir: Path, run_id: str, map_location: str | torch.device = "
         raise UserError(f"checkpoint {bad} is unusable ({reason}) and no earlier good one exists; "
                         f"delete {root} to restart the run from step 0")
     return None
+
+
+def load_for_resume(run_dir: Path, run_id: str, context: DistributedContext) -> dict[str, Any] | None:
+    """The newest good checkpoint of the run (see :func:`load_latest`), or None.
+
+    The main rank reads first and is the only one to tidy the folder (leftover
+    ``.tmp`` folders, corrupt checkpoints set aside); the other ranks read after
+    a barrier, so no rank sees a folder another one is renaming. The barrier is
+    passed even when the main rank fails, so the others fail too instead of waiting.
+    """
+    if not context.is_main:
+        context.barrier()
+        return load_latest(run_dir, run_id, map_location=context.device, clean_up=False)
+    try:
+        return load_latest(run_dir, run_id, map_location=context.device)
+    finally:
+        context.barrier()
+
+
+def random_generator_states() -> dict:
+    """Python, numpy, torch CPU and CUDA random states."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_random_generator_states(states: dict) -> None:
+    """Put back the states :func:`random_generator_states` returned."""
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+from types import ModuleType
 
+from isoflop.commands.common import OneLineArgumentParser, parse_command_line
 from isoflop.errors import UserError
 
 # name -> (module defining add_arguments/run, one-line help)
@@ -24,14 +27,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("analysis.command", "fit isoFLOP parabolas and power laws; write figures and tables"),
     "study": ("isoflop.commands.study", "plan, train and analyse a whole study, following progress"),
     "bench": ("isoflop.commands.bench", "benchmarks: kernels, layers"),
+    "gpu-acceptance": ("isoflop.commands.gpu_acceptance",
+                       "check a CUDA machine in minutes: GPU tests, bf16 training, kernel benchmarks"),
 }
-
-
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """argparse, but a usage error is a single line naming the fix."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
 
 
 def _top_level_parser() -> argparse.ArgumentParser:
@@ -48,6 +46,15 @@ def _top_level_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_parser(name: str) -> tuple[ModuleType, argparse.ArgumentParser]:
+    """The module of command ``name`` and its parser (imports only that module)."""
+    module_name, help_text = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = OneLineArgumentParser(prog=f"isoflop {name}", description=help_text)
+    module.add_arguments(parser)
+    return module, parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``isoflop`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -59,21 +66,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.parse_args(argv)
         return 0
     name = argv[0]
-    module_name, help_text = COMMANDS[name]
     prog = f"isoflop {name}"
     try:
-        module = importlib.import_module(module_name)
+        module, parser = command_parser(name)
     except ModuleNotFoundError as error:
-        if error.name and module_name.startswith(error.name):
+        if error.name and COMMANDS[name][0].startswith(error.name):
             print(f"{prog}: error: this command is not available in this installation", file=sys.stderr)
             return 2
         raise
-    parser = OneLineArgumentParser(prog=prog, description=help_text)
-    module.add_arguments(parser)
-    # KEY=VALUE overrides may follow any flag (`submit --dry-run cluster=slurm`);
-    # argparse's intermixed parsing allows that but not REMAINDER arguments.
-    takes_remainder = any(action.nargs == argparse.REMAINDER for action in parser._actions)
-    args = parser.parse_args(argv[1:]) if takes_remainder else parser.parse_intermixed_args(argv[1:])
+    args = parse_command_line(parser, argv[1:])
     try:
         return int(module.run(args) or 0)
     except UserError as error:
@@ -82,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # whoever read stdout stopped (`| head`): end quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

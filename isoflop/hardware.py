@@ -58,12 +58,18 @@ def measured_cpu_peak_flops(sizes: tuple[int, ...] = (256, 512, 1024), seconds_p
     over ``sizes`` and repeated timings of about ``seconds_per_size`` each; cached
     per process. The best rate is the estimate because other load on the
     machine only ever slows a timing down (it still may underestimate on a busy
-    machine)."""
+    machine).
+
+    The operands come from a private generator: the global random state is left
+    as it was, so measuring (e.g. right after a checkpoint restored the state)
+    never shifts a run's random numbers."""
     import torch
 
+    generator = torch.Generator().manual_seed(0)
     best_rate = 0.0
     for size in sizes:
-        left, right = torch.randn(size, size), torch.randn(size, size)
+        left = torch.randn(size, size, generator=generator)
+        right = torch.randn(size, size, generator=generator)
         torch.mm(left, right)  # warm-up
         deadline = time.perf_counter() + seconds_per_size
         while True:

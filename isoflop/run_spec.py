@@ -1,7 +1,8 @@
 """RunSpec: everything one training job needs, frozen and fully resolved.
 
 A RunSpec pickles cleanly for submitit and round-trips through ``run.json``
-(:meth:`RunSpec.to_dict` / :meth:`RunSpec.from_dict`). Its ``run_id`` is a
+(:meth:`RunSpec.write` / :meth:`RunSpec.read`, versioned as
+:mod:`isoflop.record_format` describes). Its ``run_id`` is a
 readable prefix plus a hash of the rest of the spec, so the same planned run
 always gets the same id and any change to it gets a new one. Torch-free.
 """
@@ -11,8 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
+from isoflop.atomic_files import write_json_atomic
+from isoflop.errors import UserError
+from isoflop.record_format import RecordError, check_version
 from isoflop.study_config import DataConfig, TrainConfig
 from models.config import ModelConfig
 
@@ -91,13 +96,41 @@ class RunSpec:
         return values
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "RunSpec":
-        """Inverse of :meth:`to_dict`; raises KeyError/TypeError on a malformed dict."""
+    def from_dict(cls, values: dict[str, Any], source: str = "run.json") -> "RunSpec":
+        """Inverse of :meth:`to_dict`; raises KeyError/TypeError on a malformed dict and
+        :class:`~isoflop.record_format.RecordError` on a version this isoflop does not read."""
+        check_version(values, "run spec", RUN_SPEC_VERSION, source)
         values = dict(values)
         values["model"] = ModelConfig.from_dict(values["model"])
         values["train"] = TrainConfig(**values["train"])
         values["data"] = DataConfig(**values["data"])  # it converts its eval_datasets dicts itself
         return cls(**values)
+
+    def write(self, path: Path) -> None:
+        """``run.json`` atomically."""
+        write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def read(cls, path: Path) -> "RunSpec":
+        """The spec of a ``run.json``; a missing, unreadable or malformed file is a UserError."""
+        if not path.is_file():
+            raise UserError(f"{path}: no such file; pass a run directory written by 'isoflop submit'")
+        try:
+            values = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise UserError(f"{path} is not readable JSON ({str(error).splitlines()[0]}); "
+                            "restore it or re-create the sweep with 'isoflop submit'") from None
+        try:
+            if not isinstance(values, dict):
+                raise TypeError("the top level is not an object")
+            return cls.from_dict(values, str(path))
+        except RecordError:
+            raise
+        except UserError as error:  # a config's own validation
+            raise UserError(f"{path}: {error.message}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise UserError(f"{path} is not a valid run spec ({type(error).__name__}: {error}); "
+                            "re-create it with 'isoflop submit'") from None
 
     def content_hash(self) -> str:
         """Hash of everything but the run_id (8 hex digits)."""

@@ -2,7 +2,8 @@
 
 One call asks each scheduler once: a single ``sacct`` for every SLURM job id
 (plus one ``squeue`` only for ids that ``sacct`` does not know yet; it lags
-the controller by a few seconds), one scan of ``/proc`` for local jobs.
+the controller by a few seconds), and for local jobs a look at each
+controller process (psutil).
 The run's own files (``result.json``, ``jobs.jsonl``, ``metrics.jsonl``)
 then decide the state shown by ``isoflop status``. Torch-free.
 """
@@ -15,7 +16,10 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
-from isoflop.sweep_dir import SweepDir, last_submission
+import psutil
+
+from isoflop.run_records import JobEvent, PlanRow, RunResult
+from isoflop.sweep_dir import RunDir, SweepDir, last_submission
 
 LIVE = ("pending", "running", "preempted")
 TERMINAL = ("completed", "diverged", "failed", "cancelled")
@@ -82,38 +86,26 @@ def slurm_states(job_ids: Iterable[str]) -> dict[str, str]:
     return {job_id: states[job_id] for job_id in job_ids if job_id in states}
 
 
-def proc_stat_fields(pid: int | str) -> list[str] | None:
-    """Fields of ``/proc/<pid>/stat`` after the command name (state first, then the
-    parent pid, see proc(5)), or None if there is no such process."""
-    try:
-        with open(f"/proc/{int(pid)}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def local_job_alive(job_id: str) -> bool:
-    """Whether the local job's controller process (pid ``job_id``) still runs."""
-    fields = proc_stat_fields(job_id)
-    if not fields or fields[0] in ("Z", "X"):
-        return False
+    """Whether the local job's controller process (pid ``job_id``) still runs: it
+    exists, is no zombie, and is submitit's (a reused pid is someone else's)."""
     try:
-        with open(f"/proc/{int(job_id)}/cmdline", "rb") as handle:
-            return b"submitit" in handle.read()
-    except OSError:
+        process = psutil.Process(int(job_id))
+        return process.status() != psutil.STATUS_ZOMBIE and "submitit" in " ".join(process.cmdline())
+    except (ValueError, psutil.Error):  # not a pid; gone; a zombie; not ours to look at
         return False
 
 
-def scheduler_view(submissions: list[dict[str, Any]]) -> dict[str, str]:
+def scheduler_view(submissions: list[JobEvent]) -> dict[str, str]:
     """Scheduler view (pending/running/preempted/ended/failed/cancelled/unknown) by job id.
 
-    ``submissions`` are ``submitted`` records of jobs.jsonl; each executor is asked once.
+    ``submissions`` are ``submitted`` events of jobs.jsonl; each executor is asked once.
     """
     view: dict[str, str] = {}
-    slurm_ids = [record["job_id"] for record in submissions if record.get("executor") == "slurm"]
+    slurm_ids = [record.job_id for record in submissions if record.executor == "slurm"]
     raw = slurm_states(slurm_ids)
     for record in submissions:
-        job_id, executor = record["job_id"], record.get("executor")
+        job_id, executor = record.job_id, record.executor
         if executor == "slurm":
             view[job_id] = SLURM_STATES.get(raw.get(job_id, ""), "unknown")
         elif executor == "local":
@@ -143,31 +135,55 @@ class RunStatus:
         return asdict(self)
 
 
-def run_state(result: dict[str, Any] | None, events: list[dict[str, Any]], submission: dict[str, Any] | None,
+def run_state(result: RunResult | None, events: list[JobEvent], submission: JobEvent | None,
               view: str | None, now: float) -> str:
-    """The state of one run from its result.json, its jobs.jsonl records, its last
+    """The state of one run from its result.json, its jobs.jsonl events, its last
     submission and the scheduler's view of that job."""
     if result is not None:
-        status = result.get("status")
-        return status if status in ("completed", "diverged") else "failed"
+        return result.status
     if submission is None:
         return "planned"
-    job_id = submission["job_id"]
-    events = [event.get("event") for event in events
-              if event.get("job_id") == job_id and event.get("time", 0) >= submission.get("time", 0)]
-    if view in ("pending", "running") and submission.get("executor") == "local":
-        view = "running" if "started" in events else "pending"
-    if view == "pending" and "checkpointed" in events:
+    since_submission = [event.event for event in events
+                        if event.job_id == submission.job_id and event.time >= submission.time]
+    if view in ("pending", "running") and submission.executor == "local":
+        view = "running" if "started" in since_submission else "pending"
+    if view == "pending" and "checkpointed" in since_submission:
         return "preempted"
-    if view == "running" and events and events[-1] == "checkpointed":
+    if view == "running" and since_submission and since_submission[-1] == "checkpointed":
         return "preempted"
     if view in LIVE:
         return view
-    if "cancelled" in events or view == "cancelled":
+    if "cancelled" in since_submission or view == "cancelled":
         return "cancelled"
-    if view == "unknown" and now - float(submission.get("time", 0)) < SUBMISSION_GRACE_S:
+    if view == "unknown" and now - submission.time < SUBMISSION_GRACE_S:
         return "pending"
     return "failed"
+
+
+def _number(value: Any) -> float | None:
+    """A metrics value if it is a number (a hand-edited or damaged line may hold anything)."""
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def run_status(run: RunDir, planned: PlanRow | None, events: list[JobEvent], submission: JobEvent | None,
+               view: str | None, now: float) -> RunStatus:
+    """One run's row of ``isoflop status``: its state, and its progress from the
+    last training line of metrics.jsonl (or its result)."""
+    result = run.result()
+    state = run_state(result, events, submission, view, now)
+    steps = planned.steps if planned else 0
+    metrics = run.last_metrics() or {}
+    step = int(_number(metrics.get("step")) or 0)
+    if result is not None:
+        step = result.steps
+    loss = _number(metrics.get("loss"))
+    return RunStatus(
+        run_id=run.run_id, method=planned.method if planned else "?",
+        budget_flops=planned.budget if planned else 0.0, n_params=planned.n_params_total if planned else 0,
+        state=state, step=step, steps=steps,
+        progress=1.0 if state == "completed" else (min(1.0, step / steps) if steps else 0.0),
+        last_loss=float(loss) if loss is not None else None,
+        job_id=submission.job_id if submission else None, executor=submission.executor if submission else None)
 
 
 def sweep_status(sweep: SweepDir) -> list[RunStatus]:
@@ -175,26 +191,12 @@ def sweep_status(sweep: SweepDir) -> list[RunStatus]:
     plan = sweep.plan_rows()
     runs = list(sweep.runs(plan))
     events = {run.run_id: run.events() for run in runs}
-    submissions = {run_id: last_submission(records) for run_id, records in events.items()}
-    view = scheduler_view([record for record in submissions.values() if record is not None])
+    submissions = {run_id: last_submission(run_events) for run_id, run_events in events.items()}
+    view = scheduler_view([event for event in submissions.values() if event is not None])
     now = time.time()
     rows = []
     for run in runs:
-        row = plan.get(run.run_id, {})
         submission = submissions[run.run_id]
-        job_id = submission["job_id"] if submission else None
-        result = run.result()
-        state = run_state(result, events[run.run_id], submission, view.get(job_id) if job_id else None, now)
-        steps = int(float(row.get("steps", 0) or 0))
-        metrics = run.last_metrics() or {}
-        step = int(metrics.get("step", 0))
-        if state in ("completed", "diverged") and result is not None:
-            step = int(result.get("steps", step) or step)
-        loss = metrics.get("loss")
-        progress = 1.0 if state == "completed" else (min(1.0, step / steps) if steps else 0.0)
-        rows.append(RunStatus(
-            run_id=run.run_id, method=row.get("method", "?"), budget_flops=float(row.get("budget", 0) or 0),
-            n_params=int(float(row.get("n_params_total", 0) or 0)), state=state, step=step, steps=steps,
-            progress=progress, last_loss=float(loss) if loss is not None else None, job_id=job_id,
-            executor=submission.get("executor") if submission else None))
+        job_view = view.get(submission.job_id) if submission else None
+        rows.append(run_status(run, plan.get(run.run_id), events[run.run_id], submission, job_view, now))
     return rows

@@ -1,9 +1,11 @@
 """Submitting runs through submitit: executors, the code snapshot, the job.
 
 Every run becomes one :class:`RunJob`, a ``submitit.helpers.Checkpointable``:
-on preemption or timeout, submitit calls :meth:`RunJob.checkpoint`, which
-saves the run in progress (``isoflop.train.checkpoint_active_run``) and
-requeues the same job; the requeued job resumes from ``checkpoints/``.
+on preemption or timeout, submitit's signal handler calls
+:meth:`RunJob.checkpoint`, which saves the run in progress
+(:func:`isoflop.preemption.checkpoint_active_run`; the trainer holds the
+signal until the step in flight has finished) and requeues the same job; the
+requeued job resumes from ``checkpoints/``.
 Timeouts are requeued at most ``cluster.max_requeues`` times (submitit's
 ``max_num_timeout``); preemptions always are.
 
@@ -31,8 +33,10 @@ import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission
 
 from isoflop.errors import UserError
+from isoflop.preemption import checkpoint_active_run
+from isoflop.run_records import JobEvent, RunResult
 from isoflop.study_config import ClusterConfig
-from isoflop.sweep_dir import JobRecord, RunDir, SweepDir, append_jsonl
+from isoflop.sweep_dir import RunDir, SweepDir
 
 SNAPSHOT_PACKAGES = ("isoflop", "models", "kernels")
 SLOT_POLL_SECONDS = 0.5
@@ -104,14 +108,14 @@ class RunJob(Checkpointable):
         self.slots_dir = slots_dir
         self.max_parallel = max_parallel
 
-    def __call__(self) -> dict[str, Any]:
+    def __call__(self) -> RunResult:
         run = RunDir(Path(self.run_dir))
         slot = self._acquire_slot()
         rank = _global_rank()
         job_id = _job_id(self.in_process_job_id)
         if rank == 0:
-            run.record_event("started", job_id=job_id, host=socket.gethostname(), pid=os.getpid(),
-                             code=str(Path(__file__).resolve().parents[1]))
+            run.record_event(JobEvent.now("started", job_id=job_id, host=socket.gethostname(), pid=os.getpid(),
+                                          code=str(Path(__file__).resolve().parents[1])))
             self._link_logs(run)
         try:
             if _in_submitit_job() and submitit.JobEnvironment().num_tasks > 1:
@@ -125,23 +129,22 @@ class RunJob(Checkpointable):
                 # A preempting scheduler may requeue the job itself first, so that
                 # submitit's own `scontrol requeue` is refused: not a failure of the run.
                 refused = isinstance(error, subprocess.CalledProcessError) and "requeue" in error.cmd
-                run.record_event("requeue_refused" if refused else "failed",
-                                 job_id=job_id, error=f"{type(error).__name__}: {error}"[:500])
+                run.record_event(JobEvent.now("requeue_refused" if refused else "failed", job_id=job_id,
+                                              error=f"{type(error).__name__}: {error}"[:500]))
             raise
         finally:
             if slot is not None:
                 slot.close()
         if rank == 0:
-            run.record_event("finished", job_id=job_id, status=(result or {}).get("status"))
+            run.record_event(JobEvent.now("finished", job_id=job_id, status=result.status))
         return result
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
         """Save the run in progress, then requeue this same job (submitit's hook)."""
-        from isoflop import train
-
-        saved = train.checkpoint_active_run()
+        saved = checkpoint_active_run()
         if _global_rank() == 0:
-            RunDir(Path(self.run_dir)).record_event("checkpointed", job_id=_job_id(self.in_process_job_id), saved=bool(saved))
+            RunDir(Path(self.run_dir)).record_event(
+                JobEvent.now("checkpointed", job_id=_job_id(self.in_process_job_id), saved=saved))
         return super().checkpoint(*args, **kwargs)
 
     def _acquire_slot(self):  # noqa: ANN202 - an open file holding an flock
@@ -254,7 +257,7 @@ def _standard_streams_closed_to_children():  # noqa: ANN202 - a context manager
 
 
 def submit_runs(cluster: ClusterConfig, sweep: SweepDir, runs: list[tuple[RunDir, dict[str, Any]]]
-                ) -> list[JobRecord]:
+                ) -> list[JobEvent]:
     """Submit one job per (run folder, spec dict); SLURM gets a single job array.
 
     Each submission is appended to the run's ``jobs.jsonl`` as soon as its job
@@ -277,30 +280,34 @@ def submit_runs(cluster: ClusterConfig, sweep: SweepDir, runs: list[tuple[RunDir
             submitit.core.utils.FailedJobError, OSError) as error:
         raise UserError(f"the scheduler refused the jobs: {_scheduler_error(error)}; check the cluster "
                         "settings (cluster.partition, account, qos, ...) in conf/cluster/") from None
-    records = []
+    submissions = []
     for (run, _), job in zip(runs, jobs):
-        record = JobRecord(job_id=str(job.job_id), executor=cluster.executor, submitted_at=time.time(),
-                           code_hash=code_hash, isoflop_version=package_version())
-        append_jsonl(run.jobs_jsonl, record.to_dict())
-        records.append(record)
-    return records
+        submission = _submitted(str(job.job_id), cluster.executor, code_hash)
+        run.record_event(submission)
+        submissions.append(submission)
+    return submissions
+
+
+def _submitted(job_id: str, executor: str, code_hash: str) -> JobEvent:
+    """The ``submitted`` event of a job that runs the snapshot ``code_hash``."""
+    return JobEvent.now("submitted", job_id=job_id, executor=executor, code_hash=code_hash,
+                        isoflop_version=package_version())
 
 
 def _run_in_process(sweep: SweepDir, runs: list[tuple[RunDir, dict[str, Any]]], code_hash: str
-                    ) -> list[JobRecord]:
+                    ) -> list[JobEvent]:
     """The ``debug`` executor: every run in this process, one after another.
 
     It runs the checkout's code (not the snapshot); a failing run is recorded
     as failed and the next one starts.
     """
-    records = []
+    submissions = []
     for index, (run, spec) in enumerate(runs):
-        record = JobRecord(job_id=f"debug-{os.getpid()}-{int(time.time())}-{index}", executor="debug",
-                           submitted_at=time.time(), code_hash=code_hash, isoflop_version=package_version())
-        append_jsonl(run.jobs_jsonl, record.to_dict())
-        records.append(record)
+        submission = _submitted(f"debug-{os.getpid()}-{int(time.time())}-{index}", "debug", code_hash)
+        run.record_event(submission)
+        submissions.append(submission)
         try:
-            RunJob(spec, str(run.path), in_process_job_id=record.job_id)()
+            RunJob(spec, str(run.path), in_process_job_id=submission.job_id)()
         except Exception:  # noqa: BLE001 - recorded in jobs.jsonl; the next run still trains
             pass
-    return records
+    return submissions

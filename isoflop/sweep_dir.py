@@ -16,129 +16,32 @@
         logs/                links to this run's job stdout/stderr
 ```
 
-Every file is written atomically (a temporary file in the same folder, then
-``os.replace``); ``jobs.jsonl`` is appended one line per ``write`` on an
-``O_APPEND`` descriptor, so a reader never sees half a record. Torch-free.
+Each file has one typed record that writes and reads it: ``plan.csv`` rows
+are :class:`~isoflop.run_records.PlanRow`, ``jobs.jsonl`` lines
+:class:`~isoflop.run_records.JobEvent`, ``result.json``
+:class:`~isoflop.run_records.RunResult`, ``run.json``
+:class:`~isoflop.run_spec.RunSpec`. Files are replaced atomically and
+``jobs.jsonl`` is appended one line per write (:mod:`isoflop.atomic_files`).
+Torch-free.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
-import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from isoflop.atomic_files import write_atomic, write_json_atomic
 from isoflop.errors import UserError
+from isoflop.run_records import JobEvent, PlanRow, RunResult
 
 MARKER = "sweep.json"
 
 
-def _umask() -> int:
-    """The process's file-creation mask (read by setting it and putting it back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so readers see the old or the new file, never a part.
-
-    The file gets the usual permissions (0666 less the umask), not the 0600 of a
-    temporary file, so a team sharing a sweep directory can read it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(descriptor, 0o666 & ~_umask())
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: Path, value: Any) -> None:
-    """:func:`write_atomic` of ``value`` as indented JSON."""
-    write_atomic(path, json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line with a single ``write`` (atomic for lines this short)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(record, sort_keys=True, default=str) + "\n").encode()
-    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(descriptor, line)
-    finally:
-        os.close(descriptor)
-
-
-def csv_text(rows: list[dict[str, Any]]) -> str:
-    """CSV with a header of the first row's keys (empty text for no rows)."""
-    buffer = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Records of a JSON-lines file; a torn last line (a crash mid-write) is skipped."""
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON file's object, or None if it is missing or unreadable."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-@dataclass(frozen=True)
-class JobRecord:
-    """One submission of a run: which scheduler job ran it, where and when.
-
-    Attributes:
-        job_id: the scheduler's id (SLURM ``123_4`` for array task 4; the
-            controller's pid for local jobs; ``debug-<time>`` in-process).
-        executor: debug | local | slurm.
-        submitted_at: UNIX time of the submission.
-        code_hash: the code snapshot the job imports (``code/<hash>/``).
-        isoflop_version: the package version at submission.
-    """
-
-    job_id: str
-    executor: str
-    submitted_at: float
-    code_hash: str
-    isoflop_version: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"event": "submitted", "job_id": self.job_id, "executor": self.executor,
-                "time": self.submitted_at, "code_hash": self.code_hash,
-                "isoflop_version": self.isoflop_version}
-
-
-def last_submission(events: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The newest ``submitted`` record among a run's jobs.jsonl ``events``, or None."""
-    submissions = [event for event in events if event.get("event") == "submitted"]
+def last_submission(events: list[JobEvent]) -> JobEvent | None:
+    """The newest ``submitted`` event among a run's ``events``, or None."""
+    submissions = [event for event in events if event.event == "submitted"]
     return submissions[-1] if submissions else None
 
 
@@ -155,17 +58,17 @@ class RunDir:
     result_json = property(lambda self: self.path / "result.json")
     logs = property(lambda self: self.path / "logs")
 
-    def result(self) -> dict[str, Any] | None:
+    def result(self) -> RunResult | None:
         """result.json, or None while the run has not ended."""
-        return read_json(self.result_json)
+        return RunResult.read(self.result_json)
 
-    def events(self) -> list[dict[str, Any]]:
-        """Every record of jobs.jsonl, oldest first."""
-        return read_jsonl(self.jobs_jsonl)
+    def events(self) -> list[JobEvent]:
+        """Every event of jobs.jsonl, oldest first."""
+        return JobEvent.read_all(self.jobs_jsonl)
 
-    def record_event(self, event: str, **fields: Any) -> None:
-        """Append ``{"event": event, "time": now, **fields}`` to jobs.jsonl."""
-        append_jsonl(self.jobs_jsonl, {"event": event, "time": time.time(), **fields})
+    def record_event(self, event: JobEvent) -> None:
+        """Append ``event`` to jobs.jsonl."""
+        event.append_to(self.jobs_jsonl)
 
     def last_metrics(self) -> dict[str, Any] | None:
         """The last training record (``step`` and ``loss``) of metrics.jsonl, else the last
@@ -220,21 +123,18 @@ class SweepDir:
     def run(self, run_id: str) -> RunDir:
         return RunDir(self.runs_dir / run_id)
 
-    def runs(self, plan_rows: dict[str, dict[str, str]] | None = None) -> Iterator[RunDir]:
+    def runs(self, plan_rows: dict[str, PlanRow] | None = None) -> Iterator[RunDir]:
         """Every run of the plan, in plan order (plan.csv, or ``plan_rows`` already
         read from it), else sorted by id."""
         ids = list(self.plan_rows() if plan_rows is None else plan_rows)
         for run_id in ids or sorted(p.name for p in self.runs_dir.iterdir() if p.is_dir()):
             yield self.run(run_id)
 
-    def plan_rows(self) -> dict[str, dict[str, str]]:
+    def plan_rows(self) -> dict[str, PlanRow]:
         """plan.csv rows by run_id."""
-        if not self.plan_csv.is_file():
-            return {}
-        with self.plan_csv.open(newline="") as handle:
-            return {row["run_id"]: row for row in csv.DictReader(handle)}
+        return PlanRow.read_csv(self.plan_csv)
 
-    def create(self, resolved_yaml: str, plan_rows: list[dict[str, Any]], metadata: dict[str, Any]) -> None:
+    def create(self, resolved_yaml: str, plan_rows: list[PlanRow], metadata: dict[str, Any]) -> None:
         """Write study.yaml, plan.csv and sweep.json (the last one marks the folder a sweep)."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -249,9 +149,9 @@ class SweepDir:
         if not self.marker.is_file():
             write_json_atomic(self.marker, metadata)
 
-    def write_plan(self, rows: list[dict[str, Any]]) -> None:
+    def write_plan(self, rows: list[PlanRow]) -> None:
         """plan.csv: the rows of ``isoflop plan --format csv``."""
-        write_atomic(self.plan_csv, csv_text(rows))
+        write_atomic(self.plan_csv, PlanRow.csv_text(rows))
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:

@@ -29,6 +29,8 @@ from typing import Callable
 
 import torch
 
+from isoflop.commands.common import device_choice, positive_count, require_device, writable_file, write_output_file
+from isoflop.errors import UserError
 from models.bench_bound import StepBound, peer_step_bound, rate_probes
 from models.builder import build_ffw
 from models.ffw.base import FFWLayer
@@ -98,7 +100,7 @@ def make_routing_step(layer: FFWLayer, tokens: int, device: torch.device) -> Cal
                            generator=torch.Generator(device=device).manual_seed(1))
 
     def step() -> None:
-        key_scores, _ = layer.retrieval(x.view(tokens, layer.d_model))
+        key_scores, _ = layer.retrieval(x)
         router_scores(key_scores, layer.config.score).backward(upstream)
         finish_step(layer, x, device)
 
@@ -189,26 +191,37 @@ def run_million_experts(args: argparse.Namespace, device: torch.device) -> dict[
     return result
 
 
-def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="isoflop bench layers", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--d-model", type=int, default=256, help="residual width d")
-    parser.add_argument("--n-experts", type=int, default=256 ** 2, help="PEER experts N (a perfect square)")
-    parser.add_argument("--heads", type=int, default=8, help="PEER heads h")
-    parser.add_argument("--top-k", type=int, default=16, help="PEER experts per head k")
-    parser.add_argument("--d-key", type=int, default=128, help="PEER query/key width")
-    parser.add_argument("--tokens", type=int, default=2048, help="tokens per forward+backward")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions (median reported)")
-    parser.add_argument("--large-tokens", type=int, default=128, help="tokens for the N = 1024² run")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    count = positive_count
+    parser.add_argument("--d-model", type=count, default=256, help="residual width d")
+    parser.add_argument("--n-experts", type=count, default=256 ** 2, help="PEER experts N (a perfect square)")
+    parser.add_argument("--heads", type=count, default=8, help="PEER heads h")
+    parser.add_argument("--top-k", type=count, default=16, help="PEER experts per head k")
+    parser.add_argument("--d-key", type=count, default=128, help="PEER query/key width")
+    parser.add_argument("--tokens", type=count, default=2048, help="tokens per forward+backward")
+    parser.add_argument("--repeats", type=count, default=5, help="timed repetitions (median reported)")
+    parser.add_argument("--large-tokens", type=count, default=128, help="tokens for the N = 1024² run")
     parser.add_argument("--skip-large", action="store_true", help="skip the N = 1024² run")
     parser.add_argument("--skip-reference", action="store_true", help="skip the materialising reference backend")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--json", help="also write the results to this JSON file")
-    return parser.parse_args(argv)
+    parser.add_argument("--device", type=device_choice, default="auto",
+                        help="cuda, cuda:N, cpu or auto (cuda when available)")
+    parser.add_argument("--json", type=writable_file, metavar="PATH", help="also write the results to this JSON file")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_arguments(argv)
-    device = torch.device(args.device)
+def validate_arguments(args: argparse.Namespace) -> torch.device:
+    """The device to run on; the PEER configurations checked before anything is built (UserError naming the flags)."""
+    device = torch.device(require_device(args.device))
+    sizes = [args.n_experts] + ([] if args.skip_large else [1024 ** 2])
+    for n_experts in sizes:
+        try:
+            PEERConfig(n_experts=n_experts, n_heads=args.heads, top_k=args.top_k, d_key=args.d_key)
+        except UserError as error:
+            raise UserError(f"{error.message} (the PEER layer set by --n-experts, --heads, --top-k, --d-key)") from None
+    return device
+
+
+def run(args: argparse.Namespace) -> int:
+    device = validate_arguments(args)
     print(f"device={device} threads={torch.get_num_threads()} d_model={args.d_model} tokens={args.tokens} "
           f"PEER N={args.n_experts} h={args.heads} k={args.top_k} d_key={args.d_key}", flush=True)
     comparison = compare_peer_to_dense(args, device)
@@ -221,9 +234,15 @@ def main(argv: list[str] | None = None) -> int:
               f"{large['build_seconds']:.1f} s, fwd+bwd of {args.large_tokens} tokens {large['seconds']:.2f} s, "
               f"peak {large['peak_bytes'] / 2 ** 20:.0f} MiB (sparse table gradients)")
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(report, handle, indent=2)
+        write_output_file(args.json, json.dumps(report, indent=2) + "\n", "--json")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m models.bench ARGS``: the same as ``isoflop bench layers ARGS``."""
+    from isoflop.cli import main as isoflop_main
+
+    return isoflop_main(["bench", "layers", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -136,14 +136,14 @@ def peer_step_bytes(layer: FFWLayer, tokens: int, touched_rows: int) -> float:
 
 
 def touched_expert_rows(layer: FFWLayer, x: torch.Tensor) -> int:
-    """Distinct experts the PEER ``layer`` retrieves for the tokens ``x`` (*, d)."""
+    """Distinct experts the PEER ``layer`` retrieves for the tokens ``x`` (B, T, d)."""
     with torch.no_grad():
-        _, expert_index = layer.retrieval(x.reshape(-1, layer.d_model))
+        _, expert_index = layer.retrieval(x)
     return int(torch.unique(expert_index).numel())
 
 
 def peer_step_bound(layer: FFWLayer, x: torch.Tensor, rates: dict[str, float]) -> StepBound:
-    """The bound of one forward+backward of ``layer`` on ``x`` (*, d) from measured ``rates``
+    """The bound of one forward+backward of ``layer`` on ``x`` (B, T, d) from measured ``rates``
     (per second: ``matmul`` FLOPs, ``copy`` and ``gather`` bytes, as named by :func:`rate_probes`)."""
     tokens = x.numel() // layer.d_model
     touched_rows = touched_expert_rows(layer, x)

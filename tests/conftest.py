@@ -29,7 +29,7 @@ from typing import Callable
 import pytest
 
 from isoflop.cli import main
-from isoflop.sweep_dir import read_jsonl
+from isoflop.atomic_files import read_jsonl
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 SWEEP = "orchestration_test"

@@ -7,37 +7,24 @@ import pandas as pd
 import pytest
 
 from analysis.approach3 import fit_approach3
-from analysis.fits import fit_all_optima, fit_axis
+from analysis.fits import fit_all_optima
+from analysis.parabola import fit_axis
 from analysis.powerlaw import fit_all_power_laws
 from analysis.records import PowerLawFit
+from analysis_support import CHINCHILLA, surface_runs
 
-# Chinchilla's fitted surface (Hoffmann et al. 2022, Eq. 10): L = E + A/N^alpha + B/D^beta.
-E, A, B, ALPHA, BETA = 1.69, 406.4, 410.7, 0.34, 0.28
 BUDGETS = (1e18, 3e18, 1e19, 3e19, 1e20, 3e20)
-PARAMS_EXPONENT = BETA / (ALPHA + BETA)  # a in N*(C) ∝ C^a
-TOKENS_EXPONENT = ALPHA / (ALPHA + BETA)  # b in D*(C) ∝ C^b
-
-
-def true_optimal_params(budget: float) -> float:
-    """Exact N*(C) of the surface under C = 6ND."""
-    allocation = (ALPHA * A / (BETA * B)) ** (1.0 / (ALPHA + BETA))
-    return allocation * (budget / 6.0) ** PARAMS_EXPONENT
+E, A, B, ALPHA, BETA = CHINCHILLA.E, CHINCHILLA.A, CHINCHILLA.B, CHINCHILLA.alpha, CHINCHILLA.beta
+PARAMS_EXPONENT = CHINCHILLA.params_exponent
+TOKENS_EXPONENT = 1.0 - PARAMS_EXPONENT
+true_optimal_params = CHINCHILLA.optimal_params
 
 
 def surface_points(half_width_decades: float, n_sizes: int, offset_decades: float = 0.05,
                    noise_std: float = 0.0, seed: int = 0) -> pd.DataFrame:
-    """Runs on isoFLOP lines C = 6ND, log-spaced sizes around the true optimum (shifted by ``offset_decades``)."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for budget in BUDGETS:
-        center = np.log10(true_optimal_params(budget)) + offset_decades
-        for log_params in np.linspace(center - half_width_decades, center + half_width_decades, n_sizes):
-            params = 10.0**log_params
-            tokens = budget / (6.0 * params)
-            loss = E + A / params**ALPHA + B / tokens**BETA
-            rows.append(dict(method="synthetic", budget=budget, params=params, tokens=tokens,
-                             loss=loss + noise_std * rng.standard_normal()))
-    return pd.DataFrame(rows)
+    """Runs around the true optimum of Chinchilla's surface, shifted by ``offset_decades``."""
+    return surface_runs(CHINCHILLA, BUDGETS, half_width_decades, n_sizes, noise_std, seed,
+                        center_of=lambda budget: float(np.log10(true_optimal_params(budget))) + offset_decades)
 
 
 def power_laws_of(frame: pd.DataFrame, n_bootstrap: int = 0, seed: int = 0) -> dict[str, PowerLawFit]:
@@ -84,6 +71,7 @@ def test_concave_curve_has_no_optimum() -> None:
     frame = pd.DataFrame(dict(method="dense", budget=1e19, params=sizes, tokens=1e19 / (6 * sizes), loss=values))
     optimum = fit_all_optima(frame, "loss", n_bootstrap=50)[0]
     assert optimum.n_opt is None and optimum.loss_opt is None and np.isnan(optimum.n_opt_lo)
+    assert optimum.n_interval.status == "none" and "no minimum" in optimum.n_interval.note
 
 
 def test_too_few_points() -> None:
@@ -111,10 +99,10 @@ def test_robust_fit_resists_an_outlier() -> None:
     assert abs(np.log10(least_squares.optimum) - 8.2) > abs(np.log10(huber.optimum) - 8.2)
 
 
-def test_approach3_recovers_the_surface() -> None:
+def test_approach3_lbfgs_recovers_the_surface() -> None:
     frame = surface_points(half_width_decades=0.6, n_sizes=9)
     fit = fit_approach3("synthetic", frame["params"].to_numpy(), frame["tokens"].to_numpy(), frame["loss"].to_numpy())
-    assert fit is not None and fit.converged
+    assert fit is not None and fit.converged and fit.method == "lbfgs"
     assert fit.alpha == pytest.approx(ALPHA, rel=1e-3)
     assert fit.beta == pytest.approx(BETA, rel=1e-3)
     assert fit.E == pytest.approx(E, rel=1e-3)
@@ -126,3 +114,25 @@ def test_approach3_recovers_the_surface() -> None:
 
 def test_approach3_needs_enough_runs() -> None:
     assert fit_approach3("tiny", np.array([1e7, 1e8]), np.array([1e9, 1e10]), np.array([3.0, 2.9])) is None
+
+
+def test_off_centre_optimum_is_warned_about(tmp_path, capsys) -> None:
+    """Sizes from 7.0 to 8.2 decades with the minimum at 7.15: N* sits at 12% of the range, in the outer quarter."""
+    from analysis.diagnostics import off_centre_warnings
+    from conftest import analyze
+
+    rows = []
+    for budget, vertex, low in ((1e19, 7.6, 7.0), (1e20, 8.1, 7.5), (1e21, 7.15 + 1.0, 8.0)):
+        for x in np.linspace(low, low + 1.2, 7):
+            rows.append(dict(method="m", budget=budget, params=10**x, tokens=budget / (6 * 10**x),
+                             loss=3.0 + 0.3 * (x - vertex) ** 2))
+    frame = pd.DataFrame(rows)
+    optima = fit_all_optima(frame, "loss", n_bootstrap=0)
+    positions = [o.params_fit.vertex_position for o in optima]
+    assert positions == pytest.approx([0.5, 0.5, 0.125], abs=1e-6)
+    (warning,) = off_centre_warnings(optima)
+    assert warning.startswith("m at C=1e21: N* sits at 12% of the sampled log-size range") and "add smaller sizes" in warning
+    frame.to_csv(tmp_path / "runs.csv", index=False)
+    assert analyze("--csv", str(tmp_path / "runs.csv"), "--out", str(tmp_path / "out"), "--bootstrap", "0") == 0
+    assert "warning: m at C=1e21: N* sits at 12%" in capsys.readouterr().err
+    assert "| 0.125 |" in (tmp_path / "out" / "report.md").read_text()

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from analysis.collect import collect_sweep
-from analysis.figures import FIGURE_DPI, FIGURE_SIZE_INCHES
+from analysis.figure_style import FIGURE_DPI, FIGURE_WIDTH_INCHES, PANEL_HEIGHT_INCHES
 from conftest import analyze, heavy_imports
 from isoflop.errors import UserError
 
@@ -133,12 +133,13 @@ def test_report_from_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     for stem in ("isoflop", "scaling", "ablation_peer_experts", "ablation_peer_query_batchnorm"):
         for suffix in (".png", ".pdf"):
             assert (out_dir / f"{stem}{suffix}").stat().st_size > 1000, stem
-    expected = (round(FIGURE_SIZE_INCHES[0] * FIGURE_DPI), round(FIGURE_SIZE_INCHES[1] * FIGURE_DPI))
-    assert png_size(out_dir / "isoflop.png") == expected
+    width, height = png_size(out_dir / "isoflop.png")
+    assert width == round(FIGURE_WIDTH_INCHES * FIGURE_DPI)
+    assert height > 2 * PANEL_HEIGHT_INCHES * FIGURE_DPI  # six groups: six panels in 2 rows of 3
     import matplotlib.image
 
     pixels = matplotlib.image.imread(out_dir / "isoflop.png")
-    assert pixels.shape[:2] == (expected[1], expected[0]) and pixels.std() > 0.01  # not blank
+    assert pixels.shape[:2] == (height, width) and pixels.std() > 0.01  # not blank
 
     perplexity = pd.read_csv(out_dir / "table_perplexity.csv")
     assert {"validation", "wikitext103", "selection"} <= set(perplexity.columns)
@@ -148,6 +149,15 @@ def test_report_from_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     for stem in ("table_perplexity", "table_usage"):
         assert (out_dir / f"{stem}.tex").read_text().startswith("\\begin{table}")
         assert (out_dir / f"{stem}.md").read_text().startswith("| ")
+    usage_md = (out_dir / "table_usage.md").read_text()
+    assert "| 65536 |" in usage_md and "65536.0" not in usage_md and "| 6e18 |" in usage_md  # counts, budgets
+    assert "6000000000000000000" not in usage_md and "e+18" not in usage_md
+    usage_tex = (out_dir / "table_usage.tex").read_text()
+    assert "$6\\times10^{18}$" in usage_tex and "\\toprule" in usage_tex and "n\\_experts" in usage_tex
+    assert "65536.0" not in usage_tex
+    assert "a line through two points" in report  # two budgets: no exponent interval
+    laws = pd.read_csv(out_dir / "powerlaws.csv").query("row == 'fit'")
+    assert (laws["interval"] == "none").all() and laws["exponent_lo"].isna().all()
 
 
 def test_other_params_kind_and_eval_dataset(tmp_path: Path) -> None:
@@ -178,3 +188,15 @@ def test_bad_sweeps_are_user_errors(tmp_path: Path) -> None:
 
 def test_command_module_imports_nothing_heavy() -> None:
     assert heavy_imports(("analysis.command",), ("pandas", "numpy", "scipy", "matplotlib")) == []
+
+
+def test_implausible_run_is_excluded_with_its_reason(tmp_path: Path) -> None:
+    sweep = build_sweep(tmp_path / "sweep")
+    result_path = sweep / "runs" / "dense-6e+18-0" / "result.json"
+    result = json.loads(result_path.read_text())
+    result["params"]["active"] = 1e-300
+    result_path.write_text(json.dumps(result))
+    collection = collect_sweep(sweep)
+    reasons = {run.run_id: run.reason for run in collection.excluded}
+    assert "params 1e-300 must be a positive count" in reasons["dense-6e+18-0"]
+    assert "dense-6e+18-0" not in set(collection.runs["run_id"])

@@ -62,7 +62,7 @@ def test_step_bytes_by_hand(glu: bool) -> None:
 def test_touched_rows_are_the_distinct_retrieved_experts() -> None:
     torch.manual_seed(0)
     layer = build_ffw(PEERConfig(n_experts=64, n_heads=2, top_k=2, d_key=8), 16, 1).eval()
-    x = torch.randn(3, 16)
+    x = torch.randn(1, 3, 16)
     _, expert_index = layer.retrieval(x)
     assert touched_expert_rows(layer, x) == len(set(expert_index.flatten().tolist()))
 

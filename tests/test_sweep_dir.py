@@ -1,4 +1,4 @@
-"""Sweep directory primitives: atomic writes, job records, array-id expansion."""
+"""Sweep directory primitives: atomic writes, job events, array-id expansion, run states."""
 
 from __future__ import annotations
 
@@ -6,15 +6,18 @@ import os
 import stat
 from pathlib import Path
 
+from isoflop.atomic_files import append_jsonl, read_json, read_jsonl, write_json_atomic
+from isoflop.run_records import JobEvent
 from isoflop.scheduler_state import expand_job_ids, run_state
-from isoflop.sweep_dir import RunDir, append_jsonl, read_jsonl, write_json_atomic
+from isoflop.sweep_dir import RunDir
+from record_support import run_result
 
 
 def test_atomic_write_leaves_no_temporary_files(tmp_path: Path) -> None:
     write_json_atomic(tmp_path / "result.json", {"status": "completed"})
     write_json_atomic(tmp_path / "result.json", {"status": "diverged"})
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
-    assert RunDir(tmp_path).result() == {"status": "diverged"}
+    assert read_json(tmp_path / "result.json") == {"status": "diverged"}
 
 
 def test_atomic_writes_get_the_usual_permissions(tmp_path: Path) -> None:
@@ -42,12 +45,12 @@ def test_pending_array_ranges_expand() -> None:
 def test_run_state_from_files_and_scheduler_view(tmp_path: Path) -> None:
     run = RunDir(tmp_path / "run")
     assert run_state(run.result(), run.events(), None, None, now=0) == "planned"
-    submission = {"event": "submitted", "job_id": "7_0", "executor": "slurm", "time": 100.0}
+    submission = JobEvent(event="submitted", job_id="7_0", executor="slurm", time=100.0)
     assert run_state(run.result(), run.events(), submission, "unknown", now=110) == "pending"  # sacct lags
     assert run_state(run.result(), run.events(), submission, "unknown", now=1000) == "failed"
-    run.record_event("started", job_id="7_0")
-    run.record_event("checkpointed", job_id="7_0")
+    run.record_event(JobEvent(event="started", job_id="7_0", time=150.0))
+    run.record_event(JobEvent(event="checkpointed", job_id="7_0", time=160.0, saved=True))
     assert run_state(run.result(), run.events(), submission, "pending", now=200) == "preempted"
     assert run_state(run.result(), run.events(), submission, "cancelled", now=200) == "cancelled"
-    write_json_atomic(run.result_json, {"status": "completed"})
+    run_result(status="completed").write(run.result_json)
     assert run_state(run.result(), run.events(), submission, "running", now=200) == "completed"

@@ -1,4 +1,4 @@
-"""wandb offline logging into the run directory; peak FLOP/s lookup."""
+"""wandb offline logging into the run directory; peak FLOP/s lookup and measurement."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def test_wandb_offline_run_directory_is_written(tmp_path: Path, monkeypatch: pyt
     spec = tiny_spec(steps=2, logger="wandb",
                      data=DataConfig(source="files", paths=[str(corpus)], validation_fraction=0.1))
     result = run(spec, tmp_path / "run")
-    assert result["status"] == "completed"
+    assert result.status == "completed"
     offline_runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert offline_runs, "no offline wandb run under run_dir/wandb"
     assert any(offline_runs[0].glob("*.wandb"))
@@ -39,3 +39,12 @@ def test_peak_flops_table_and_cpu_measurement() -> None:
         peak_flops("mystery accelerator")
     measured = measured_cpu_peak_flops()
     assert 1e8 < measured < 1e14 and peak_flops("cpu") == measured  # cached per process
+
+
+def test_measuring_the_cpu_peak_leaves_the_global_random_state_alone() -> None:
+    import torch
+
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    assert measured_cpu_peak_flops.__wrapped__(sizes=(64,), seconds_per_size=0.01) > 0  # uncached
+    assert torch.equal(torch.get_rng_state(), before)

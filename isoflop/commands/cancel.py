@@ -11,47 +11,36 @@ a ``cancelled`` record in its jobs.jsonl; ``submit --retry-failed`` resumes it.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-
 LOCAL_GRACE_S = 5.0
-
-
-def _children(parent_pid: int) -> list[int]:
-    """Pids whose parent is ``parent_pid`` (from /proc)."""
-    from isoflop.scheduler_state import proc_stat_fields
-
-    children = []
-    for process in Path("/proc").glob("[0-9]*"):
-        fields = proc_stat_fields(process.name)
-        if fields and int(fields[1]) == parent_pid:
-            children.append(int(process.name))
-    return children
 
 
 def stop_local_job(controller_pid: int, grace_s: float = LOCAL_GRACE_S) -> None:
     """SIGINT a local job's controller; SIGKILL it and its tasks if it outlives ``grace_s``."""
+    import psutil
+
     from isoflop.scheduler_state import local_job_alive
 
-    tasks = _children(controller_pid)
     try:
-        os.kill(controller_pid, signal.SIGINT)
-    except ProcessLookupError:
+        controller = psutil.Process(controller_pid)
+        tasks = controller.children()
+        controller.send_signal(signal.SIGINT)
+    except psutil.NoSuchProcess:
         return
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
         if not local_job_alive(str(controller_pid)):
             return
         time.sleep(0.1)
-    for pid in (*tasks, controller_pid):
+    for process in (*tasks, controller):
         try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
+            process.kill()  # psutil checks the pid still names the same process
+        except psutil.Error:  # gone meanwhile
             pass
 
 
@@ -63,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from isoflop.errors import UserError
+    from isoflop.run_records import JobEvent
     from isoflop.scheduler_state import LIVE, sweep_status
     from isoflop.sweep_dir import SweepDir
 
@@ -85,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         run_dir = sweep.run(row.run_id)
         if run_dir.result() is not None:  # it finished before the signal reached it
             continue
-        run_dir.record_event("cancelled", job_id=row.job_id)
+        run_dir.record_event(JobEvent.now("cancelled", job_id=row.job_id))
         cancelled += 1
     print(f"cancelled {cancelled} run(s)" + (f" ({len(slurm_ids)} SLURM jobs)" if slurm_ids else ""),
           file=sys.stderr)

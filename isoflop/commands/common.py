@@ -1,21 +1,146 @@
-"""Arguments shared by the commands that compose a study (plan, submit, study)."""
+"""What the commands share: the one-line argument parser, argument types that
+reject bad values while parsing, device checks, output files, study arguments.
+
+Every parser of an ``isoflop`` command (the subcommands and the benchmarks
+under ``isoflop bench``) is a :class:`OneLineArgumentParser`, so an unknown
+flag or a bad flag value is one line on stderr that names the flag and points
+at ``--help``, with exit status 2. This module imports no torch at import time.
+"""
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from isoflop.errors import UserError
 
 
-def budget_flops(text: str) -> float:
-    """argparse type for ``--budget``: a positive, finite number of FLOPs."""
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is a single line naming the fix."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}; see '{self.prog} --help'\n")
+
+
+def parse_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``, letting KEY=VALUE overrides follow any flag (``submit --dry-run cluster=slurm``).
+
+    argparse's intermixed parsing allows that, but not REMAINDER arguments, so
+    a parser with one parses plainly.
+    """
+    takes_remainder = any(action.nargs == argparse.REMAINDER for action in parser._actions)
+    return parser.parse_args(argv) if takes_remainder else parser.parse_intermixed_args(argv)
+
+
+# ---- argument types: each raises ArgumentTypeError, which argparse reports with the flag's name ----
+
+def positive_number(convert: Callable[[str], float], example: str, *,
+                    zero_allowed: bool = False) -> Callable[[str], float]:
+    """argparse type: a finite number > 0 (or >= 0 with ``zero_allowed``) parsed by ``convert``
+    (int or float); ``example`` completes the fix, e.g. ``"a count such as 2048"``."""
+    noun = "integer" if convert is int else "number"
+    rule = f"zero or a positive {noun}" if zero_allowed else f"a positive {noun}"
+
+    def parse(text: str) -> float:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an' if convert is int else 'a'} {noun}; "
+                                             f"pass {example}") from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero_allowed):
+            raise argparse.ArgumentTypeError(f"{text!r} must be {rule}; pass {example}")
+        return value
+
+    return parse
+
+
+budget_flops = positive_number(float, "FLOPs such as 6e18")
+positive_count = positive_number(int, "a count such as 16")
+positive_seconds = positive_number(float, "seconds such as 5")
+count_or_zero = positive_number(int, "a count such as 1000 (0 disables)", zero_allowed=True)
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def device_choice(text: str) -> str:
+    """argparse type for ``--device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    if not DEVICE_PATTERN.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device this benchmark runs on; "
+                                         "pass cpu, cuda, cuda:N or auto")
+    return text
+
+
+def require_device(choice: str, flag: str = "--device") -> str:
+    """The torch device name for ``choice`` (``auto``: cuda when one is visible, else cpu).
+
+    Raises:
+        UserError: CUDA was asked for and no (or no such) CUDA device is visible.
+    """
+    import torch
+
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if choice == "auto":
+        return "cuda" if visible else "cpu"
+    if choice.startswith("cuda"):
+        index = int(choice.partition(":")[2] or 0)
+        if index >= visible:
+            seen = "no CUDA device is visible" if not visible else f"only {visible} CUDA device(s) are visible"
+            raise UserError(f"{flag} {choice}: {seen}; use {flag} cpu"
+                            + (f" or an index below {visible}" if visible else ""))
+    return choice
+
+
+def writable_file(text: str) -> Path:
+    """argparse type for an output file (``--json``, ``--out``): checked before any work is done.
+
+    The file itself is not touched; writability is probed with a temporary file
+    beside it, removed at once, so a path that cannot be written fails now
+    rather than after a long benchmark.
+    """
+    path = Path(text)
+    problem = _output_problem(path)
+    if problem:
+        raise argparse.ArgumentTypeError(f"cannot write {text} ({problem}); choose a writable file path")
+    return path
+
+
+def _output_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be written as a file, or None."""
+    if path.is_dir():
+        return "it is a directory"
+    if not path.parent.is_dir():
+        return f"no such directory {path.parent}"
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; pass FLOPs such as 6e18") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of FLOPs, such as 6e18")
-    return value
+        descriptor, probe = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as error:
+        return error.strerror or type(error).__name__
+    os.close(descriptor)
+    os.unlink(probe)
+    return None
 
+
+def write_output_file(path: Path, text: str, flag: str) -> None:
+    """Write ``text`` to ``path`` atomically (an existing file is replaced only when
+    the new one is complete); a path that cannot be written is a :class:`UserError`
+    naming ``flag``."""
+    from isoflop.atomic_files import write_atomic
+
+    problem = _output_problem(path)
+    if problem is None:
+        try:
+            write_atomic(path, text)
+            return
+        except OSError as error:
+            problem = error.strerror or type(error).__name__
+    raise UserError(f"{flag} {path}: cannot write ({problem}); choose a writable file path")
+
+
+# ---- the study arguments of plan, submit and study ----
 
 def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     """``--sweep``, ``--budget`` and trailing Hydra ``KEY=VALUE`` overrides."""

@@ -13,9 +13,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from isoflop.commands.common import add_study_arguments, human_count
+from isoflop.commands.common import add_study_arguments, human_count, write_output_file
 from isoflop.errors import UserError
-from isoflop.sweep_dir import csv_text, write_atomic
+from isoflop.atomic_files import csv_text
+from isoflop.run_records import PlanRow
 
 FORMATS = ("table", "csv", "json")
 VERIFY_TOLERANCE = 0.01
@@ -30,119 +31,105 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"if any differs from the accounting by more than {VERIFY_TOLERANCE:.0%}")
 
 
-def plan_rows(runs: Any) -> list[dict[str, Any]]:
-    """One flat dict per run: the JSON/CSV schema of ``isoflop plan``."""
-    rows = []
-    for run in runs:
-        backbone = run.model.backbone
-        costs = run.costs
-        rows.append({
-            "run_id": run.run_id, "method": run.method, "budget": run.budget_flops,
-            "n_layers": backbone.n_layers, "d_model": backbone.d_model, "n_heads": backbone.n_heads,
-            "ffw": run.model.ffw.summary(), "ffw_family": run.model.ffw.family,
-            "n_params_total": costs["n_params_total"], "n_params_active": costs["n_params_active"],
-            "n_params_embedding": costs["n_params_embedding"],
-            "n_params_active_non_embedding": costs["n_params_active_non_embedding"],
-            "flops_per_token_forward": costs["flops_per_token_forward"],
-            "flops_per_token_train": costs["flops_per_token_train"],
-            "flops_per_token_6n": costs["flops_per_token_6n"],
-            "flops_per_token_6n_non_embedding": costs["flops_per_token_6n_non_embedding"],
-            "tokens": run.tokens, "steps": run.steps, "batch_size": run.batch_size, "seq_len": run.seq_len,
-            "tokens_per_param": run.tokens / costs["n_params_active_non_embedding"],
-            "realized_flops": run.realized_flops, "realized_over_budget": run.realized_flops / run.budget_flops,
-            "learning_rate": run.learning_rate,
-        })
-    return rows
+def plan_rows(runs: Any) -> list[PlanRow]:
+    """One row per planned run: the JSON/CSV schema of ``isoflop plan`` (and of plan.csv)."""
+    return [PlanRow.from_run_spec(run) for run in runs]
 
 
-def render_table(rows: list[dict[str, Any]]) -> str:
+def render_table(rows: list[PlanRow]) -> str:
     """Rows grouped by budget and method, under 120 columns."""
     header = (f"{'run_id':<40} {'L':>3} {'d':>5} {'h':>3} {'params':>7} {'active':>7} {'F/tok':>7} "
               f"{'tokens':>7} {'steps':>7} {'D/N':>6} {'C/bud':>6}")
     lines: list[str] = []
     group = None
     for row in rows:
-        if (row["budget"], row["method"]) != group:
-            group = (row["budget"], row["method"])
-            lines += ["", f"budget {row['budget']:.3g} FLOPs · method {row['method']} · {row['ffw']}", header]
+        if (row.budget, row.method) != group:
+            group = (row.budget, row.method)
+            lines += ["", f"budget {row.budget:.3g} FLOPs · method {row.method} · {row.ffw}", header]
         lines.append(
-            f"{row['run_id']:<40} {row['n_layers']:>3} {row['d_model']:>5} {row['n_heads']:>3} "
-            f"{human_count(row['n_params_total']):>7} {human_count(row['n_params_active']):>7} "
-            f"{human_count(row['flops_per_token_train']):>7} {human_count(row['tokens']):>7} "
-            f"{row['steps']:>7} {row['tokens_per_param']:>6.1f} {row['realized_over_budget']:>6.4f}")
+            f"{row.run_id:<40} {row.n_layers:>3} {row.d_model:>5} {row.n_heads:>3} "
+            f"{human_count(row.n_params_total):>7} {human_count(row.n_params_active):>7} "
+            f"{human_count(row.flops_per_token_train):>7} {human_count(row.tokens):>7} "
+            f"{row.steps:>7} {row.tokens_per_param:>6.1f} {row.realized_over_budget:>6.4f}")
     lines += ["", f"{len(rows)} runs. params = total, active = per token, F/tok = training FLOPs per token, "
               "D/N = tokens per active non-embedding parameter, C/bud = realized FLOPs / budget."]
     return "\n".join(lines[1:]) + "\n"
 
 
-def render(rows: list[dict[str, Any]], output_format: str, runs: Any) -> str:
+def render(rows: list[PlanRow], output_format: str, runs: Any,
+           measured: dict[str, dict[str, float]] | None = None) -> str:
+    """The plan as ``output_format``; ``measured`` (by run_id) adds the columns of ``--verify-flops``."""
     if output_format == "table":
         return render_table(rows)
+    columns = [{**row.to_dict(), **(measured or {}).get(row.run_id, {})} for row in rows]
     if output_format == "json":
         full = [{**row, "model": run.model.to_dict(), "forward_flops_by_component": run.forward_flops_by_component,
-                 "params_by_component": run.params_by_component} for row, run in zip(rows, runs)]
+                 "params_by_component": run.params_by_component} for row, run in zip(columns, runs)]
         return json.dumps(full, indent=2) + "\n"
-    return csv_text(rows)
+    return csv_text(columns)
 
 
-def verify_flops(rows: list[dict[str, Any]], runs: Any) -> bool:
-    """Add measured training FLOPs per token and their ratio to the accounting; True if all agree."""
+def verify_flops(runs: Any, world_size: int) -> dict[str, dict[str, float]]:
+    """Measured training FLOPs per token and their ratio to the accounting, by run_id.
+
+    Each model is measured at the micro-batch one of its ``world_size``
+    training processes runs (:func:`isoflop.planner.per_rank_micro_batch_size`).
+    """
     try:
         from models.verify import measure_forward_flops_per_token
     except ImportError as error:
         raise UserError(f"--verify-flops needs the model zoo, which is not available ({error}); "
                         "run without --verify-flops") from None
     from isoflop.flops import TRAINING_FLOPS_PER_FORWARD_FLOP, model_costs
+    from isoflop.planner import per_rank_micro_batch_size
 
     measured_by_model: dict[str, tuple[float, float]] = {}  # forward FLOPs/token, ratio
-    all_agree = True
-    for row, run in zip(rows, runs):
-        key = json.dumps(run.model.to_dict(), sort_keys=True) + str(run.micro_batch_size)
+    measured_by_run = {}
+    for run in runs:
+        micro_batch = per_rank_micro_batch_size(run.batch_size, run.micro_batch_size, world_size)
+        key = json.dumps(run.model.to_dict(), sort_keys=True) + str(micro_batch)
         if key not in measured_by_model:
-            measured = measure_forward_flops_per_token(run.model, run.seq_len, run.micro_batch_size)
+            measured = measure_forward_flops_per_token(run.model, run.seq_len, micro_batch)
             expected = model_costs(run.model, run.seq_len).flops_per_token_forward_measurable
             measured_by_model[key] = (measured, measured / expected)
         measured, ratio = measured_by_model[key]
-        row["measured_flops_per_token_train"] = TRAINING_FLOPS_PER_FORWARD_FLOP * measured
-        row["measured_over_accounted"] = ratio
-        all_agree &= abs(row["measured_over_accounted"] - 1.0) <= VERIFY_TOLERANCE
-    return all_agree
+        measured_by_run[run.run_id] = {"measured_flops_per_token_train": TRAINING_FLOPS_PER_FORWARD_FLOP * measured,
+                                       "measured_over_accounted": ratio}
+    return measured_by_run
+
+
+def within_tolerance(measured: dict[str, dict[str, float]]) -> bool:
+    """Whether every measured/accounted ratio is within :data:`VERIFY_TOLERANCE` of 1."""
+    return all(abs(values["measured_over_accounted"] - 1.0) <= VERIFY_TOLERANCE for values in measured.values())
 
 
 def write_output(text: str, out: Path | None) -> None:
-    """Print, or write ``out`` atomically (an existing file is replaced only when complete)."""
+    """Print, or write ``out`` atomically (:func:`isoflop.commands.common.write_output_file`)."""
     if out is None:
         sys.stdout.write(text)
         return
-    if out.is_dir():
-        raise UserError(f"--out {out}: is a directory; pass a file path such as {out / 'plan.csv'}")
-    if not out.parent.is_dir():
-        raise UserError(f"--out {out}: cannot write (no such directory {out.parent}); choose a writable path")
-    try:
-        write_atomic(out, text)
-    except OSError as error:
-        raise UserError(f"--out {out}: cannot write ({error.strerror}); choose a writable path") from None
+    write_output_file(out, text, "--out")
 
 
 def run(args: argparse.Namespace) -> int:
     from isoflop.compose import load_study
-    from isoflop.planner import plan
+    from isoflop.planner import plan, processes_per_run
 
     composed = load_study(args.sweep, args.overrides, args.budgets)
     study_plan = plan(composed.study)
     rows = plan_rows(study_plan.runs)
-    all_agree = verify_flops(rows, study_plan.runs) if args.verify_flops else True
+    measured = verify_flops(study_plan.runs, processes_per_run(composed.study.cluster)) if args.verify_flops else {}
     if args.verify_flops and args.format == "table":
         for row in rows:
-            print(f"{row['run_id']:<40} measured/accounted FLOPs = {row['measured_over_accounted']:.4f}",
-                  file=sys.stderr)
-    write_output(render(rows, args.format, study_plan.runs), args.out)
+            print(f"{row.run_id:<40} measured/accounted FLOPs = "
+                  f"{measured[row.run_id]['measured_over_accounted']:.4f}", file=sys.stderr)
+    write_output(render(rows, args.format, study_plan.runs, measured), args.out)
     for dropped in study_plan.dropped:
         print(f"note: dropped {dropped.method} L{dropped.n_layers} d{dropped.d_model} at "
               f"{dropped.budget_flops:.3g} FLOPs: {dropped.reason}", file=sys.stderr)
     for note in study_plan.notes:
         print(f"note: {note}", file=sys.stderr)
-    if not all_agree:
+    if not within_tolerance(measured):
         print("isoflop plan: FLOP verification failed: a measured/accounted ratio is outside "
               f"[{1 - VERIFY_TOLERANCE}, {1 + VERIFY_TOLERANCE}]", file=sys.stderr)
         return 1

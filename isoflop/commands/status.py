@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from isoflop.commands.common import human_count
+from isoflop.commands.common import human_count, positive_seconds
 
 FORMATS = ("table", "json")
 
@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR", help="the folder `isoflop submit` printed")
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
     parser.add_argument("--watch", action="store_true", help="refresh until every run has ended (= isoflop wait)")
-    parser.add_argument("--interval", type=float, default=10.0, metavar="SECONDS",
+    parser.add_argument("--interval", type=positive_seconds, default=10.0, metavar="SECONDS",
                         help="refresh period with --watch (default: 10)")
 
 

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from isoflop.commands.common import add_study_arguments
+from isoflop.commands.common import add_study_arguments, count_or_zero, positive_seconds
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,9 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", type=Path, required=True, metavar="DIR",
                         help="folder holding sweep directories; the study goes to DIR/<name>")
     parser.add_argument("--name", default=None, help="sweep directory name (default: the study's name)")
-    parser.add_argument("--interval", type=float, default=5.0, metavar="SECONDS",
+    parser.add_argument("--interval", type=positive_seconds, default=5.0, metavar="SECONDS",
                         help="progress refresh period (default: 5)")
-    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+    parser.add_argument("--bootstrap", type=count_or_zero, default=1000, metavar="N",
                         help="bootstrap resamples of the analysis (default: 1000)")
 
 
@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from isoflop.compose import load_study
 
     started = time.monotonic()
+    analysis.command.validate_args(analysis.command.parse_args([str(args.root), "--bootstrap", str(args.bootstrap)]))
     composed = load_study(args.sweep, args.overrides, args.budgets)
     sweep = submit_study(composed, args.root, args.name, retry_failed=True, new=False)
     print(f"sweep: {sweep.path}", file=sys.stderr)

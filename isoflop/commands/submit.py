@@ -99,7 +99,7 @@ def submit_study(composed: Any, root: Path, name: str | None, retry_failed: bool
     from isoflop.commands.plan import plan_rows
     from isoflop.planner import plan
     from isoflop.submission import package_version, submit_runs
-    from isoflop.sweep_dir import SweepDir, write_json_atomic
+    from isoflop.sweep_dir import SweepDir
 
     study, cluster = composed.study, composed.study.cluster
     study_plan = plan(study)
@@ -109,24 +109,31 @@ def submit_study(composed: Any, root: Path, name: str | None, retry_failed: bool
     sweep.create(composed.resolved_yaml, rows, {
         "sweep": composed.sweep, "study": study.name, "created_at": time.time(),
         "isoflop_version": package_version(), "runs": len(rows)})
-    specs = {spec.run_id: spec.to_dict() for spec in study_plan.runs}
+    specs = {spec.run_id: spec for spec in study_plan.runs}
     with open(sweep.path / ".submit.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one submit per sweep at a time
-        for run_id, spec_dict in specs.items():
+        for run_id, spec in specs.items():
             run_dir = sweep.run(run_id)
             if not run_dir.run_json.is_file():
-                write_json_atomic(run_dir.run_json, spec_dict)
+                spec.write(run_dir.run_json)
         to_submit, counts = select_runs(sweep, retry_failed)
-        records = submit_runs(cluster, sweep, [(run_dir, specs[run_dir.run_id]) for run_dir in to_submit])
+        submissions = submit_runs(cluster, sweep, [(run_dir, specs[run_dir.run_id].to_dict())
+                                                   for run_dir in to_submit])
+    report_submission(submissions, len(rows), counts, cluster.executor, retry_failed)
+    return sweep
+
+
+def report_submission(submissions: list[Any], planned: int, counts: dict[str, int], executor: str,
+                      retry_failed: bool) -> None:
+    """``submitted N of M runs ...`` and what was left alone, on stderr."""
     skipped = ", ".join(f"{count} {state}" for state, count in sorted(counts.items())
                         if not submittable(state, retry_failed))
-    jobs = sorted({record.job_id.split("_")[0] for record in records})
-    print(f"submitted {len(records)} of {len(rows)} runs to {cluster.executor}"
+    jobs = sorted({submission.job_id.split("_")[0] for submission in submissions})
+    print(f"submitted {len(submissions)} of {planned} runs to {executor}"
           f"{' (jobs ' + ', '.join(jobs[:5]) + ')' if jobs else ''}"
           f"{'; left alone: ' + skipped if skipped else ''}", file=sys.stderr)
     if not retry_failed and counts.get("failed", 0) + counts.get("cancelled", 0):
         print("some runs failed or were cancelled: pass --retry-failed to resubmit them", file=sys.stderr)
-    return sweep
 
 
 def run(args: argparse.Namespace) -> int:

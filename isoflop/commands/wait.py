@@ -1,25 +1,53 @@
 """``isoflop wait SWEEP_DIR``: follow a sweep until every run has ended.
 
-Redraws the status table every ``--interval`` seconds (on a terminal; one
-summary line per change otherwise). Exit status 0 if every run completed,
-1 if any failed, diverged or was cancelled, 2 for a bad sweep directory.
+On a terminal the status table is redrawn in place (rich) every
+``--interval`` seconds; anywhere else (a log file, a pipe) one time-stamped
+summary line is printed per change, and the table once at the end. Exit
+status 0 if every run completed, 1 if any failed, diverged or was cancelled,
+2 for a bad sweep directory, 3 after ``--timeout``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from isoflop.commands.common import positive_seconds
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR", help="the folder `isoflop submit` printed")
-    parser.add_argument("--interval", type=float, default=10.0, metavar="SECONDS",
+    parser.add_argument("--interval", type=positive_seconds, default=10.0, metavar="SECONDS",
                         help="refresh period (default: 10)")
-    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+    parser.add_argument("--timeout", type=positive_seconds, default=None, metavar="SECONDS",
                         help="give up after this long (exit 3)")
+
+
+class LiveTable:
+    """The status table redrawn in place on the terminal (a rich Live display, redrawn
+    only when shown: no refresh thread)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self._live = Live(console=Console(force_terminal=True), auto_refresh=False)
+
+    def __enter__(self) -> LiveTable:
+        self._live.start()
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self._live.stop()
+
+    def show(self, text: str) -> None:
+        from rich.text import Text
+
+        self._live.update(Text(text), refresh=True)
 
 
 def follow(sweep: Any, interval: float, output_format: str = "table", timeout: float | None = None) -> int:
@@ -29,23 +57,24 @@ def follow(sweep: Any, interval: float, output_format: str = "table", timeout: f
 
     interactive = sys.stdout.isatty() and output_format == "table"
     started, last_summary = time.monotonic(), None
-    while True:
-        rows = sweep_status(sweep)
-        summary = summary_line(rows)
-        done = all(row.state in TERMINAL for row in rows)
-        if interactive:
-            sys.stdout.write("\033[H\033[J" + render(rows, output_format))
-        elif summary != last_summary or done:
-            print(f"[{time.strftime('%H:%M:%S')}] {summary}", flush=True)
-        last_summary = summary
-        if done:
-            if not interactive:
-                sys.stdout.write(render(rows, output_format))
-            return 0 if all(row.state == "completed" for row in rows) else 1
-        if timeout is not None and time.monotonic() - started > timeout:
-            print(f"gave up after {timeout:g} s: {summary}", file=sys.stderr)
-            return 3
-        time.sleep(interval)
+    with LiveTable() if interactive else contextlib.nullcontext() as live:
+        while True:
+            rows = sweep_status(sweep)
+            summary = summary_line(rows)
+            done = all(row.state in TERMINAL for row in rows)
+            if live is not None:
+                live.show(render(rows, output_format))
+            elif summary != last_summary or done:
+                print(f"[{time.strftime('%H:%M:%S')}] {summary}", flush=True)
+            last_summary = summary
+            if done:
+                if live is None:
+                    sys.stdout.write(render(rows, output_format))
+                return 0 if all(row.state == "completed" for row in rows) else 1
+            if timeout is not None and time.monotonic() - started > timeout:
+                print(f"gave up after {timeout:g} s: {summary}", file=sys.stderr)
+                return 3
+            time.sleep(interval)
 
 
 def run(args: argparse.Namespace) -> int:

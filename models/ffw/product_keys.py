@@ -10,17 +10,28 @@ about k·ln k pairs of ranks (a, b) with (a+1)(b+1) <= k can be among the best
 (:func:`candidate_pairs`), so only those are added and searched.
 
 Each of h heads has its own query (one ``nn.Linear`` d -> h·d_key, no bias)
-and its own sub-keys. Optional BatchNorm on the queries (Lample §3.3) uses
-batch statistics in training, so in train mode a token's retrieval depends on
-the other tokens of the batch (not causal); in eval mode it uses running
-statistics.
+and its own sub-keys. The queries can be normalised per feature before the
+search (Lample §3.3 uses BatchNorm, which spreads the queries over the keys
+and raises the share of keys in use), with one of two kinds of statistics:
+
+- ``prefix`` (the default, causal): the mean and variance of each feature
+  over positions 0..t of the token's own sequence,
+  q̂_t = (q_t - mean_{s<=t} q_s) / sqrt(var_{s<=t} q_s + eps), then a
+  learned scale and shift. Nothing later in the sequence and nothing of
+  other sequences enters, in training and evaluation alike (no running
+  statistics; the same output whatever the batch). At t = 0 the normalised
+  query is 0 and the retrieval uses the shift only.
+- ``batch``: the paper's exact ``nn.BatchNorm1d`` over all B·T tokens of the
+  forward in training (running statistics in evaluation). In training a
+  token's retrieval then depends on later tokens of its own sequence (and on
+  the other sequences): NOT causal, kept to reproduce the paper.
 
 :func:`router_scores` turns the retrieved key scores into the weights both
 layers use (softmax, sigmoid or ReLU over the top-k).
 
 FLOPs per token seen by FlopCounterMode: query 2·d·h·d_key, sub-key scores
-2·h·n·d_key. Not seen (no matmul): BatchNorm, the k² candidate sums, the
-top-k selections and the index arithmetic.
+2·h·n·d_key. Not seen (no matmul): the query normalisation, the k² candidate
+sums, the top-k selections and the index arithmetic.
 """
 
 from __future__ import annotations
@@ -32,6 +43,47 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 
+class PrefixQueryNorm(nn.Module):
+    """Per-feature normalisation with statistics of the sequence's positions up to t (causal).
+
+    Args:
+        features: F = h·d_key, each normalised on its own (like BatchNorm1d(F)).
+        eps: added to the variance.
+    """
+
+    def __init__(self, features: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(features))
+        self.bias = nn.Parameter(torch.zeros(features))
+
+    def forward(self, query: torch.Tensor) -> torch.Tensor:
+        """Normalised ``query`` (B, T, F); statistics in float32 (or float64 for float64 input)."""
+        dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
+        # (B, F, T), contiguous: running sums along the last axis and every elementwise op on dense memory.
+        by_feature = query.transpose(1, 2).to(dtype).contiguous()
+        count = torch.arange(1, by_feature.shape[-1] + 1, device=query.device, dtype=dtype)  # (T,)
+        mean, mean_square = torch.stack([by_feature, by_feature * by_feature]).cumsum(dim=-1) / count  # (B, F, T)
+        scale = torch.rsqrt((mean_square - mean * mean).clamp_min(0.0) + self.eps)  # variance over positions <= t
+        normalized = (by_feature - mean) * scale * self.weight.view(-1, 1) + self.bias.view(-1, 1)  # (B, F, T)
+        return normalized.transpose(1, 2).to(query.dtype)  # (B, T, F)
+
+
+class BatchQueryNorm(nn.BatchNorm1d):
+    """The paper's query BatchNorm (Lample et al. 2019 §3.3) over all B·T tokens of a forward.
+
+    Not causal in training: the statistics include later positions of every sequence.
+    """
+
+    def forward(self, query: torch.Tensor) -> torch.Tensor:
+        """Normalised ``query`` (B, T, F)."""
+        return super().forward(query.reshape(-1, query.shape[-1])).view_as(query)
+
+
+QUERY_NORMS = {"prefix": PrefixQueryNorm, "batch": BatchQueryNorm}
+"""Query normalisation by ``query_norm_statistics``."""
+
+
 class ProductKeyRetrieval(nn.Module):
     """Multi-head exact top-k over N = n² product keys.
 
@@ -41,15 +93,16 @@ class ProductKeyRetrieval(nn.Module):
         n_keys: n sub-keys per half (N = n²).
         d_key: query/key width (each half d_key/2).
         top_k: k, per half and overall.
-        query_batchnorm: BatchNorm1d(h·d_key) on the queries.
+        query_norm: ``prefix`` or ``batch`` normalisation of the h·d_key query
+            features (module docstring), or None for none.
     """
 
     def __init__(self, d_model: int, n_heads: int, n_keys: int, d_key: int, top_k: int,
-                 query_batchnorm: bool) -> None:
+                 query_norm: str | None) -> None:
         super().__init__()
         self.n_heads, self.n_keys, self.d_key, self.top_k = n_heads, n_keys, d_key, top_k
         self.query = nn.Linear(d_model, n_heads * d_key, bias=False)
-        self.query_batchnorm = nn.BatchNorm1d(n_heads * d_key) if query_batchnorm else None
+        self.query_norm = QUERY_NORMS[query_norm](n_heads * d_key) if query_norm else None
         # (h, 2, n, d_key/2): per head, the two halves' sub-keys.
         self.sub_keys = nn.Parameter(torch.empty(n_heads, 2, n_keys, d_key // 2))
         nn.init.normal_(self.query.weight, std=d_model ** -0.5)
@@ -59,16 +112,15 @@ class ProductKeyRetrieval(nn.Module):
         """Scores and ids of the top-k keys per head, best first.
 
         Args:
-            x: (M, d) tokens.
+            x: (B, T, d) tokens.
         Returns:
             key_scores (M, h, k) = q·k_(i,j) (before any score function) and
-            key_index (M, h, k) int64 ids i·n + j in [0, N).
+            key_index (M, h, k) int64 ids i·n + j in [0, N), M = B·T.
         """
-        tokens = x.shape[0]
-        query = self.query(x)  # (M, h·d_key)
-        if self.query_batchnorm is not None:
-            query = self.query_batchnorm(query)
-        query = query.view(tokens, self.n_heads, 2, self.d_key // 2)  # (M, h, 2, d_key/2)
+        query = self.query(x)  # (B, T, h·d_key)
+        if self.query_norm is not None:
+            query = self.query_norm(query)
+        query = query.reshape(-1, self.n_heads, 2, self.d_key // 2)  # (M, h, 2, d_key/2)
         key_scores, key_index = ProductKeySearch.apply(query, self.sub_keys, self.top_k)  # (h, M, k) each
         return key_scores.transpose(0, 1), key_index.transpose(0, 1)  # (M, h, k) each
 
@@ -82,7 +134,9 @@ class ProductKeySearch(torch.autograd.Function):
     gradient of the k best sums goes to the two per-half ranks they came from, is scattered
     into one reused (2, M, n) buffer per head, and the two matmuls of the scores' gradient
     follow (dq = dS c, dc = dS^T q), so the maths is the plain autograd one, in the same
-    order. Twice-differentiating is not supported.
+    order. Twice-differentiating is not supported. Under autocast both inputs are cast to the
+    autocast dtype first, as autocast casts a matmul's inputs, and the gradients are returned in
+    the inputs' own dtypes, as the casts' backward does.
 
     ``apply(query (M, h, 2, d_key/2), sub_keys (h, 2, n, d_key/2), top_k)`` returns the scores
     (h, M, k), sorted descending, and the ids i·n + j (h, M, k) of the k best keys per head.
@@ -91,6 +145,8 @@ class ProductKeySearch(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, query: torch.Tensor, sub_keys: torch.Tensor,
                 top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.input_dtypes = query.dtype, sub_keys.dtype
+        query, sub_keys = (tensor.to(matmul_dtype(query, sub_keys)) for tensor in (query, sub_keys))
         tokens, heads, halves, half_width = query.shape
         half_top = query.new_empty(heads, halves, tokens, top_k)  # (h, 2, M, k)
         half_index = torch.empty(half_top.shape, dtype=torch.int64, device=query.device)
@@ -118,7 +174,17 @@ class ProductKeySearch(torch.autograd.Function):
             torch.bmm(grad_half, sub_keys[head], out=grad_head_query)
             grad_query[:, head] = grad_head_query.transpose(0, 1)  # copied into the query's layout while in cache
             torch.bmm(grad_half.transpose(1, 2), query[:, head].transpose(0, 1), out=grad_keys[head])
-        return grad_query, grad_keys, None
+        query_dtype, keys_dtype = ctx.input_dtypes
+        return grad_query.to(query_dtype), grad_keys.to(keys_dtype), None
+
+
+def matmul_dtype(first: torch.Tensor, second: torch.Tensor) -> torch.dtype:
+    """The dtype a matmul of ``first`` and ``second`` computes in: autocast's when it is on for
+    their device (as for ``torch.bmm``), else their promoted dtype."""
+    device_type = first.device.type
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return torch.promote_types(first.dtype, second.dtype)
 
 
 def candidate_pairs(top_k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
