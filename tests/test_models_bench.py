@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import heavy_imports
 
+from models import bench
 from models.bench import main
 from models.bench_bound import StepBound, peer_step_bytes, peer_step_matmul_flops, touched_expert_rows
 from models.builder import build_ffw
@@ -19,24 +20,49 @@ from models.verify import measure_ffw_forward_flops_per_token
 TINY = ["--d-model", "16", "--n-experts", "64", "--heads", "2", "--top-k", "2", "--d-key", "8", "--tokens", "16"]
 
 
+PEER_VARIANTS = ("peer", "peer_batch_norm")  # the default (prefix) query normalisation and the paper's BatchNorm
+LAYERS = {"dense", *PEER_VARIANTS, "peer_routing", "peer_routing_batch_norm", "peer_sparse_tables",
+          "peer_reference_backend"}
+
+
 def test_bench_runs_at_tiny_size_and_writes_ratios_and_the_bound(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     output = tmp_path / "bench.json"
     status = main([*TINY, "--repeats", "1", "--skip-large", "--device", "cpu", "--json", str(output)])
     assert status == 0
     comparison = json.loads(output.read_text())["comparison"]
-    layers = {"dense", "peer", "peer_routing", "peer_sparse_tables", "peer_reference_backend"}
-    assert set(comparison) == layers | {"bound"}
-    assert comparison["dense"]["time_vs_dense"] == 1.0
-    assert all(comparison[name]["seconds"] > 0 and comparison[name]["peak_bytes"] > 0 for name in layers)
-    bound = comparison["bound"]
-    assert all(bound[rate] > 0 for rate in ("matmul_flops_per_second", "copy_bytes_per_second",
-                                            "gather_bytes_per_second"))
-    assert bound["seconds"] == pytest.approx(bound["step_matmul_flops"] / bound["matmul_flops_per_second"]
-                                             + bound["step_bytes"] / bound["bandwidth_bytes_per_second"])
-    assert comparison["peer"]["time_vs_bound"] == pytest.approx(comparison["peer"]["seconds"] / bound["seconds"])
+    assert set(comparison) == LAYERS | {"bound"}
+    assert set(comparison["bound"]) == set(PEER_VARIANTS)
+    assert all(comparison[name]["seconds"] > 0 and comparison[name]["peak_bytes"] > 0 for name in LAYERS)
+    assert all(comparison["bound"][name]["touched_rows"] > 0 for name in PEER_VARIANTS)
     printed = capsys.readouterr().out
-    assert "GFLOP/s fp32 matmul" in printed and "x the bound" in printed and "bound = matmul FLOPs" in printed
+    assert "GFLOP/s fp32 matmul" in printed and "bound = matmul FLOPs" in printed
+    assert all(f"{name} measured" in printed for name in PEER_VARIANTS)
+
+
+# Timings a fake clock gives each step (seconds); every other step takes 0.01 s.
+FAKE_SECONDS = {"dense": 0.02, "peer": 0.05, "peer_batch_norm": 0.04, "matmul": 0.5, "copy": 0.25, "gather": 0.125}
+
+
+def test_ratios_and_bounds_follow_the_timings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With known step times: each layer's time over the dense one, the probes' rates (work over
+    time, as documented: 2·2048³ FLOPs, 2 x 128 MiB copied and gathered) and each PEER variant's
+    measured time over its own bound (the faster bandwidth, here the gather's)."""
+    monkeypatch.setattr(bench, "median_seconds",
+                        lambda steps, repeats: {name: FAKE_SECONDS.get(name, 0.01) for name in steps})
+    output = tmp_path / "bench.json"
+    assert main([*TINY, "--repeats", "1", "--skip-large", "--device", "cpu", "--json", str(output)]) == 0
+    comparison = json.loads(output.read_text())["comparison"]
+    assert comparison["peer"]["time_vs_dense"] == pytest.approx(2.5)
+    assert comparison["peer_batch_norm"]["time_vs_dense"] == pytest.approx(2.0)
+    assert comparison["peer_routing"]["time_vs_dense"] == pytest.approx(0.5)
+    matmul_rate, gather_rate = 2 * 2048 ** 3 / 0.5, 2 * 128 * 2 ** 20 / 0.125
+    for name in PEER_VARIANTS:
+        bound = comparison["bound"][name]
+        assert bound["matmul_flops_per_second"] == pytest.approx(matmul_rate)
+        assert bound["copy_bytes_per_second"] == pytest.approx(2 * 128 * 2 ** 20 / 0.25)
+        expected_bound = bound["step_matmul_flops"] / matmul_rate + bound["step_bytes"] / gather_rate
+        assert comparison[name]["time_vs_bound"] == pytest.approx(FAKE_SECONDS[name] / expected_bound)
 
 
 def test_step_matmul_flops_are_three_times_the_counted_forward() -> None:
