@@ -7,9 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import kernels
 from models import build_ffw
+from models.ffw.config_base import QUERY_NORM_STATISTICS
 from models.ffw.peer_config import PEERConfig
-from models.ffw.product_keys import ProductKeyRetrieval, ProductKeySearch, candidate_pairs, product_key_top_k
+from models.ffw.product_keys import (
+    ProductKeyRetrieval, ProductKeySearch, candidate_pairs, product_key_top_k, router_scores,
+)
 
 
 def brute_force_top_k(retrieval: ProductKeyRetrieval, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,3 +103,61 @@ def test_candidate_pairs_count_the_ranks_with_few_enough_better_pairs(top_k: int
     first_rank, second_rank = candidate_pairs(top_k, torch.device("cpu"))
     assert len(first_rank) == expected
     assert all((a + 1) * (b + 1) <= top_k for a, b in zip(first_rank.tolist(), second_rank.tolist()))
+
+
+def plain_peer_forward(layer: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The PEER layer in plain autograd ops: every head's sub-key scores in one einsum, the
+    per-half top-k and candidate sums of :func:`product_key_top_k`, and the materialising
+    reference expert kernel. Returns the output (B, T, d) and the expert ids (M, h, k)."""
+    retrieval = layer.retrieval
+    query = retrieval.query_norm(retrieval.query(x)).reshape(-1, retrieval.n_heads, 2, retrieval.d_key // 2)
+    half_scores = torch.einsum("mhsc,hsnc->mhsn", query, retrieval.sub_keys)  # (M, h, 2, n)
+    key_scores, expert_index = product_key_top_k(half_scores, retrieval.top_k)  # (M, h, k)
+    output = kernels.peer_experts(x.reshape(-1, layer.d_model), expert_index, router_scores(key_scores, layer.config.score),
+                                  layer.down_table, layer.up_table, activation=layer.config.activation,
+                                  gate_table=layer.gate_table, backend="reference")
+    return output.view_as(x), expert_index
+
+
+@pytest.mark.parametrize("statistics", QUERY_NORM_STATISTICS)
+@pytest.mark.parametrize("glu", [False, True])
+def test_peer_layer_equals_its_plain_formulation_to_fp32_rounding(statistics: str, glu: bool) -> None:
+    """The fast search and torch expert path give the plain formulation's experts, output and
+    every gradient up to fp32 rounding, with either query normalisation, in training mode."""
+    torch.manual_seed(1)
+    config = PEERConfig(n_experts=1024, n_heads=4, top_k=8, d_key=32, query_norm_statistics=statistics, glu=glu)
+    layer = build_ffw(config, 48, n_layers=2)
+    x = torch.randn(2, 40, 48, requires_grad=True)
+    upstream = torch.randn(2, 40, 48)
+    inputs = {"x": x, **dict(layer.named_parameters())}
+    output = layer(x)
+    grads = torch.autograd.grad(output, list(inputs.values()), upstream)
+    expected, expected_index = plain_peer_forward(layer, x)
+    expected_grads = torch.autograd.grad(expected, list(inputs.values()), upstream)
+    with torch.no_grad():
+        torch.testing.assert_close(layer.retrieval(x)[1], expected_index, rtol=0, atol=0)
+    # Sums in another order: a few 2^-23 of the largest entry, up to ~35 for the query-side gradients,
+    # where the prefix statistics of the first positions (few, close values) divide by a small deviation.
+    for name, actual, wanted in zip(["output", *inputs], [output, *grads], [expected, *expected_grads]):
+        scale = wanted.abs().max().item()
+        torch.testing.assert_close(actual, wanted, rtol=0, atol=1e-5 * scale, msg=lambda text: f"{name}: {text}")
+
+
+def test_search_under_autocast_computes_in_its_dtype_and_returns_gradients_in_the_inputs() -> None:
+    """As autocast's bmm: bf16 scores from fp32 inputs, fp32 gradients equal to plain autograd's."""
+    torch.manual_seed(0)
+    query = torch.randn(30, 2, 2, 8, requires_grad=True)
+    sub_keys = torch.randn(2, 2, 16, 8, requires_grad=True)
+    upstream = torch.randn(2, 30, 4, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores, index = ProductKeySearch.apply(query, sub_keys, 4)
+        half_scores = torch.einsum("mhsc,hsnc->hmsn", query, sub_keys)  # (h, M, 2, n), bf16
+    expected_scores, expected_index = product_key_top_k(half_scores, 4)
+    assert scores.dtype == torch.bfloat16
+    torch.testing.assert_close(index, expected_index, rtol=0, atol=0)
+    torch.testing.assert_close(scores, expected_scores, rtol=0, atol=0)
+    grads = torch.autograd.grad(scores, (query, sub_keys), upstream)
+    expected_grads = torch.autograd.grad(expected_scores, (query, sub_keys), upstream)
+    assert [grad.dtype for grad in grads] == [torch.float32, torch.float32]
+    for actual, wanted in zip(grads, expected_grads):
+        torch.testing.assert_close(actual, wanted, rtol=1e-2, atol=1e-2 * wanted.abs().max().item())
