@@ -193,6 +193,10 @@ def _write_figures(args: argparse.Namespace, collection, fits: Fits, options: Ch
                      options.confidence)
         figures["scaling.png"] = "Compute-optimal parameters N*(C) and tokens D*(C), with the fitted power laws"
     figures.update(plot_ablations(fits.ablations, out_dir, labels.value, labels.params, options.confidence))
+    if args.sweep_dir is not None:
+        from analysis.training_curves import plot_training_curves
+
+        figures.update(plot_training_curves(args.sweep_dir, out_dir))
     return figures
 
 
