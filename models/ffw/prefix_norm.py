@@ -11,7 +11,8 @@ This replaces Lample et al. (2019, §3.3)'s query BatchNorm by a causal one (see
 :mod:`models.ffw.product_keys`). :class:`PrefixNormFunction` computes it in the queries'
 own (B, T, F) layout, F contiguous, with a hand-written backward; the running sums along T
 are blocked scans (:func:`scan_`) of whole rows, so no transposing copy is made (on the
-CPU a transposing copy or ``cumsum`` along T each cost more than the whole forward).
+2-core test machine a (2048, 2048) transposing copy took ~55 ms, a whole forward+backward
+of this Function ~100 ms, and the (B, F, T) layout needs four such copies).
 
 No matmul: ``FlopCounterMode`` sees none of it, as the accounting assumes.
 """
@@ -41,8 +42,9 @@ def scan_(sums: torch.Tensor, reverse: bool = False) -> None:
     The first T - T mod C rows are cut into blocks of C: C - 1 row additions scan every block
     at once, then one addition per block carries the earlier (or later) blocks' total into it,
     and the last T mod C rows are added one at a time; C minimises that count of ops (about
-    2·sqrt(T), e.g. 94 for T = 2048), and each element is added about twice. On the CPU, ``torch.cumsum`` along a non-last dim is a strided
-    scalar loop costing several times the whole normalisation.
+    2·sqrt(T), e.g. 94 for T = 2048), and each element is added about twice. On the CPU,
+    ``torch.cumsum`` is a scalar loop: along T of (1, 2048, 2048) it took ~60 ms on the 2-core
+    test machine, these scans of both sums together ~15 ms.
     """
     length = sums.shape[1]
     block = scan_block(length)
