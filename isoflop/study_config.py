@@ -21,6 +21,11 @@ from models.errors import (
 )
 from models.ffw.config_base import FFWConfigBase
 
+EXECUTION_SETTINGS = ("cluster", "train.parallelism")
+"""Settings (a group, or one dotted key) that say where and how jobs run, not what they
+compute: changing one neither changes a run's id (:meth:`isoflop.run_spec.RunSpec.content_hash`)
+nor counts as a change of the study on resubmission (:func:`isoflop.sweep_dir.study_changes`)."""
+
 SEED_LIMIT = 2 ** 32
 """Seeds must lie in [0, 2**32): ``numpy.random.seed`` refuses anything else."""
 
@@ -123,6 +128,13 @@ class TrainConfig:
         precision: ``auto`` (bf16 on CUDA, fp32 on CPU), ``fp32`` or ``bf16``.
         compile: ``torch.compile`` the model.
         sparse_tables: PEER/PKM tables updated only in the rows a step touches.
+        parallelism: how several processes share the model: ``ddp`` (every
+            rank holds the whole model and optimizer state; gradients are
+            all-reduced) or ``fsdp`` (PyTorch FSDP2 ``fully_shard``: each
+            transformer block's parameters, gradients and optimizer state are
+            sharded over the ranks and gathered for its forward and backward,
+            so PEER's and PKM's tables are not replicated). One process: the same.
+            ``fsdp`` does not combine with ``sparse_tables``.
         checkpoint_every_steps: steps between checkpoints.
         log_every_steps: steps between metrics.jsonl lines.
         eval_tokens: tokens per evaluation dataset.
@@ -145,6 +157,7 @@ class TrainConfig:
     precision: str = "auto"
     compile: bool = False
     sparse_tables: bool = False
+    parallelism: str = "ddp"
     checkpoint_every_steps: int = 500
     log_every_steps: int = 10
     eval_tokens: int = 1_048_576
@@ -169,6 +182,10 @@ class TrainConfig:
         require_non_negative("train", "use e.g. 1.0 (0 turns clipping off)", grad_clip=self.grad_clip)
         require(0 <= self.seed < SEED_LIMIT, "train.seed", self.seed, "must be in [0, 2**32)", "use e.g. 0")
         require_choice("train.precision", self.precision, ("auto", "fp32", "bf16"))
+        require_choice("train.parallelism", self.parallelism, ("ddp", "fsdp"))
+        require(not (self.parallelism == "fsdp" and self.sparse_tables), "train.sparse_tables",
+                self.sparse_tables, "sparse row gradients cannot be sharded by FSDP (train.parallelism=fsdp)",
+                "set train.sparse_tables=false, or train.parallelism=ddp")
 
     def learning_rate(self, d_model: int) -> float:
         """Peak learning rate for a backbone of width ``d_model`` (rule in the class docstring)."""
