@@ -11,16 +11,19 @@ differences, unless ``--new`` (a fresh sweep beside it) or ``--name``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from isoflop.commands.common import add_study_arguments, human_count
-from isoflop.errors import UserError
+from isoflop.errors import UserError, file_system_error, is_user_file_system_error
 
 SHOWN_CHANGES = 5
+SUBMIT_LOCK = ".submit.lock"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,17 +54,32 @@ def cost_estimate(runs: Any, cluster: Any) -> str:
             f"longest run {longest / devices * 60:.3g} min on {devices} device(s)")
 
 
+def recorded_study_changes(sweep: Any, resolved_yaml: str) -> list[str]:
+    """:func:`~isoflop.sweep_dir.study_changes` between the sweep's study.yaml and ``resolved_yaml``;
+    a study.yaml that cannot be read or parsed is a :class:`UserError` (it is never overwritten)."""
+    import yaml
+
+    from isoflop.sweep_dir import study_changes
+
+    try:
+        recorded = sweep.study_yaml.read_text() if sweep.study_yaml.exists() else ""
+        return study_changes(recorded, resolved_yaml)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError) as error:
+        reason = getattr(error, "strerror", None) or " ".join(str(error).split())[:120]
+        raise UserError(f"{sweep.study_yaml}: cannot read the study this sweep was created with ({reason}); "
+                        "restore the file, or pass --new (or --name NAME) for a fresh sweep") from None
+
+
 def choose_sweep_path(root: Path, name: str, resolved_yaml: str, explicit_name: bool, new: bool) -> Path:
     """The sweep folder to use: ``root/name`` unless it holds a different study."""
-    from isoflop.sweep_dir import SweepDir, study_changes
+    from isoflop.sweep_dir import SweepDir
 
     candidate, suffix = root / name, 1
     while True:
         sweep = SweepDir(candidate)
         if not sweep.exists():
             return candidate
-        changes = study_changes(sweep.study_yaml.read_text() if sweep.study_yaml.is_file() else "",
-                                resolved_yaml)
+        changes = recorded_study_changes(sweep, resolved_yaml)
         if not changes:
             return candidate
         if not new:
@@ -81,16 +99,56 @@ def submittable(state: str, retry_failed: bool) -> bool:
     return state == "planned" or (retry_failed and state in ("failed", "cancelled"))
 
 
-def select_runs(sweep: Any, retry_failed: bool) -> tuple[list[Any], dict[str, int]]:
-    """Run folders to submit now, and how many runs are in each state."""
+def select_runs(sweep: Any, retry_failed: bool) -> tuple[list[Any], dict[str, int], tuple[str, ...]]:
+    """Run folders to submit now, how many runs are in each state, and why the
+    scheduler could not be asked (runs it would tell about are ``unknown``: left alone)."""
     from isoflop.scheduler_state import sweep_status
 
     chosen, counts = [], {}
-    for status in sweep_status(sweep):
-        counts[status.state] = counts.get(status.state, 0) + 1
-        if submittable(status.state, retry_failed):
-            chosen.append(sweep.run(status.run_id))
-    return chosen, counts
+    status = sweep_status(sweep)
+    for row in status.runs:
+        counts[row.state] = counts.get(row.state, 0) + 1
+        if submittable(row.state, retry_failed):
+            chosen.append(sweep.run(row.run_id))
+    return chosen, counts, status.problems
+
+
+@contextlib.contextmanager
+def submitting(sweep: Any) -> Iterator[None]:
+    """Hold the sweep's submit lock: one ``submit`` per sweep at a time, and ``wait`` can
+    tell that planned runs are about to be submitted (:func:`submission_in_progress`)."""
+    try:
+        handle = open(sweep.path / SUBMIT_LOCK, "a")  # noqa: SIM115 - closed below
+    except OSError as error:
+        raise file_system_error(error, f"lock the sweep {sweep.path} for submitting") from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def submission_in_progress(sweep: Any) -> bool:
+    """Whether an ``isoflop submit`` of ``sweep`` holds its submit lock now."""
+    try:
+        handle = open(sweep.path / SUBMIT_LOCK)  # noqa: SIM115 - closed below
+    except OSError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def write_run_specs(sweep: Any, specs: dict[str, Any]) -> None:
+    """``runs/<run_id>/run.json`` of every planned run that has none yet."""
+    for run_id, spec in specs.items():
+        run_dir = sweep.run(run_id)
+        if run_dir.path.exists() and not run_dir.path.is_dir():
+            raise UserError(f"{run_dir.path} is a file, where the run's folder belongs; move it aside")
+        if not run_dir.run_json.is_file():
+            spec.write(run_dir.run_json)
 
 
 def submit_study(composed: Any, root: Path, name: str | None, retry_failed: bool, new: bool) -> Any:
@@ -98,6 +156,7 @@ def submit_study(composed: Any, root: Path, name: str | None, retry_failed: bool
     every pending run; returns the :class:`~isoflop.sweep_dir.SweepDir`."""
     from isoflop.commands.plan import plan_rows
     from isoflop.planner import plan
+    from isoflop.scheduler_state import sweep_status
     from isoflop.submission import package_version, submit_runs
     from isoflop.sweep_dir import SweepDir
 
@@ -105,27 +164,33 @@ def submit_study(composed: Any, root: Path, name: str | None, retry_failed: bool
     study_plan = plan(study)
     rows = plan_rows(study_plan.runs)
     path = choose_sweep_path(root, name or study.name, composed.resolved_yaml, name is not None, new)
-    sweep = SweepDir(path)
-    sweep.create(composed.resolved_yaml, rows, {
-        "sweep": composed.sweep, "study": study.name, "created_at": time.time(),
-        "isoflop_version": package_version(), "runs": len(rows)})
+    sweep, existed = SweepDir(path), SweepDir(path).exists()
     specs = {spec.run_id: spec for spec in study_plan.runs}
-    with open(sweep.path / ".submit.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one submit per sweep at a time
-        for run_id, spec in specs.items():
-            run_dir = sweep.run(run_id)
-            if not run_dir.run_json.is_file():
-                spec.write(run_dir.run_json)
-        to_submit, counts = select_runs(sweep, retry_failed)
-        submissions = submit_runs(cluster, sweep, [(run_dir, specs[run_dir.run_id].to_dict())
-                                                   for run_dir in to_submit])
-    report_submission(submissions, len(rows), counts, cluster.executor, retry_failed)
+    sweep.make_writable_folder()
+    try:
+        with submitting(sweep):
+            if existed:  # a damaged record stops the submit before it writes anything
+                sweep_status(sweep, ask_scheduler=False)
+            sweep.create(composed.resolved_yaml, rows, {
+                "sweep": composed.sweep, "study": study.name, "created_at": time.time(),
+                "isoflop_version": package_version(), "runs": len(rows)})
+            write_run_specs(sweep, specs)
+            to_submit, counts, problems = select_runs(sweep, retry_failed)
+            submissions = submit_runs(cluster, sweep, [(run_dir, specs[run_dir.run_id].to_dict())
+                                                       for run_dir in to_submit])
+    except OSError as error:
+        if not is_user_file_system_error(error):
+            raise
+        raise file_system_error(error, f"write the sweep directory {sweep.path}") from None
+    report_submission(submissions, len(rows), counts, cluster.executor, retry_failed, problems)
     return sweep
 
 
 def report_submission(submissions: list[Any], planned: int, counts: dict[str, int], executor: str,
-                      retry_failed: bool) -> None:
-    """``submitted N of M runs ...`` and what was left alone, on stderr."""
+                      retry_failed: bool, problems: tuple[str, ...] = ()) -> None:
+    """``submitted N of M runs ...``, what was left alone and why the scheduler could not be asked, on stderr."""
+    from isoflop.commands.status import scheduler_warning
+
     skipped = ", ".join(f"{count} {state}" for state, count in sorted(counts.items())
                         if not submittable(state, retry_failed))
     jobs = sorted({submission.job_id.split("_")[0] for submission in submissions})
@@ -134,6 +199,9 @@ def report_submission(submissions: list[Any], planned: int, counts: dict[str, in
           f"{'; left alone: ' + skipped if skipped else ''}", file=sys.stderr)
     if not retry_failed and counts.get("failed", 0) + counts.get("cancelled", 0):
         print("some runs failed or were cancelled: pass --retry-failed to resubmit them", file=sys.stderr)
+    warning = scheduler_warning(problems)
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
