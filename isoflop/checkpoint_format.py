@@ -129,21 +129,31 @@ def items_for_saving(state: Mapping[str, Any]) -> dict[str, Any]:
 # ---- writing: files hashed while they stream ----------------------------------------------------
 
 class _HashingWriter(io.RawIOBase):
-    """A writable file that hashes (SHA-256) and counts what passes through it."""
+    """A writable file that hashes (SHA-256) and counts what passes through it, and
+    notes the first ``OSError`` of the file system (torch's serializer, which writes
+    through it, reports a failed write as a RuntimeError of its own)."""
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: Any, errors: list[OSError]) -> None:
         super().__init__()
         self._stream = stream
+        self._errors = errors
         self.sha256 = hashlib.sha256()
         self.size = 0
 
     def writable(self) -> bool:
         return True
 
+    def _noting_errors(self, call: Any, *arguments: Any) -> Any:
+        try:
+            return call(*arguments)
+        except OSError as error:
+            self._errors.append(error)
+            raise
+
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
         self.sha256.update(view)
-        written = self._stream.write(view)
+        written = self._noting_errors(self._stream.write, view)
         self.size += written
         return written
 
@@ -154,7 +164,7 @@ class _HashingWriter(io.RawIOBase):
         return self._stream.fileno()
 
     def flush(self) -> None:
-        self._stream.flush()
+        self._noting_errors(self._stream.flush)
 
     def close(self) -> None:
         if self.closed:
@@ -171,6 +181,7 @@ class HashingFileSystem(FileSystem):
     def __init__(self) -> None:
         super().__init__()
         self.digests: dict[str, tuple[int, str]] = {}
+        self.errors: list[OSError] = []
 
     @contextlib.contextmanager
     def create_stream(self, path: str | Path, mode: str) -> Iterator[io.IOBase]:
@@ -178,7 +189,7 @@ class HashingFileSystem(FileSystem):
             if "w" not in mode:
                 yield stream
                 return
-            hashing = _HashingWriter(stream)
+            hashing = _HashingWriter(stream, self.errors)
             yield hashing  # type: ignore[misc]
         self.digests[Path(path).name] = (hashing.size, hashing.sha256.hexdigest())
 
@@ -211,11 +222,23 @@ def write_state(folder: Path, state: Mapping[str, Any], *, sharded: bool) -> dic
     try:
         with _single_process_notice_silenced():
             dcp.save(items_for_saving(state), storage_writer=writer, no_dist=not sharded)
-    except CheckpointException as error:
-        failures = [failure for failure in error.failures.values() if isinstance(failure, BaseException)]
-        local = [failure for failure in failures if not isinstance(failure, CheckpointException)]
-        raise (local or failures or [error])[0] from None
+    except (Exception, CheckpointException) as error:
+        cause = file_system.errors[0] if file_system.errors else _underlying(error)
+        if cause is error:
+            raise
+        raise cause from None
     return file_system.digests
+
+
+def _underlying(error: BaseException) -> BaseException:
+    """The first error a (possibly nested) DCP ``CheckpointException`` wraps, an OSError first."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    if not isinstance(error, CheckpointException):
+        return error
+    causes = [_underlying(failure[0] if isinstance(failure, tuple) else failure)
+              for failure in error.failures.values()]
+    return next((cause for cause in causes if isinstance(cause, OSError)), causes[0] if causes else error)
 
 
 # ---- reading ------------------------------------------------------------------------------------
