@@ -18,8 +18,9 @@ Two training streams, both exactly resumable from :meth:`state_dict`:
   memory; each epoch visits the sequences in a permutation seeded by
   (seed, epoch); the state is one integer, the global sequences consumed.
 - :class:`StreamingCorpus` (hub source): documents streamed in order; the state
-  is (documents consumed, the tokens not yet used); resuming re-streams and
-  skips the consumed documents.
+  is the ``datasets`` stream's own position (``IterableDataset.state_dict()``)
+  and the tokens not yet used; resuming continues the stream where it stopped,
+  without reading the documents already used again.
 
 Global batch b (sequences) at step s is sequences [s·b, (s+1)·b); with W
 processes, rank r takes the slice [r·b/W, (r+1)·b/W) — the same sequences a
@@ -34,6 +35,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -85,17 +87,30 @@ class PackedCorpus:
 
 
 class StreamingCorpus:
-    """Documents streamed in order (Hub datasets), packed on the fly."""
+    """Documents streamed in order (Hub datasets such as C4), packed on the fly.
 
-    def __init__(self, documents: Callable[[], Iterator[str]], tokenizer: Tokenizer, seq_len: int,
-                 validation_fraction: float | None, allow_multiple_epochs: bool) -> None:
-        self._open_documents = documents  # () -> Iterator[str], a fresh pass each call
+    The documents come from a ``datasets`` streaming ``IterableDataset`` (rows
+    with a text field); its position is the dataset's own resumable state
+    (``IterableDataset.state_dict()`` after the last document used), so a
+    resumed run continues where the stream stopped: whole shards already used
+    are never opened again, and within the current shard ``datasets`` skips
+    ahead without this class seeing (let alone tokenizing) a used document.
+    """
+
+    def __init__(self, open_stream: Callable[[], Any], text_field: str, tokenizer: Tokenizer, seq_len: int,
+                 validation_fraction: float | None, allow_multiple_epochs: bool, where: str = "data.name") -> None:
+        self._open_stream = open_stream  # () -> a datasets.IterableDataset at its start, a fresh one each call
+        self.text_field = text_field
+        self.where = where
         self.tokenizer = tokenizer
         self.seq_len = seq_len
         self.validation_fraction = validation_fraction
         self.allow_multiple_epochs = allow_multiple_epochs
-        self.documents_consumed = 0
+        self.documents_consumed = 0  # in the current pass
         self.passes = 0
+        self._stream_state: dict | None = None  # the dataset's state after the last document read
+        self._features: dict | None = None  # the columns of the stream that state belongs to
+        self._skip_documents = 0
         self._buffer = np.empty(0, dtype=np.int32)
         self._iterator: Iterator[str] | None = None
 
@@ -103,6 +118,24 @@ class StreamingCorpus:
     def epochs(self) -> float | None:
         """Completed passes (the corpus size is unknown until a pass ends)."""
         return float(self.passes) if self.passes else None
+
+    def _text(self, row: Any) -> str:
+        if not isinstance(row, dict) or self.text_field not in row:
+            fields = ", ".join(row) if isinstance(row, dict) else type(row).__name__
+            raise UserError(f"{self.where}: rows have no field {self.text_field!r} (fields: {fields}); "
+                            "set text_field")
+        return str(row[self.text_field] or "")
+
+    def _rows(self, stream: Any) -> Iterator[Any]:
+        """The stream's rows; a stream that breaks off (the network) is a :class:`UserError`."""
+        try:
+            yield from stream
+        except UserError:
+            raise
+        except Exception as error:  # noqa: BLE001 - network, a damaged shard
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise UserError(f"{self.where}: the training stream broke off ({message}); check network access "
+                            "and run it again (it resumes from its last checkpoint)") from None
 
     def _documents(self) -> Iterator[str]:
         """Training documents in stream order, pass after pass when allowed.
@@ -112,12 +145,23 @@ class StreamingCorpus:
         corpus runs out without ``allow_multiple_epochs``.
         """
         while True:
-            whole_pass = self.documents_consumed == 0  # a resumed pass starts mid-corpus
+            stream = self._open_stream()
+            whole_pass = self._stream_state is None  # a resumed pass starts mid-corpus
+            if self._stream_state is not None:
+                if _layout(stream.state_dict(), _features(stream)) != _layout(self._stream_state, self._features):
+                    raise UserError(f"{self.where}: the training stream is not built like the one this "
+                                    "checkpoint's position was taken in (another dataset or datasets version); "
+                                    "resume with the same ones, or delete the run's checkpoints to restart it")
+                stream.load_state_dict(self._stream_state)
+            self._features = _features(stream)
             produced = False
-            for index, text in enumerate(self._open_documents()):
-                if index < self.documents_consumed:
-                    continue  # resuming: skip what earlier attempts used
-                self.documents_consumed = index + 1
+            for row in self._rows(stream):
+                self._stream_state = stream.state_dict()
+                if self._skip_documents:  # a position saved as a document count (isoflop 0.1)
+                    self._skip_documents -= 1
+                    continue
+                self.documents_consumed += 1
+                text = self._text(row)
                 if self.validation_fraction is not None and \
                         document_is_validation(text, self.validation_fraction):
                     continue
@@ -137,6 +181,7 @@ class StreamingCorpus:
                   file=sys.stderr)
             self.passes += 1
             self.documents_consumed = 0
+            self._stream_state = None
 
     def next_batch(self, batch_size: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
         """This rank's (batch_size / world_size, T + 1) slice of the next global batch."""
@@ -156,14 +201,36 @@ class StreamingCorpus:
         return np.stack([tokens[start:start + self.seq_len + 1] for start in starts])
 
     def state_dict(self) -> dict:
-        return {"kind": "streaming", "documents_consumed": self.documents_consumed,
-                "passes": self.passes, "buffer": self._buffer.copy()}
+        """The position: the dataset's stream state, the pass, and the tokens read but not yet used."""
+        return {"kind": "streaming", "stream": self._stream_state, "features": self._features,
+                "documents_consumed": self.documents_consumed, "passes": self.passes, "buffer": self._buffer.copy()}
 
     def load_state_dict(self, state: dict) -> None:
+        self._stream_state = state.get("stream")
+        self._features = state.get("features")
         self.documents_consumed = int(state["documents_consumed"])
+        # isoflop 0.1 saved only the count: the stream is read again from its start, skipping that many
+        self._skip_documents = self.documents_consumed if "stream" not in state else 0
         self.passes = int(state["passes"])
         self._buffer = np.asarray(state["buffer"], dtype=np.int32)
         self._iterator = None
+
+
+def _features(stream: Any) -> dict | None:
+    """The columns of a ``datasets`` stream as a dict (None: not declared, inferred while reading)."""
+    features = getattr(stream, "features", None)
+    return features.to_dict() if features is not None else None
+
+
+def _layout(state: Any, features: dict | None) -> tuple[list[str], dict | None]:
+    """How a ``datasets`` stream position is read: the types of the state's nested example
+    iterables (outermost first) and the stream's features; the positions left out."""
+    types = []
+    while isinstance(state, dict):
+        if "type" in state:
+            types.append(str(state["type"]))
+        state = state.get("examples_iterable")
+    return types, features
 
 
 @dataclass
@@ -254,20 +321,30 @@ def load_training_data(config: DataConfig, seq_len: int, seed: int, tokens_neede
 
 def _hub_training_data(config: DataConfig, tokenizer: Tokenizer, seq_len: int) -> TrainingData:
     """Streaming training data from the Hub (e.g. allenai/c4 en; not exercised offline)."""
-    def training_documents() -> Iterator[str]:
-        return hub_documents(config.name, config.subset, config.split, config.text_field)
+    def open_training_stream() -> Any:
+        import datasets
+
+        try:
+            return datasets.load_dataset(config.name, config.subset, split=config.split, streaming=True)
+        except Exception as error:  # noqa: BLE001 - network, unknown name, missing split
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise UserError(f"data.name={config.name!r} (subset {config.subset!r}, split {config.split!r}) "
+                            f"cannot be streamed ({message}); check the name and network access, or use "
+                            "data.source=files") from None
 
     def validation_tokens(max_tokens: int) -> np.ndarray:
         if config.validation_split:
             documents = hub_documents(config.name, config.subset, config.validation_split,
                                       config.text_field)
         else:
-            documents = (text for text in training_documents()
+            documents = (text for text in hub_documents(config.name, config.subset, config.split,
+                                                        config.text_field)
                          if document_is_validation(text, config.validation_fraction))
         return collect_tokens(documents, tokenizer, max_tokens + 1)
 
     held_out = None if config.validation_split else config.validation_fraction
-    corpus = StreamingCorpus(training_documents, tokenizer, seq_len, held_out, config.allow_multiple_epochs)
+    corpus = StreamingCorpus(open_training_stream, config.text_field, tokenizer, seq_len, held_out,
+                             config.allow_multiple_epochs)
     identity = f"hub:{config.name}:{config.subset}:{config.split}:{config.tokenizer}"
     return TrainingData(train=corpus, tokenizer=tokenizer, validation_tokens=validation_tokens,
                         source="hub", content_hash=hashlib.sha256(identity.encode()).hexdigest()[:16],
