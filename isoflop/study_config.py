@@ -274,6 +274,11 @@ class ClusterConfig:
             ``isoflop/hardware.py``).
         peak_flops: peak FLOP/s of one device; ``None``: from the accelerator table.
         assumed_mfu: model FLOPs utilisation assumed by the cost estimate.
+        checkpoint_write_gbps: write bandwidth (GB/s, 1e9 bytes) assumed for one
+            job saving a checkpoint to the sweep's file system; ``submit
+            --dry-run`` warns when a run's checkpoint would not be saved within
+            the time-limit signal's lead time (``isoflop bench checkpoint``
+            measures it on a machine).
     """
 
     executor: str = "local"
@@ -294,6 +299,7 @@ class ClusterConfig:
     accelerator: str = "cpu"
     peak_flops: float | None = None
     assumed_mfu: float = 0.4
+    checkpoint_write_gbps: float = 1.0
 
     def __post_init__(self) -> None:
         require(self.executor in ("debug", "local", "slurm"), "cluster.executor", self.executor,
@@ -301,7 +307,8 @@ class ClusterConfig:
         require_positive("cluster", max_parallel=self.max_parallel, nodes=self.nodes,
                          tasks_per_node=self.tasks_per_node, cpus_per_task=self.cpus_per_task,
                          timeout_min=self.timeout_min, array_parallelism=self.array_parallelism,
-                         mem_gb=self.mem_gb, peak_flops=self.peak_flops)
+                         mem_gb=self.mem_gb, peak_flops=self.peak_flops,
+                         checkpoint_write_gbps=self.checkpoint_write_gbps)
         require_non_negative("cluster", "set 0 or more", gpus_per_node=self.gpus_per_node,
                              max_requeues=self.max_requeues)
         require_fraction("cluster.assumed_mfu", self.assumed_mfu, "use e.g. 0.4", include_zero=False,

@@ -24,6 +24,8 @@ from isoflop.errors import UserError, file_system_error, is_user_file_system_err
 
 SHOWN_CHANGES = 5
 SUBMIT_LOCK = ".submit.lock"
+CHECKPOINT_BYTES_PER_PARAMETER = 12
+"""fp32 parameter + AdamW's (or SparseAdam's) two fp32 moments (:mod:`isoflop.optimization`)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +54,38 @@ def cost_estimate(runs: Any, cluster: Any) -> str:
     return (f"cost estimate: {human_count(flops)}FLOPs in {len(runs)} runs = {device_hours:.3g} "
             f"{cluster.accelerator}-hours at MFU {cluster.assumed_mfu:g} (peak {human_count(peak)}FLOP/s); "
             f"longest run {longest / devices * 60:.3g} min on {devices} device(s)")
+
+
+def checkpoint_bytes(spec: Any) -> int:
+    """Bytes of a run's checkpoint: ``n_params_total`` x :data:`CHECKPOINT_BYTES_PER_PARAMETER`
+    (the rest of the state, RNG states and the data position, is a few kB)."""
+    return int(spec.costs["n_params_total"]) * CHECKPOINT_BYTES_PER_PARAMETER
+
+
+def checkpoint_estimate(runs: Any, cluster: Any) -> tuple[list[str], str | None]:
+    """Each run's checkpoint size and save time (size / ``cluster.checkpoint_write_gbps``), and
+    a warning when some would not be saved within the time-limit signal's lead time."""
+    from isoflop.submission import SIGNAL_DELAY_S
+
+    bandwidth = cluster.checkpoint_write_gbps * 1e9
+    lines = [f"checkpoints (parameters + Adam moments, fp32; saved at cluster.checkpoint_write_gbps="
+             f"{cluster.checkpoint_write_gbps:g} GB/s):"]
+    too_slow: list[tuple[float, str]] = []
+    for spec in runs:
+        size = checkpoint_bytes(spec)
+        seconds = size / bandwidth
+        if seconds > SIGNAL_DELAY_S:
+            too_slow.append((seconds, spec.run_id))
+        lines.append(f"  {spec.run_id}  {size / 1e9:.3g} GB  {seconds:.3g} s"
+                     + ("  (longer than the signal's lead time)" if seconds > SIGNAL_DELAY_S else ""))
+    if not too_slow:
+        return lines, None
+    seconds, run_id = max(too_slow)
+    return lines, (f"isoflop submit: warning: {len(too_slow)} run(s) take longer to checkpoint than the "
+                   f"{SIGNAL_DELAY_S} s between the time-limit signal and the kill (longest: {run_id}, "
+                   f"{seconds:.0f} s), so at a time limit they lose the steps since their last periodic "
+                   f"checkpoint; raise cluster.timeout_min so they end before it, or set "
+                   f"cluster.checkpoint_write_gbps to the file system's measured speed (isoflop bench checkpoint)")
 
 
 def recorded_study_changes(sweep: Any, resolved_yaml: str) -> list[str]:
@@ -218,6 +252,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"would submit {len(study_plan.runs)} runs with cluster.executor="
               f"{composed.study.cluster.executor} to {args.root / (args.name or composed.study.name)}")
         print(cost_estimate(study_plan.runs, composed.study.cluster))
+        checkpoint_lines, checkpoint_warning = checkpoint_estimate(study_plan.runs, composed.study.cluster)
+        print("\n".join(checkpoint_lines))
+        if checkpoint_warning:
+            print(checkpoint_warning, file=sys.stderr)
         return 0
     sweep = submit_study(composed, args.root, args.name, args.retry_failed, args.new)
     print(sweep.path)
