@@ -68,8 +68,8 @@ def checkpoint_estimate(runs: Any, cluster: Any) -> tuple[list[str], str | None]
     from isoflop.submission import SIGNAL_DELAY_S
 
     bandwidth = cluster.checkpoint_write_gbps * 1e9
-    lines = [f"checkpoints (parameters + Adam moments, fp32; saved at cluster.checkpoint_write_gbps="
-             f"{cluster.checkpoint_write_gbps:g} GB/s):"]
+    lines = [(f"checkpoints (parameters + Adam moments, fp32; saved at cluster.checkpoint_write_gbps="
+              f"{cluster.checkpoint_write_gbps:g} GB/s):")]
     too_slow: list[tuple[float, str]] = []
     for spec in runs:
         size = checkpoint_bytes(spec)
