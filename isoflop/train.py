@@ -134,14 +134,16 @@ class Trainer:
         from models import build_model
 
         self.model = build_model(spec.model, device=context.device, sparse_tables=spec.train.sparse_tables)
+        self.sharded = spec.train.parallelism == "fsdp" and context.world_size > 1
+        if self.sharded:  # FSDP2 replaces the parameters: the optimizers must hold the sharded ones
+            shard_for_training(self.model)
         self.dense_optimizer, self.sparse_optimizer = build_optimizers(self.model, spec)
         self.optimizers = [optimizer for optimizer in (self.dense_optimizer, self.sparse_optimizer)
                            if optimizer is not None]
         self.trainable = [parameter for parameter in self.model.parameters() if parameter.requires_grad]
         self.sparse_parameters = list(self.model.sparse_parameters()) if spec.train.sparse_tables else []
-        self.sharded = spec.train.parallelism == "fsdp" and context.world_size > 1
         self.forward_model = wrapped_for_training(self.model, self.sparse_parameters, context, spec.train.compile,
-                                                  spec.train.parallelism)
+                                                  self.sharded)
         self.autocast = autocast_for(spec.train.precision, context.device)
         self.device_name = current_device_name()  # setup_distributed made context.device the current one
         peak = measured_cpu_peak_flops() if self.device_name == "cpu" else lookup_peak_flops(self.device_name)
@@ -345,14 +347,13 @@ def micro_batching(batch_size: int, micro_batch_size: int, world_size: int) -> t
 
 def wrapped_for_training(model: torch.nn.Module, sparse_parameters: list[torch.nn.Parameter],
                          context: DistributedContext, compile_model: bool,
-                         parallelism: str = "ddp") -> torch.nn.Module:
+                         sharded: bool = False) -> torch.nn.Module:
     """The module the loop calls: with several processes DDP (the sparse tables left to
-    :func:`all_reduce_sparse_gradients`) or FSDP2 (sharded in place:
-    :func:`isoflop.distributed.shard_for_training`), compiled if asked."""
+    :func:`all_reduce_sparse_gradients`) or, when ``sharded``, the model itself (sharded
+    in place by :func:`isoflop.distributed.shard_for_training` before its optimizers
+    were built), compiled if asked."""
     forward_model = model
-    if context.world_size > 1 and parallelism == "fsdp":
-        forward_model = shard_for_training(model)
-    elif context.world_size > 1:
+    if context.world_size > 1 and not sharded:
         from torch.nn.parallel import DistributedDataParallel
 
         if sparse_parameters:

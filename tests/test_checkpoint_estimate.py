@@ -56,3 +56,11 @@ def test_dry_run_warns_when_a_checkpoint_outlasts_the_signal(tmp_path: Path, cap
     else:
         assert warning == []
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_a_bad_bandwidth_is_one_line(tmp_path: Path, capsys, value: str) -> None:
+    assert isoflop("submit", "--sweep", SWEEP, "--dry-run", "--root", tmp_path,
+                   f"cluster.checkpoint_write_gbps={value}") == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "cluster.checkpoint_write_gbps" in error and "Traceback" not in error
