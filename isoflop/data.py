@@ -6,11 +6,18 @@ each followed by the end-of-document id, and concatenated. Sequence packing
 first T ids, targets the last T, so documents run across sequence boundaries
 and no token is padding.
 
-Split: without a dedicated validation split, a document goes to validation when
-its text hash falls below ``validation_fraction``
-(:func:`isoflop.data_sources.document_is_validation`): deterministic and
-disjoint on every machine. Hub datasets with ``validation_split`` (C4's
-``validation``) use that split instead.
+Split, deterministic and disjoint on every machine:
+
+- in-memory corpora (offline, files): ``validation_fraction`` of the tokens,
+  as whole clusters of near-duplicate documents
+  (:func:`isoflop.data_sources.held_out_documents`), so no validation document
+  has a near-duplicate in training;
+- streamed Hub datasets: their own ``validation_split`` (C4's
+  ``validation``) or, without one, each document by its text hash
+  (:func:`isoflop.data_sources.document_is_validation`).
+
+The validation set's size and content hash go into ``result.json``
+(:meth:`TrainingData.describe`).
 
 Two training streams, both exactly resumable from :meth:`state_dict`:
 
@@ -33,14 +40,15 @@ from __future__ import annotations
 import hashlib
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
 from isoflop.data_sources import (
-    document_is_validation, file_documents, hub_documents, offline_corpus, resolve_paths,
+    NEAR_DUPLICATE_JACCARD, document_is_validation, file_documents, held_out_documents, hub_documents,
+    offline_corpus, resolve_paths,
 )
 from isoflop.errors import UserError
 from isoflop.streaming_corpus import StreamingCorpus
@@ -87,57 +95,77 @@ class PackedCorpus:
         self.sequences_consumed = int(state["sequences_consumed"])
 
 
+@dataclass(frozen=True)
+class ValidationSet:
+    """What the held-out split is, for ``result.json``.
+
+    Attributes:
+        split: how it was drawn (``near_duplicate_clusters`` with its Jaccard
+            threshold, ``document_hash``, or the Hub split's name).
+        documents: held-out documents (None when streamed).
+        tokens: held-out tokens (None when streamed).
+        content_hash: SHA-256 (16 hex digits) of the held-out token ids, or of
+            the streamed split's identity.
+    """
+
+    split: str
+    documents: int | None
+    tokens: int | None
+    content_hash: str
+
+
 @dataclass
 class TrainingData:
     """The training stream, the held-out validation tokens, and a description
-    for ``result.json`` (source, content_hash, n_documents)."""
+    for ``result.json`` (source, content_hash, n_documents, validation)."""
 
     train: PackedCorpus | StreamingCorpus
     tokenizer: Tokenizer
-    validation_tokens: Callable[[int], np.ndarray]  # max_tokens -> (<= max_tokens + 1,) int32 ids
+    validation_tokens: Callable[[int], np.ndarray]  # max_tokens -> ids (all held-out ids when in memory)
     source: str
     content_hash: str
     n_documents: int | None
+    validation: ValidationSet
 
     def describe(self) -> dict:
         """The ``data`` entry of ``result.json``."""
         documents = self.n_documents if self.n_documents is not None else getattr(
             self.train, "documents_consumed", None)
         return {"source": self.source, "content_hash": self.content_hash, "n_documents": documents,
-                "epochs": self.train.epochs}
+                "epochs": self.train.epochs, "validation": asdict(self.validation)}
+
+
+def token_hash(tokens: np.ndarray) -> str:
+    """SHA-256 (16 hex digits) of int32 token ids."""
+    return hashlib.sha256(np.ascontiguousarray(tokens, dtype=np.int32).tobytes()).hexdigest()[:16]
 
 
 @lru_cache(maxsize=4)
 def _tokenized_split(source: str, paths: tuple[str, ...], text_field: str, tokenizer_name: str,
                      vocab_size: int | None, validation_fraction: float
-                     ) -> tuple[np.ndarray, np.ndarray, int, str]:
-    """(train tokens, validation tokens, n_documents, content hash) of an
-    in-memory corpus; cached per process (tests and sweeps reuse it)."""
+                     ) -> tuple[np.ndarray, np.ndarray, int, str, ValidationSet]:
+    """(train tokens, validation tokens, n_documents, content hash, validation set)
+    of an in-memory corpus; cached per process (tests and sweeps reuse it)."""
     tokenizer = build_tokenizer(tokenizer_name, vocab_size)
     if source == "offline":
-        documents, corpus_hash = offline_corpus()
-        documents_iter: Iterator[str] = iter(documents)
+        texts, corpus_hash = offline_corpus()
     else:
-        documents_iter = file_documents(list(paths), text_field)
-        corpus_hash = ""
-    train_pieces, validation_pieces = [], []
-    n_documents = 0
-    for text in documents_iter:
-        if not text.strip():
-            continue
-        n_documents += 1
-        target = validation_pieces if document_is_validation(text, validation_fraction) else train_pieces
-        target.append(tokenizer.encode_document(text))
-    if n_documents == 0:
+        texts, corpus_hash = tuple(text for text in file_documents(list(paths), text_field) if text.strip()), ""
+    if not texts:
         raise UserError(f"data.paths: {', '.join(paths)} holds no text; use a non-empty corpus")
+    encoded = [tokenizer.encode_document(text) for text in texts]
+    held_out = held_out_documents(texts, [piece.size for piece in encoded], validation_fraction)
     empty = np.empty(0, dtype=np.int32)
-    train = np.concatenate(train_pieces) if train_pieces else empty
-    validation = np.concatenate(validation_pieces) if validation_pieces else empty
+    train = np.concatenate([piece for piece, out in zip(encoded, held_out) if not out] or [empty])
+    validation = np.concatenate([piece for piece, out in zip(encoded, held_out) if out] or [empty])
     if not corpus_hash:
         digest = hashlib.sha256(train.tobytes())
         digest.update(validation.tobytes())
         corpus_hash = digest.hexdigest()[:16]
-    return train, validation, n_documents, corpus_hash
+    validation_set = ValidationSet(split=f"near_duplicate_clusters(jaccard>={NEAR_DUPLICATE_JACCARD})",
+                                   documents=int(held_out.sum()), tokens=int(validation.size),
+                                   content_hash=token_hash(validation))
+    return train, validation, len(texts), corpus_hash, validation_set
 
 
 def load_training_data(config: DataConfig, seq_len: int, seed: int, tokens_needed: int) -> TrainingData:
@@ -151,7 +179,7 @@ def load_training_data(config: DataConfig, seq_len: int, seed: int, tokens_neede
     if config.source == "hub":
         return _hub_training_data(config, tokenizer, seq_len)
     paths = tuple(resolve_paths(config.paths)) if config.source == "files" else ()
-    train, validation, n_documents, content_hash = _tokenized_split(
+    train, validation, n_documents, content_hash, validation_set = _tokenized_split(
         config.source, paths, config.text_field, config.tokenizer, config.vocab_size,
         config.validation_fraction)
     if validation.size < 2:
@@ -168,9 +196,9 @@ def load_training_data(config: DataConfig, seq_len: int, seed: int, tokens_neede
                             "use a larger corpus, a smaller budget, or data.allow_multiple_epochs=true")
         print(f"isoflop train: warning: the run repeats its corpus ({tokens_needed / available:.2f} epochs "
               f"of {available} tokens)", file=sys.stderr)
-    return TrainingData(train=corpus, tokenizer=tokenizer,
-                        validation_tokens=lambda max_tokens: validation[:max_tokens + 1],
-                        source=config.source, content_hash=content_hash, n_documents=n_documents)
+    return TrainingData(train=corpus, tokenizer=tokenizer, validation_tokens=lambda max_tokens: validation,
+                        source=config.source, content_hash=content_hash, n_documents=n_documents,
+                        validation=validation_set)
 
 
 def _hub_training_data(config: DataConfig, tokenizer: Tokenizer, seq_len: int) -> TrainingData:
@@ -200,9 +228,13 @@ def _hub_training_data(config: DataConfig, tokenizer: Tokenizer, seq_len: int) -
     corpus = StreamingCorpus(open_training_stream, config.text_field, tokenizer, seq_len, held_out,
                              config.allow_multiple_epochs)
     identity = f"hub:{config.name}:{config.subset}:{config.split}:{config.tokenizer}"
+    split = config.validation_split or f"document_hash(<{config.validation_fraction})"
+    validation_identity = f"hub:{config.name}:{config.subset}:{split}:{config.tokenizer}"
+    validation_set = ValidationSet(split=split, documents=None, tokens=None,
+                                   content_hash=hashlib.sha256(validation_identity.encode()).hexdigest()[:16])
     return TrainingData(train=corpus, tokenizer=tokenizer, validation_tokens=validation_tokens,
                         source="hub", content_hash=hashlib.sha256(identity.encode()).hexdigest()[:16],
-                        n_documents=None)
+                        n_documents=None, validation=validation_set)
 
 
 def collect_tokens(documents: Iterator[str], tokenizer: Tokenizer, max_tokens: int) -> np.ndarray:
@@ -233,12 +265,35 @@ def eval_dataset_tokens(config: EvalDatasetConfig, tokenizer: Tokenizer, max_tok
     return tokens
 
 
-def evaluation_sequences(tokens: np.ndarray, seq_len: int) -> list[np.ndarray]:
-    """Packed (n, T + 1) sequences of ``tokens``, plus one shorter tail sequence;
-    together they predict every token but the first exactly once."""
-    n_full = (tokens.size - 1) // seq_len
-    sequences = [tokens[index * seq_len:index * seq_len + seq_len + 1] for index in range(n_full)]
-    tail = tokens[n_full * seq_len:]
-    if tail.size >= 2:
-        sequences.append(tail)
-    return sequences
+def evaluation_windows(tokens: np.ndarray, seq_len: int, max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """Windows of ``tokens`` that predict ``max_tokens`` targets (all of them when there are fewer).
+
+    Every window holds T + 1 ids (T = ``seq_len``) and predicts its last T, as
+    a training sequence does; a corpus shorter than that is one shorter window.
+    With at most ``max_tokens`` targets, windows tile the corpus and the last
+    one ends at its last id, overlapping its predecessor: only its targets not
+    yet predicted are counted, so every target but the first is counted once.
+    With more, ceil(max_tokens / T) windows are spread evenly over the whole
+    corpus (a sample of every part of it, not only its first documents).
+
+    Returns:
+        windows (n, L) int32, L = min(T, len - 1) + 1, and first_counted (n,)
+        int64: window i counts its targets at positions >= first_counted[i].
+    """
+    targets = tokens.size - 1
+    length = min(seq_len, targets)
+    if length < 1:
+        return np.empty((0, 2), dtype=np.int32), np.empty(0, dtype=np.int64)
+    if targets <= max_tokens:
+        starts = np.arange(0, targets - length + 1, length)
+        first_counted = np.zeros(starts.size, dtype=np.int64)
+        remainder = targets - (starts[-1] + length)
+        if remainder:
+            starts = np.append(starts, targets - length)
+            first_counted = np.append(first_counted, length - remainder)
+    else:
+        count = min(-(-max_tokens // length), targets // length)
+        starts = np.arange(count) * (targets - length) // max(1, count - 1)  # spacing >= length: no overlap
+        first_counted = np.zeros(starts.size, dtype=np.int64)
+    windows = np.stack([tokens[start:start + length + 1] for start in starts])
+    return windows, first_counted

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from isoflop.errors import UserError
 from isoflop.flops import ModelCosts, model_costs
 from isoflop.run_spec import RunSpec
-from isoflop.study_config import StudyConfig
+from isoflop.study_config import ClusterConfig, StudyConfig
 from models.config import ModelConfig
 from models.ffw.config_base import FFWConfigBase
 
@@ -121,6 +121,36 @@ def _spread(runs: list[RunSpec], count: int, size_ratio: float) -> list[RunSpec]
     return picked
 
 
+def processes_per_run(cluster: ClusterConfig) -> int:
+    """Training processes (DDP ranks) of one run: nodes x tasks per node (1 in-process, ``debug``)."""
+    return 1 if cluster.executor == "debug" else cluster.nodes * cluster.tasks_per_node
+
+
+def per_rank_micro_batch_size(batch_size: int, micro_batch_size: int, world_size: int) -> int:
+    """Sequences per forward on one rank, as the trainer runs it: the largest
+    divisor of the per-rank batch (batch_size / world_size) that is <= micro_batch_size."""
+    per_rank = max(1, batch_size // world_size)
+    return max(size for size in range(1, min(micro_batch_size, per_rank) + 1) if per_rank % size == 0)
+
+
+def check_routing_groups(study: StudyConfig) -> None:
+    """Raise :class:`UserError` when a method routes groups of sequences
+    (expert choice's ``routing_group``) that a forward's per-rank micro-batch
+    cannot hold a whole number of."""
+    world_size = processes_per_run(study.cluster)
+    train = study.train
+    micro_batch = per_rank_micro_batch_size(train.batch_size, train.micro_batch_size or train.batch_size, world_size)
+    for method, ffw in study.methods.items():
+        group = ffw.sequences_per_routing_group
+        if micro_batch % group:
+            raise UserError(
+                f"methods.{method}.routing_group={group}: each forward holds {micro_batch} sequences per process "
+                f"(train.batch_size={train.batch_size} on {world_size} process{'es' if world_size > 1 else ''}, "
+                f"train.micro_batch_size={train.micro_batch_size or 'unset'}), not a whole number of routing "
+                f"groups; set train.micro_batch_size to a multiple of {group} or methods.{method}.routing_group "
+                f"to a divisor of {micro_batch}")
+
+
 def smallest_feasible_budget(study: StudyConfig) -> float:
     """FLOPs that let the cheapest candidate of every method train ``min_steps`` steps."""
     tokens = study.train.batch_size * study.train.seq_len * study.ladder.min_steps
@@ -136,8 +166,10 @@ def plan(study: StudyConfig) -> Plan:
     """Every run of ``study``: budgets x methods x the ladder around the optimum.
 
     Deterministic: the same study gives the same runs and run_ids. Raises
-    :class:`UserError` when a budget is too small for every candidate of a method.
+    :class:`UserError` when a budget is too small for every candidate of a
+    method, or a method's routing group does not fit the micro-batch.
     """
+    check_routing_groups(study)
     ladder = study.ladder
     runs: list[RunSpec] = []
     dropped: list[DroppedRun] = []

@@ -125,6 +125,8 @@ def _scalar(value: Any, hint: type) -> Any:
         if not isinstance(value, str):
             raise TypeError(f"expected text, got {value!r}")
         return value
+    if hint is bool and value in ("True", "False"):  # a CSV cell
+        return value == "True"
     if isinstance(value, bool) or hint is bool:
         if hint is not bool or not isinstance(value, bool):
             raise TypeError(f"expected {hint.__name__}, got {value!r}")

@@ -59,7 +59,10 @@ class PlanRow:
     ``flops_per_token_*`` in FLOPs per token (``forward``/``train`` exact matmul
     counts, ``6n``/``6n_non_embedding`` the 6·N conventions); ``tokens`` and
     ``steps`` of the run; ``tokens_per_param`` = tokens per active
-    non-embedding parameter; ``realized_over_budget`` = realized / budget.
+    non-embedding parameter; ``realized_over_budget`` = realized / budget;
+    ``causal``: whether the FFW keeps a token's output independent of later
+    tokens in training (a plan.csv without the column is all causal: no
+    option that breaks it existed then).
     """
 
     VERSION: ClassVar[int] = 1
@@ -89,6 +92,7 @@ class PlanRow:
     realized_flops: float
     realized_over_budget: float
     learning_rate: float
+    causal: bool = True  # False: the FFW lets later tokens of a sequence change earlier outputs in training
 
     @classmethod
     def from_run_spec(cls, run: RunSpec) -> PlanRow:
@@ -105,7 +109,7 @@ class PlanRow:
                    tokens_per_param=run.tokens / costs["n_params_active_non_embedding"],
                    realized_flops=run.realized_flops,
                    realized_over_budget=run.realized_flops / run.budget_flops,
-                   learning_rate=run.learning_rate)
+                   learning_rate=run.learning_rate, causal=run.model.ffw.causal)
 
     def to_dict(self) -> dict[str, Any]:
         """The row's columns in order (version 1 writes no version column)."""

@@ -56,6 +56,7 @@ from isoflop.optimization import (
 from isoflop.preemption import Preemption
 from isoflop.run_lock import exclusive_writer
 from isoflop.run_records import EvalScores, ParamCounts, RunResult
+from isoflop.planner import per_rank_micro_batch_size
 from isoflop.run_spec import RunSpec
 from isoflop.sweep_dir import RunDir
 
@@ -335,14 +336,13 @@ class Trainer:
 
 
 def micro_batching(batch_size: int, micro_batch_size: int, world_size: int) -> tuple[int, int]:
-    """(sequences per micro-batch, micro-batches per step) of one rank: the largest
-    divisor of the rank's batch/W sequences that is at most ``micro_batch_size``."""
+    """(sequences per micro-batch, micro-batches per step) of one rank
+    (:func:`isoflop.planner.per_rank_micro_batch_size`, the rule the planner checks routing groups with)."""
     if batch_size % world_size:
         raise UserError(f"train.batch_size={batch_size} is not divisible by the {world_size} "
                         "processes; use a multiple of the process count")
-    per_rank = batch_size // world_size
-    micro = max(size for size in range(1, min(micro_batch_size, per_rank) + 1) if per_rank % size == 0)
-    return micro, per_rank // micro
+    micro = per_rank_micro_batch_size(batch_size, micro_batch_size, world_size)
+    return micro, batch_size // world_size // micro
 
 
 def wrapped_for_training(model: torch.nn.Module, sparse_parameters: list[torch.nn.Parameter],

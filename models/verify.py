@@ -23,8 +23,11 @@ exactly the accounting's ``attention_scores``. On a real CPU tensor the fused
 formula and the counter reports 0 for attention; measuring on meta avoids
 that artefact.
 
-``batch_size`` matters for expert choice: its capacity per position is
-round(c·B/E), exact against the formula when c·B/E is an integer.
+``batch_size`` must hold whole routing groups of expert choice
+(``routing_group`` sequences); the FLOPs per token do not depend on it
+otherwise (exact against the formula when E divides seq_len·c·routing_group).
+``isoflop plan --verify-flops`` measures at the micro-batch one training
+process runs (:func:`isoflop.planner.per_rank_micro_batch_size`).
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ def measure_forward_flops_per_token(config: ModelConfig, seq_len: int, batch_siz
     Args:
         config: the resolved model config.
         seq_len: tokens per sequence (<= max_seq_len).
-        batch_size: sequences per forward (matters for expert choice).
+        batch_size: sequences per forward (whole routing groups for expert choice).
     Returns:
         FLOPs per token, to compare with ``flops_per_token_forward_measurable``.
     """

@@ -12,44 +12,9 @@ import torch.nn.functional as F
 from isoflop.flops import model_costs
 from models import build_ffw, build_model
 from models.builder import ffw_module_class
-from models.config import FFW_FAMILIES, BackboneConfig, ModelConfig, ffw_config_from_dict
+from models.config import FFW_FAMILIES, ModelConfig
 from models.verify import measure_ffw_forward_flops_per_token, measure_forward_flops_per_token
-
-TINY_BACKBONE = BackboneConfig(n_layers=2, d_model=32, n_heads=4, vocab_size=64, max_seq_len=16)
-BATCH, SEQ = 4, 12
-
-TINY_FFW = {
-    "dense_relu": {"family": "dense", "activation": "relu"},
-    "dense_gelu": {"family": "dense", "activation": "gelu"},
-    "dense_swiglu": {"family": "dense", "activation": "swiglu"},
-    "topk_activation": {"family": "topk_activation", "k": 8},
-    "switch": {"family": "token_choice_moe", "n_experts": 4, "top_k": 1, "router": "softmax",
-               "load_balance_weight": 0.01, "capacity_factor": 1.0},
-    "softmax_renorm": {"family": "token_choice_moe", "n_experts": 4, "top_k": 2, "router": "softmax_renorm"},
-    "sigma_moe": {"family": "token_choice_moe", "n_experts": 4, "top_k": 2, "router": "sigmoid",
-                  "entropy_weight": 0.001, "expert_dropout": 0.2},
-    "s_base": {"family": "token_choice_moe", "n_experts": 4, "top_k": 1, "router": "sinkhorn"},
-    "expert_choice": {"family": "expert_choice_moe", "n_experts": 4, "capacity_factor": 1.0},
-    "pkm_softmax_bn": {"family": "pkm", "n_experts": 64, "n_heads": 2, "top_k": 4, "d_key": 16},
-    "pkm_relu_value16": {"family": "pkm", "n_experts": 64, "n_heads": 2, "top_k": 4, "d_key": 16,
-                         "score": "relu", "query_batchnorm": False, "d_value": 16},
-    "peer_softmax_bn": {"family": "peer", "n_experts": 64, "n_heads": 2, "top_k": 4, "d_key": 16},
-    "peer_glu_sigmoid": {"family": "peer", "n_experts": 64, "n_heads": 2, "top_k": 4, "d_key": 16,
-                         "score": "sigmoid", "glu": True, "query_batchnorm": False, "activation": "relu"},
-    "peer_relu_score": {"family": "peer", "n_experts": 64, "n_heads": 3, "top_k": 2, "d_key": 8,
-                        "score": "relu", "query_batchnorm": False},
-}
-
-
-def tiny_model_config(name: str, replace_blocks: str = "all") -> ModelConfig:
-    ffw = ffw_config_from_dict(dict(TINY_FFW[name])).resolve(TINY_BACKBONE.d_model, TINY_BACKBONE.ffw_multiplier)
-    return ModelConfig(TINY_BACKBONE, ffw, replace_blocks=replace_blocks)
-
-
-def uses_batch_statistics(config: ModelConfig) -> bool:
-    """Query BatchNorm normalises with batch statistics in training (documented)."""
-    return bool(getattr(config.ffw, "query_batchnorm", False))
-
+from model_support import BATCH, SEQ, TINY_BACKBONE, TINY_FFW, tiny_model_config
 
 def test_every_config_family_has_a_registered_module_and_a_tiny_case() -> None:
     for family in FFW_FAMILIES.names():
@@ -61,10 +26,7 @@ def test_every_config_family_has_a_registered_module_and_a_tiny_case() -> None:
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_outputs_up_to_t_ignore_later_tokens(name: str, mode: str) -> None:
     config = tiny_model_config(name)
-    if mode == "train" and uses_batch_statistics(config):
-        # Query BatchNorm uses batch statistics in training (documented, not causal):
-        # check the rest of the family's train-mode forward without it.
-        config = ModelConfig(config.backbone, replace(config.ffw, query_batchnorm=False), config.replace_blocks)
+    assert config.ffw.causal
     torch.manual_seed(0)
     model = build_model(config).train(mode == "train")
     tokens = torch.randint(0, TINY_BACKBONE.vocab_size, (BATCH, SEQ))
@@ -80,18 +42,39 @@ def test_outputs_up_to_t_ignore_later_tokens(name: str, mode: str) -> None:
         assert not torch.allclose(changed_logits[:, last_kept + 1:], logits[:, last_kept + 1:])
 
 
+@pytest.mark.parametrize("name", ["pkm_softmax_bn", "peer_softmax_bn"])
+def test_the_papers_query_batchnorm_would_fail_the_causality_check(name: str) -> None:
+    """The check above can fail: the paper's query BatchNorm (kept as an option,
+    marked non-causal) lets later tokens change earlier outputs in training."""
+    config = tiny_model_config(name, query_norm_statistics="batch")
+    assert not config.ffw.causal and "NON-CAUSAL" in config.ffw.summary()
+    torch.manual_seed(0)
+    model = build_model(config).train()
+    tokens = torch.randint(0, TINY_BACKBONE.vocab_size, (BATCH, SEQ))
+    changed = tokens.clone()
+    changed[:, 6:] = torch.randint(0, TINY_BACKBONE.vocab_size, (BATCH, SEQ - 6))
+    assert not torch.allclose(model(tokens)[:, :6], model(changed)[:, :6])
+    model.eval()  # running statistics: causal in evaluation
+    torch.testing.assert_close(model(tokens)[:, :6], model(changed)[:, :6])
+
+
 def test_naive_batch_wide_expert_choice_would_fail_the_causality_check() -> None:
     """The check above can fail: mixing positions inside the layer is caught."""
-    config = tiny_model_config("expert_choice")
+    config = tiny_model_config("expert_choice", routing_group=BATCH)
     torch.manual_seed(0)
     layer = build_ffw(config.ffw, TINY_BACKBONE.d_model, 2).eval()
+    # The same weights routing all B·T tokens as one group (the non-causal original).
+    naive = build_ffw(replace(config.ffw, routing_group=BATCH * SEQ), TINY_BACKBONE.d_model, 2).eval()
+    naive.load_state_dict(layer.state_dict())
     x = torch.randn(BATCH, SEQ, TINY_BACKBONE.d_model)
     changed = x.clone()
     changed[:, 6:] = torch.randn(BATCH, SEQ - 6, TINY_BACKBONE.d_model)
-    # Treating all B·T tokens as one position group (the non-causal original) leaks the future.
-    naive = layer(x.reshape(1, -1, TINY_BACKBONE.d_model).transpose(0, 1)).transpose(0, 1).reshape_as(x)
-    naive_changed = layer(changed.reshape(1, -1, TINY_BACKBONE.d_model).transpose(0, 1)).transpose(0, 1)
-    assert not torch.allclose(naive[:, :6], naive_changed.reshape_as(x)[:, :6])
+
+    def all_tokens_as_one_position(layer_input: torch.Tensor) -> torch.Tensor:
+        flat = layer_input.reshape(-1, 1, TINY_BACKBONE.d_model)  # (B·T, 1, d)
+        return naive(flat).reshape_as(layer_input)
+
+    assert not torch.allclose(all_tokens_as_one_position(x)[:, :6], all_tokens_as_one_position(changed)[:, :6])
     torch.testing.assert_close(layer(x)[:, :6], layer(changed)[:, :6])
 
 

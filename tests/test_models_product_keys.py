@@ -16,8 +16,8 @@ def brute_force_top_k(retrieval: ProductKeyRetrieval, x: torch.Tensor) -> tuple[
     """Score every one of the n² full keys [c_i ; c'_j]; ties broken by the lowest id."""
     n_keys, half = retrieval.n_keys, retrieval.d_key // 2
     query = retrieval.query(x)
-    if retrieval.query_batchnorm is not None:
-        query = retrieval.query_batchnorm(query)
+    if retrieval.query_norm is not None:
+        query = retrieval.query_norm(query)
     query = query.view(x.shape[0], retrieval.n_heads, retrieval.d_key)  # (M, h, d_key)
     first, second = retrieval.sub_keys[:, 0], retrieval.sub_keys[:, 1]  # (h, n, d_key/2)
     full_keys = torch.cat([first.unsqueeze(2).expand(-1, -1, n_keys, -1),
@@ -31,7 +31,7 @@ def brute_force_top_k(retrieval: ProductKeyRetrieval, x: torch.Tensor) -> tuple[
 @pytest.mark.parametrize("n_keys,top_k,d_key,n_heads", [(4, 1, 2, 1), (8, 3, 6, 2), (16, 16, 8, 2), (32, 5, 16, 4)])
 def test_product_key_retrieval_equals_brute_force(n_keys: int, top_k: int, d_key: int, n_heads: int) -> None:
     torch.manual_seed(n_keys + top_k)
-    retrieval = ProductKeyRetrieval(12, n_heads, n_keys, d_key, top_k, query_batchnorm=False).double()
+    retrieval = ProductKeyRetrieval(12, n_heads, n_keys, d_key, top_k, query_norm=None).double()
     x = torch.randn(50, 12, dtype=torch.float64)
     scores, index = retrieval(x)
     expected_scores, expected_index = brute_force_top_k(retrieval, x)

@@ -23,8 +23,8 @@ STUDY_FFW = {
     "peer_1024sq_h8_k16_bn": PEERConfig(n_experts=1024 ** 2, n_heads=8, top_k=16, d_key=256,
                                         query_batchnorm=True),
 }
-# Expert choice is exact when c·B/E is an integer: B = 128 sequences, as in the study.
-BATCH = {"expert_choice_e128": 128}
+# Expert choice routes groups of 16 sequences: 32 is two groups.
+BATCH = {"expert_choice_e128": 32}
 
 
 def study_config(name: str) -> ModelConfig:

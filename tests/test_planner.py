@@ -6,7 +6,7 @@ import pytest
 
 from isoflop.compose import load_study
 from isoflop.errors import UserError
-from isoflop.planner import plan
+from isoflop.planner import per_rank_micro_batch_size, plan
 from isoflop.run_spec import RunSpec
 
 
@@ -77,3 +77,16 @@ def test_pinned_width_varies_depth_only() -> None:
     result = plan(study)
     assert {run.model.backbone.d_model for run in result.runs} == {512}
     assert len({run.model.backbone.n_layers for run in result.runs if run.method == "dense"}) >= 5
+
+
+@pytest.mark.parametrize("batch, micro, world, expected", [(128, 128, 1, 128), (128, 16, 8, 16), (128, 48, 1, 32),
+                                                           (128, 128, 8, 16), (12, 8, 2, 6), (16, 6, 2, 4)])
+def test_per_rank_micro_batch_is_the_largest_divisor_of_the_rank_batch(batch: int, micro: int, world: int,
+                                                                      expected: int) -> None:
+    assert per_rank_micro_batch_size(batch, micro, world) == expected
+
+
+def test_a_micro_batch_of_partial_routing_groups_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="each forward holds 8 sequences per process .* on 2 processes"):
+        plan(load_study("tiny", ["cluster.tasks_per_node=2"]).study)  # 16 sequences over 2 ranks, group 16
+    assert plan(load_study("tiny", ["cluster.tasks_per_node=2", "methods.moe.routing_group=8"]).study).runs

@@ -80,7 +80,10 @@ def test_multiple_epochs_when_allowed_warn(tmp_path: Path, capsys: pytest.Captur
     run_dir = write_run(tmp_path / "run", tiny_spec(steps=30, data=data, log_every_steps=10))
     assert main(["train", str(run_dir)]) == 0
     assert "warning: the run repeats its corpus" in capsys.readouterr().err
-    assert json.loads((run_dir / "result.json").read_text())["data"]["epochs"] > 1
+    described = json.loads((run_dir / "result.json").read_text())["data"]
+    assert described["epochs"] > 1
+    held_out = described["validation"]  # the validation set's size and content hash are recorded
+    assert held_out["documents"] >= 1 and held_out["tokens"] > 0 and len(held_out["content_hash"]) == 16
 
 
 def test_unknown_tokenizer_offline(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

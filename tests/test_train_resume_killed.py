@@ -38,7 +38,7 @@ FAMILIES = {  # method -> FFW config, one per family and token-choice router
     "sigma_moe": {**TINY_MOE, "router": "sigmoid", "top_k": 2, "entropy_weight": 0.001, "expert_dropout": 0.2,
                   "init": "sigma_moe"},  # expert dropout: random numbers drawn at every training step
     "sbase": {**TINY_MOE, "router": "sinkhorn", "top_k": 1},
-    "expert_choice": {"family": "expert_choice_moe", "n_experts": 4},
+    "expert_choice": {"family": "expert_choice_moe", "n_experts": 4, "routing_group": 2},  # one micro-batch
     "pkm": {"family": "pkm", "n_experts": 256, "n_heads": 2, "top_k": 4, "d_key": 16},
     "peer": PEER_TINY,
 }

@@ -69,21 +69,27 @@ def render(rows: list[PlanRow], output_format: str, runs: Any,
     return csv_text(columns)
 
 
-def verify_flops(runs: Any) -> dict[str, dict[str, float]]:
-    """Measured training FLOPs per token and their ratio to the accounting, by run_id."""
+def verify_flops(runs: Any, world_size: int) -> dict[str, dict[str, float]]:
+    """Measured training FLOPs per token and their ratio to the accounting, by run_id.
+
+    Each model is measured at the micro-batch one of its ``world_size``
+    training processes runs (:func:`isoflop.planner.per_rank_micro_batch_size`).
+    """
     try:
         from models.verify import measure_forward_flops_per_token
     except ImportError as error:
         raise UserError(f"--verify-flops needs the model zoo, which is not available ({error}); "
                         "run without --verify-flops") from None
     from isoflop.flops import TRAINING_FLOPS_PER_FORWARD_FLOP, model_costs
+    from isoflop.planner import per_rank_micro_batch_size
 
     measured_by_model: dict[str, tuple[float, float]] = {}  # forward FLOPs/token, ratio
     measured_by_run = {}
     for run in runs:
-        key = json.dumps(run.model.to_dict(), sort_keys=True) + str(run.micro_batch_size)
+        micro_batch = per_rank_micro_batch_size(run.batch_size, run.micro_batch_size, world_size)
+        key = json.dumps(run.model.to_dict(), sort_keys=True) + str(micro_batch)
         if key not in measured_by_model:
-            measured = measure_forward_flops_per_token(run.model, run.seq_len, run.micro_batch_size)
+            measured = measure_forward_flops_per_token(run.model, run.seq_len, micro_batch)
             expected = model_costs(run.model, run.seq_len).flops_per_token_forward_measurable
             measured_by_model[key] = (measured, measured / expected)
         measured, ratio = measured_by_model[key]
@@ -107,12 +113,12 @@ def write_output(text: str, out: Path | None) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from isoflop.compose import load_study
-    from isoflop.planner import plan
+    from isoflop.planner import plan, processes_per_run
 
     composed = load_study(args.sweep, args.overrides, args.budgets)
     study_plan = plan(composed.study)
     rows = plan_rows(study_plan.runs)
-    measured = verify_flops(study_plan.runs) if args.verify_flops else {}
+    measured = verify_flops(study_plan.runs, processes_per_run(composed.study.cluster)) if args.verify_flops else {}
     if args.verify_flops and args.format == "table":
         for row in rows:
             print(f"{row.run_id:<40} measured/accounted FLOPs = "

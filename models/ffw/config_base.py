@@ -90,6 +90,18 @@ class FFWConfigBase:
         """A short human-readable description for plan tables."""
         return self.family
 
+    @property
+    def causal(self) -> bool:
+        """Whether a token's output ignores later tokens of its sequence in training
+        as well as evaluation (False marks a layer kept only to reproduce a paper)."""
+        return True
+
+    @property
+    def sequences_per_routing_group(self) -> int:
+        """Sequences whose tokens the layer routes together (expert choice); a
+        forward's batch must be a multiple of it. 1: each sequence on its own."""
+        return 1
+
     def to_dict(self) -> dict:
         return {"family": self.family, **asdict(self)}
 
@@ -174,20 +186,43 @@ def product_key_retrieval_costs(d_model: int, n_heads: int, n_keys: int, d_key: 
     return params, batchnorm_params, flops
 
 
+QUERY_NORM_STATISTICS = ("prefix", "batch")
+"""Statistics of the product-key query normalisation (``models/ffw/product_keys.py``):
+``prefix`` (causal, the default) or ``batch`` (the paper's BatchNorm, not causal in training)."""
+
+
 class ProductKeyConfig(FFWConfigBase):
     """Base of the product-key families' configs (PEER, PKM), which define the
-    fields ``n_experts``, ``n_heads``, ``top_k``, ``d_key`` and ``query_batchnorm``."""
+    fields ``n_experts``, ``n_heads``, ``top_k``, ``d_key``, ``query_batchnorm``
+    (normalise the queries, Lample §3.3) and ``query_norm_statistics``
+    (one of :data:`QUERY_NORM_STATISTICS`)."""
 
     n_experts: int
     n_heads: int
     top_k: int
     d_key: int
     query_batchnorm: bool
+    query_norm_statistics: str
 
     @property
     def n_keys(self) -> int:
         """Sub-keys per half, sqrt(N)."""
         return product_key_count(self.family, self.n_experts, self.top_k, self.d_key)
+
+    @property
+    def query_norm(self) -> str | None:
+        """The query normalisation the module builds, None without one."""
+        return self.query_norm_statistics if self.query_batchnorm else None
+
+    @property
+    def causal(self) -> bool:
+        return self.query_norm != "batch"
+
+    def query_norm_summary(self) -> str:
+        """The query normalisation for :meth:`summary`, marked when not causal."""
+        if self.query_norm is None:
+            return "qnorm=off"
+        return f"qnorm={self.query_norm}" + ("" if self.causal else " NON-CAUSAL")
 
 
 def resolve_int(value: int | None, default: float) -> int:

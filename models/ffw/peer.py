@@ -14,9 +14,9 @@ materialises the gathered [tokens, h, k, d] rows on its fast paths.
 
 FLOPs per token seen by FlopCounterMode (kernel backend "reference", as on
 the meta device): query 2·d·h·d_key, sub-key scores 2·h·n·d_key, experts
-h·k·(2·d + 2·d) (+2·d·h·k for GLU). Not seen (no matmul): BatchNorm, the
-candidate sums, top-k selections, gathers, the score function and the
-activation.
+h·k·(2·d + 2·d) (+2·d·h·k for GLU). Not seen (no matmul): the query
+normalisation, the candidate sums, top-k selections, gathers, the score
+function and the activation.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class PEERFFW(FFWLayer):
         super().__init__(config, d_model)
         self.sparse_tables = sparse_tables
         self.retrieval = ProductKeyRetrieval(d_model, config.n_heads, config.n_keys, config.d_key,
-                                             config.top_k, config.query_batchnorm)
+                                             config.top_k, config.query_norm)
         # Expert tables (N, d): u_i (down), v_i (up), w_i (GLU gate).
         self.down_table = nn.Parameter(torch.empty(config.n_experts, d_model))
         self.up_table = nn.Parameter(torch.empty(config.n_experts, d_model))
@@ -61,7 +61,7 @@ class PEERFFW(FFWLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, T, d)
         tokens = x.reshape(-1, self.d_model)  # (M, d), M = B·T
-        key_scores, expert_index = self.retrieval(tokens)  # (M, h, k) each
+        key_scores, expert_index = self.retrieval(x)  # (M, h, k) each
         scores = router_scores(key_scores, self.config.score)  # (M, h, k)
         self.record_routing(expert_index, scores)
         output = kernels.peer_experts(tokens, expert_index, scores, self.down_table, self.up_table,

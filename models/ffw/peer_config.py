@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from models.ffw.config_base import (
-    FFWCosts, ProductKeyConfig, ffw_family, product_key_count, product_key_retrieval_costs, require_choice,
-    require_positive,
+    QUERY_NORM_STATISTICS, FFWCosts, ProductKeyConfig, ffw_family, product_key_count, product_key_retrieval_costs,
+    require_choice, require_positive,
 )
 
 
@@ -28,7 +28,11 @@ class PEERConfig(ProductKeyConfig):
         d_key: query/sub-key dimension (routing FLOPs scale with it).
         score: ``softmax``, ``sigmoid`` or ``relu``.
         activation: ``gelu`` or ``relu``.
-        query_batchnorm: BatchNorm on the queries.
+        query_batchnorm: normalise the queries (He 2024 Fig. 4 ablates it).
+        query_norm_statistics: ``prefix`` (causal, the default: each
+            sequence's positions up to t) or ``batch`` (the paper's BatchNorm
+            over the whole batch, not causal in training); see
+            ``models/ffw/product_keys.py``.
         glu: GLU experts (a third table W).
     """
 
@@ -40,6 +44,7 @@ class PEERConfig(ProductKeyConfig):
     score: str = "softmax"
     activation: str = "gelu"
     query_batchnorm: bool = True
+    query_norm_statistics: str = "prefix"
     glu: bool = False
 
     def __post_init__(self) -> None:
@@ -47,6 +52,7 @@ class PEERConfig(ProductKeyConfig):
                          top_k=self.top_k, d_key=self.d_key)
         require_choice(self.family, "score", self.score, ("softmax", "sigmoid", "relu"))
         require_choice(self.family, "activation", self.activation, ("gelu", "relu"))
+        require_choice(self.family, "query_norm_statistics", self.query_norm_statistics, QUERY_NORM_STATISTICS)
         product_key_count(self.family, self.n_experts, self.top_k, self.d_key)
 
     def costs(self, d_model: int) -> FFWCosts:
@@ -67,4 +73,4 @@ class PEERConfig(ProductKeyConfig):
         return FFWCosts(params, active, flops)
 
     def summary(self) -> str:
-        return f"peer N={self.n_experts} h={self.n_heads} k={self.top_k} {self.score}"
+        return f"peer N={self.n_experts} h={self.n_heads} k={self.top_k} {self.score} {self.query_norm_summary()}"

@@ -11,8 +11,8 @@ The value read is one ``F.embedding_bag`` (weighted sum of h·k rows per
 token, never materialising [tokens, h·k, d_value]; sparse gradients with
 sparse tables). Its 2·h·k·d_value FLOPs per token are real arithmetic but
 FlopCounterMode does not count embedding_bag, so ``PKMConfig.costs`` lists
-``values`` in ``flop_counter_invisible``. Also not seen: BatchNorm, candidate
-sums, top-k, gathers, the score function.
+``values`` in ``flop_counter_invisible``. Also not seen: the query
+normalisation, candidate sums, top-k, gathers, the score function.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class PKMFFW(FFWLayer):
         self.sparse_tables = sparse_tables
         d_value = config.d_value or d_model
         self.retrieval = ProductKeyRetrieval(d_model, config.n_heads, config.n_keys, config.d_key,
-                                             config.top_k, config.query_batchnorm)
+                                             config.top_k, config.query_norm)
         self.values = nn.Parameter(torch.empty(config.n_experts, d_value))  # (N, d_value)
         nn.init.normal_(self.values, std=d_value ** -0.5)  # Lample et al. 2019 §3.3 / XLM init
         self.output = nn.Linear(d_value, d_model, bias=False) if d_value != d_model else None
@@ -46,7 +46,7 @@ class PKMFFW(FFWLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, T, d)
         tokens = x.reshape(-1, self.d_model)  # (M, d)
-        key_scores, value_index = self.retrieval(tokens)  # (M, h, k) each
+        key_scores, value_index = self.retrieval(x)  # (M, h, k) each
         scores = router_scores(key_scores, self.config.score)  # (M, h, k)
         self.record_routing(value_index, scores)
         read = F.embedding_bag(value_index.flatten(1), self.values, mode="sum",

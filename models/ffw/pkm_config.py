@@ -7,8 +7,8 @@ from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from models.ffw.config_base import (
-    FFWCosts, ProductKeyConfig, ffw_family, product_key_count, product_key_retrieval_costs, require_choice,
-    require_positive, resolve_int,
+    QUERY_NORM_STATISTICS, FFWCosts, ProductKeyConfig, ffw_family, product_key_count, product_key_retrieval_costs,
+    require_choice, require_positive, resolve_int,
 )
 
 
@@ -23,7 +23,11 @@ class PKMConfig(ProductKeyConfig):
         top_k: k, per-half top-k and the final top-k among k² candidates.
         d_key: query/key dimension (each half uses d_key/2).
         score: ``softmax`` over the top-k scores (Lample) or ``relu`` (§6.2).
-        query_batchnorm: BatchNorm on the queries (Lample §3.3).
+        query_batchnorm: normalise the queries (Lample §3.3).
+        query_norm_statistics: ``prefix`` (causal, the default: each
+            sequence's positions up to t) or ``batch`` (Lample's BatchNorm
+            over the whole batch, not causal in training); see
+            ``models/ffw/product_keys.py``.
         d_value: value dimension; ``None`` means d_model (no output projection).
     """
 
@@ -34,12 +38,14 @@ class PKMConfig(ProductKeyConfig):
     d_key: int = 512
     score: str = "softmax"
     query_batchnorm: bool = True
+    query_norm_statistics: str = "prefix"
     d_value: int | None = None
 
     def __post_init__(self) -> None:
         require_positive(self.family, n_experts=self.n_experts, n_heads=self.n_heads,
                          top_k=self.top_k, d_key=self.d_key, d_value=self.d_value)
         require_choice(self.family, "score", self.score, ("softmax", "relu"))
+        require_choice(self.family, "query_norm_statistics", self.query_norm_statistics, QUERY_NORM_STATISTICS)
         product_key_count(self.family, self.n_experts, self.top_k, self.d_key)
 
     def resolve(self, d_model: int, ffw_multiplier: float) -> "PKMConfig":
@@ -71,4 +77,4 @@ class PKMConfig(ProductKeyConfig):
         return FFWCosts(params, active, flops, flop_counter_invisible=("values",))
 
     def summary(self) -> str:
-        return f"pkm N={self.n_experts} h={self.n_heads} k={self.top_k} {self.score}"
+        return f"pkm N={self.n_experts} h={self.n_heads} k={self.top_k} {self.score} {self.query_norm_summary()}"

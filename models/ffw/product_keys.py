@@ -8,23 +8,75 @@ of the per-half top-k (Lample §3.2): two n-way searches, k² additions and one
 top-k replace an N-way search.
 
 Each of h heads has its own query (one ``nn.Linear`` d -> h·d_key, no bias)
-and its own sub-keys. Optional BatchNorm on the queries (Lample §3.3) uses
-batch statistics in training, so in train mode a token's retrieval depends on
-the other tokens of the batch (not causal); in eval mode it uses running
-statistics.
+and its own sub-keys. The queries can be normalised per feature before the
+search (Lample §3.3 uses BatchNorm, which spreads the queries over the keys
+and raises the share of keys in use), with one of two kinds of statistics:
+
+- ``prefix`` (the default, causal): the mean and variance of each feature
+  over positions 0..t of the token's own sequence,
+  q̂_t = (q_t - mean_{s<=t} q_s) / sqrt(var_{s<=t} q_s + eps), then a
+  learned scale and shift. Nothing later in the sequence and nothing of
+  other sequences enters, in training and evaluation alike (no running
+  statistics; the same output whatever the batch). At t = 0 the normalised
+  query is 0 and the retrieval uses the shift only.
+- ``batch``: the paper's exact ``nn.BatchNorm1d`` over all B·T tokens of the
+  forward in training (running statistics in evaluation). In training a
+  token's retrieval then depends on later tokens of its own sequence (and on
+  the other sequences): NOT causal, kept to reproduce the paper.
 
 :func:`router_scores` turns the retrieved key scores into the weights both
 layers use (softmax, sigmoid or ReLU over the top-k).
 
 FLOPs per token seen by FlopCounterMode: query 2·d·h·d_key, sub-key scores
-2·h·n·d_key. Not seen (no matmul): BatchNorm, the k² candidate sums, the
-top-k selections and the index arithmetic.
+2·h·n·d_key. Not seen (no matmul): the query normalisation, the k² candidate
+sums, the top-k selections and the index arithmetic.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+
+class PrefixQueryNorm(nn.Module):
+    """Per-feature normalisation with statistics of the sequence's positions up to t (causal).
+
+    Args:
+        features: F = h·d_key, each normalised on its own (like BatchNorm1d(F)).
+        eps: added to the variance.
+    """
+
+    def __init__(self, features: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(features))
+        self.bias = nn.Parameter(torch.zeros(features))
+
+    def forward(self, query: torch.Tensor) -> torch.Tensor:
+        """Normalised ``query`` (B, T, F); statistics in float32 (or float64 for float64 input)."""
+        dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
+        # (B, F, T), contiguous: running sums along the last axis and every elementwise op on dense memory.
+        by_feature = query.transpose(1, 2).to(dtype).contiguous()
+        count = torch.arange(1, by_feature.shape[-1] + 1, device=query.device, dtype=dtype)  # (T,)
+        mean, mean_square = torch.stack([by_feature, by_feature * by_feature]).cumsum(dim=-1) / count  # (B, F, T)
+        scale = torch.rsqrt((mean_square - mean * mean).clamp_min(0.0) + self.eps)  # variance over positions <= t
+        normalized = (by_feature - mean) * scale * self.weight.view(-1, 1) + self.bias.view(-1, 1)  # (B, F, T)
+        return normalized.transpose(1, 2).to(query.dtype)  # (B, T, F)
+
+
+class BatchQueryNorm(nn.BatchNorm1d):
+    """The paper's query BatchNorm (Lample et al. 2019 §3.3) over all B·T tokens of a forward.
+
+    Not causal in training: the statistics include later positions of every sequence.
+    """
+
+    def forward(self, query: torch.Tensor) -> torch.Tensor:
+        """Normalised ``query`` (B, T, F)."""
+        return super().forward(query.reshape(-1, query.shape[-1])).view_as(query)
+
+
+QUERY_NORMS = {"prefix": PrefixQueryNorm, "batch": BatchQueryNorm}
+"""Query normalisation by ``query_norm_statistics``."""
 
 
 class ProductKeyRetrieval(nn.Module):
@@ -36,15 +88,16 @@ class ProductKeyRetrieval(nn.Module):
         n_keys: n sub-keys per half (N = n²).
         d_key: query/key width (each half d_key/2).
         top_k: k, per half and overall.
-        query_batchnorm: BatchNorm1d(h·d_key) on the queries.
+        query_norm: ``prefix`` or ``batch`` normalisation of the h·d_key query
+            features (module docstring), or None for none.
     """
 
     def __init__(self, d_model: int, n_heads: int, n_keys: int, d_key: int, top_k: int,
-                 query_batchnorm: bool) -> None:
+                 query_norm: str | None) -> None:
         super().__init__()
         self.n_heads, self.n_keys, self.d_key, self.top_k = n_heads, n_keys, d_key, top_k
         self.query = nn.Linear(d_model, n_heads * d_key, bias=False)
-        self.query_batchnorm = nn.BatchNorm1d(n_heads * d_key) if query_batchnorm else None
+        self.query_norm = QUERY_NORMS[query_norm](n_heads * d_key) if query_norm else None
         # (h, 2, n, d_key/2): per head, the two halves' sub-keys.
         self.sub_keys = nn.Parameter(torch.empty(n_heads, 2, n_keys, d_key // 2))
         nn.init.normal_(self.query.weight, std=d_model ** -0.5)
@@ -54,16 +107,15 @@ class ProductKeyRetrieval(nn.Module):
         """Scores and ids of the top-k keys per head, best first.
 
         Args:
-            x: (M, d) tokens.
+            x: (B, T, d) tokens.
         Returns:
             key_scores (M, h, k) = q·k_(i,j) (before any score function) and
-            key_index (M, h, k) int64 ids i·n + j in [0, N).
+            key_index (M, h, k) int64 ids i·n + j in [0, N), M = B·T.
         """
-        tokens = x.shape[0]
-        query = self.query(x)  # (M, h·d_key)
-        if self.query_batchnorm is not None:
-            query = self.query_batchnorm(query)
-        query = query.view(tokens, self.n_heads, 2, self.d_key // 2)  # (M, h, 2, d_key/2)
+        query = self.query(x)  # (B, T, h·d_key)
+        if self.query_norm is not None:
+            query = self.query_norm(query)
+        query = query.reshape(-1, self.n_heads, 2, self.d_key // 2)  # (M, h, 2, d_key/2)
         half_scores = torch.einsum("mhsc,hsnc->mhsn", query, self.sub_keys)  # (M, h, 2, n)
         return product_key_top_k(half_scores[:, :, 0], half_scores[:, :, 1], self.top_k)
 
