@@ -14,12 +14,10 @@ import pytest
 
 from isoflop import checkpoint
 from isoflop.study_config import DataConfig
-from conftest import SWEEP, isoflop, metrics
-from train_support import PEER_TINY, tiny_spec, train_in_processes, write_corpus, write_run
-
-
-def losses(run_dir: Path) -> list[float]:
-    return [record["loss"] for record in metrics(run_dir) if "loss" in record and record.get("kind") is None]
+from conftest import SWEEP, isoflop
+from train_support import (
+    PEER_TINY, logged_losses, tiny_spec, train_in_processes, training_records, write_corpus, write_run,
+)
 
 
 @pytest.mark.slow
@@ -35,16 +33,16 @@ def test_fsdp_matches_ddp_on_two_processes(tmp_path: Path, ffw) -> None:
         run_dir = write_run(tmp_path / name, spec)
         train_in_processes(run_dir, 2, tmp_path)
         results[name] = json.loads((run_dir / "result.json").read_text())
-    assert len(losses(tmp_path / "fsdp")) == 6
-    assert losses(tmp_path / "fsdp") == pytest.approx(losses(tmp_path / "ddp"), rel=1e-5, abs=1e-6)
+    assert len(logged_losses(tmp_path / "fsdp")) == 6
+    assert logged_losses(tmp_path / "fsdp") == pytest.approx(logged_losses(tmp_path / "ddp"), rel=1e-5, abs=1e-6)
     assert results["fsdp"]["eval"]["validation"]["loss"] == pytest.approx(
         results["ddp"]["eval"]["validation"]["loss"], rel=1e-5)
 
     resumed = write_run(tmp_path / "resumed", fsdp)
     checkpoint.copy(tmp_path / "fsdp" / "checkpoints" / "step_000004", resumed, fsdp.run_id)
     train_in_processes(resumed, 2, tmp_path)
-    assert [record["step"] for record in metrics(resumed) if "loss" in record and record.get("kind") is None] == [5, 6]
-    assert losses(resumed) == losses(tmp_path / "fsdp")[4:]
+    assert [record["step"] for record in training_records(resumed)] == [5, 6]
+    assert logged_losses(resumed) == logged_losses(tmp_path / "fsdp")[4:]
 
 
 @pytest.mark.parametrize("overrides, fragment", [

@@ -48,6 +48,18 @@ def write_run(run_dir: Path, spec: RunSpec) -> Path:
     return run_dir
 
 
+def training_records(run_dir: Path) -> list[dict]:
+    """The per-step training lines of ``run_dir``'s metrics.jsonl (no resume or evaluation records)."""
+    from conftest import metrics
+
+    return [record for record in metrics(run_dir) if "loss" in record and record.get("kind") is None]
+
+
+def logged_losses(run_dir: Path) -> list[float]:
+    """The training loss of every logged step, in log order."""
+    return [record["loss"] for record in training_records(run_dir)]
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now (for a process group's rendezvous)."""
     import socket
