@@ -17,7 +17,9 @@ plus DCP's ``.metadata`` index:
 - sharded tensors (FSDP2's DTensors) are items too; every rank writes its own
   shards (DCP's collective save), and a load reads what each rank needs;
 - everything else (small tensors, numbers, numpy arrays, RNG tuples) is
-  pickled into one item, ``@objects``.
+  pickled into one item, ``@objects``, a uint8 tensor of the pickle's bytes
+  (a tensor is written raw; a ``bytes`` item would be pickled again by DCP at
+  protocol 2, which stores every byte >= 0x80 as two).
 
 While a file is written its SHA-256 and size are computed from the bytes as
 they pass (:class:`HashingFileSystem`); :mod:`isoflop.checkpoint` puts them in
@@ -122,7 +124,8 @@ def items_for_saving(state: Mapping[str, Any]) -> dict[str, Any]:
                 items[f"{key}{ROWS_MARK}{first}"] = value[first:last]
         else:
             objects[key] = value.detach().cpu() if isinstance(value, torch.Tensor) else value
-    items[OBJECTS_KEY] = pickle.dumps(objects, protocol=pickle.HIGHEST_PROTOCOL)
+    items[OBJECTS_KEY] = torch.frombuffer(bytearray(pickle.dumps(objects, protocol=pickle.HIGHEST_PROTOCOL)),
+                                          dtype=torch.uint8)
     return items
 
 
@@ -273,11 +276,11 @@ def read_state(folder: Path, live_state: Mapping[str, Any] | None = None, like: 
     templates = flatten(like or {})
     metadata = FileSystemReader(folder).read_metadata().state_dict_metadata
     blocks: dict[str, list[tuple[int, str, TensorStorageMetadata]]] = {}
+    request: dict[str, Any] = {OBJECTS_KEY: torch.empty(tuple(metadata[OBJECTS_KEY].size), dtype=torch.uint8)}
     for item_key, item in metadata.items():
-        if isinstance(item, TensorStorageMetadata):
+        if isinstance(item, TensorStorageMetadata) and item_key != OBJECTS_KEY:
             base, mark, first = item_key.partition(ROWS_MARK)
             blocks.setdefault(base, []).append((int(first) if mark else 0, item_key, item))
-    request: dict[str, Any] = {OBJECTS_KEY: None}
     wholes: dict[str, torch.Tensor] = {}
     for base, parts in blocks.items():
         parts.sort(key=lambda part: part[0])
@@ -289,6 +292,6 @@ def read_state(folder: Path, live_state: Mapping[str, Any] | None = None, like: 
             request[item_key] = whole if len(parts) == 1 else whole.narrow(0, first, item.size[0])
     with _single_process_notice_silenced():
         dcp.load(request, storage_reader=FileSystemReader(folder), no_dist=not sharded)
-    flat: dict[str, Any] = pickle.loads(request[OBJECTS_KEY])
+    flat: dict[str, Any] = pickle.loads(request[OBJECTS_KEY].numpy().tobytes())
     flat.update(wholes)
     return unflatten(flat)

@@ -37,8 +37,7 @@ def test_estimated_size_is_the_size_of_a_saved_checkpoint(tmp_path: Path) -> Non
     saved = checkpoint.save(tmp_path, 1, spec.run_id, {"model": model.state_dict(),
                                                        "optimizer": optimizer.state_dict()}, context)
     saved_bytes = sum(path.stat().st_size for path in saved.iterdir())
-    # the files add DCP's headers, and tensors under 1 MiB travel pickled (about 17% larger)
-    assert checkpoint_bytes(spec) == pytest.approx(saved_bytes, rel=0.1)
+    assert checkpoint_bytes(spec) == pytest.approx(saved_bytes, rel=0.01)  # the rest: file headers, RNG states
 
 
 @pytest.mark.parametrize("slower", [False, True])
