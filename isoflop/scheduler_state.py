@@ -33,9 +33,11 @@ from isoflop.run_records import JobEvent, PlanRow, RunResult
 from isoflop.sweep_dir import RunDir, SweepDir, last_submission
 
 LIVE = ("pending", "running", "preempted")
-TERMINAL = ("completed", "diverged", "failed", "cancelled")
+TERMINAL = ("completed", "diverged", "failed", "cancelled", "blocked")
 UNKNOWN = "unknown"  # the scheduler could not be asked: it may be live
-STATES = ("planned", *LIVE, UNKNOWN, *TERMINAL)
+STATES = ("planned", "waiting", *LIVE, UNKNOWN, *TERMINAL)
+"""``waiting`` / ``blocked``: a branch whose trunk has not reached its fork step yet / has
+ended without reaching it (:mod:`isoflop.forks`)."""
 SUBMISSION_GRACE_S = 120.0  # a job unknown to the scheduler this soon after submission is pending
 SCHEDULER_TIMEOUT_S = 60.0
 ABSENT = "ABSENT"  # raw state of a job that neither sacct nor squeue lists (both answered)
@@ -166,7 +168,8 @@ def scheduler_view(submissions: list[JobEvent]) -> tuple[dict[str, str], list[st
 
 @dataclass(frozen=True)
 class RunStatus:
-    """One row of ``isoflop status``."""
+    """One row of ``isoflop status``. ``role``: ``run``, or ``trunk`` / ``branch`` with
+    cooldown branches; ``waits_for``: what a waiting branch waits for."""
 
     run_id: str
     method: str
@@ -179,6 +182,8 @@ class RunStatus:
     last_loss: float | None
     job_id: str | None
     executor: str | None
+    role: str = "run"
+    waits_for: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -268,15 +273,18 @@ class SweepStatus:
 
 
 def sweep_status(sweep: SweepDir, ask_scheduler: bool = True) -> SweepStatus:
-    """The status of every run of ``sweep``, with one scheduler query per executor
+    """The status of every run (and trunk) of ``sweep``, with one scheduler query per executor
     (none without ``ask_scheduler``: only the files are read and checked, and the
     states of submitted runs without a result mean nothing).
 
     Raises:
         UserError: a record of the sweep cannot be read (one line naming the file).
     """
+    from isoflop.forks import with_branch_states
+
     plan = sweep.plan_rows()
-    runs = list(sweep.runs(plan))
+    trunks = sweep.trunk_rows()
+    runs = [*(sweep.trunk(trunk_id) for trunk_id in trunks), *sweep.runs(plan)]
     events = {run.run_id: run.events() for run in runs}
     submissions = {run_id: last_submission(run_events) for run_id, run_events in events.items()}
     view, problems = scheduler_view([event for event in submissions.values() if event is not None]) \
@@ -286,5 +294,6 @@ def sweep_status(sweep: SweepDir, ask_scheduler: bool = True) -> SweepStatus:
     for run in runs:
         submission = submissions[run.run_id]
         job_view = view.get(submission.job_id) if submission else None
-        rows.append(run_status(run, plan.get(run.run_id), events[run.run_id], submission, job_view, now))
-    return SweepStatus(rows, tuple(dict.fromkeys(problems)))
+        planned = trunks.get(run.run_id) or plan.get(run.run_id)
+        rows.append(run_status(run, planned, events[run.run_id], submission, job_view, now))
+    return SweepStatus(with_branch_states(sweep, rows, plan, trunks), tuple(dict.fromkeys(problems)))
