@@ -10,8 +10,8 @@ module is the one way to save, verify, load and copy one:
 - :func:`newest_good` finds the newest usable one (setting corrupt ones
   aside) and :func:`load` reads one; :func:`load_for_resume` does both in
   every process of a run;
-- :func:`copy` puts a checkpoint into another run's folder (hard links where
-  the file system allows, else copies), e.g. to start a branch run from it.
+- :func:`adopt` makes a checkpoint another run's (hard links where the file
+  system allows, else copies), e.g. to start a branch run from it.
 
 Inside, the state is written by :mod:`isoflop.checkpoint_format` with
 ``torch.distributed.checkpoint``: one file per tensor item, large tensors in
@@ -264,33 +264,6 @@ def load_for_resume(run_dir: Path, run_id: str, context: DistributedContext, liv
     if kind == "none":
         return None
     return load(Path(value), live_state, like, sharded=sharded)
-
-
-def copy(source: Path, run_dir: Path, run_id: str) -> Path:
-    """Put the good checkpoint folder ``source`` into ``run_dir`` as the run ``run_id``'s
-    (same step; files hard-linked where possible, else copied; a new manifest naming
-    ``run_id`` and ``copied_from``). Raises :class:`UserError` if ``source`` is unusable."""
-    manifest = _manifest(source)
-    problem = verify(source, manifest.get("run_id")) if manifest is not None else "missing manifest.json"
-    if problem is not None:
-        raise UserError(f"checkpoint {source} is unusable ({problem}); copy a good one")
-    root = checkpoint_dir(run_dir)
-    final, temporary = root / source.name, root / f"{source.name}.tmp"
-    root.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir()
-    try:
-        for name in _expected_files(manifest) or {}:
-            try:
-                os.link(source / name, temporary / name)
-            except OSError:  # another file system, or links not allowed
-                shutil.copy2(source / name, temporary / name)
-        _write_manifest(temporary, {**manifest, "run_id": run_id, "copied_from": str(source.resolve())})
-        _publish(temporary, final)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    return final
 
 
 def step_folder(run_dir: Path, step: int) -> Path:

@@ -34,12 +34,13 @@ def test_fsdp_matches_ddp_on_two_processes(tmp_path: Path, ffw) -> None:
         train_in_processes(run_dir, 2, tmp_path)
         results[name] = json.loads((run_dir / "result.json").read_text())
     assert len(logged_losses(tmp_path / "fsdp")) == 6
-    assert logged_losses(tmp_path / "fsdp") == pytest.approx(logged_losses(tmp_path / "ddp"), rel=1e-5, abs=1e-6)
+    # reduce-scatter and all-reduce sum in different orders; Adam carries the rounding on (1.5e-5 by step 6)
+    assert logged_losses(tmp_path / "fsdp") == pytest.approx(logged_losses(tmp_path / "ddp"), rel=1e-4, abs=1e-6)
     assert results["fsdp"]["eval"]["validation"]["loss"] == pytest.approx(
-        results["ddp"]["eval"]["validation"]["loss"], rel=1e-5)
+        results["ddp"]["eval"]["validation"]["loss"], rel=1e-4)
 
     resumed = write_run(tmp_path / "resumed", fsdp)
-    checkpoint.copy(tmp_path / "fsdp" / "checkpoints" / "step_000004", resumed, fsdp.run_id)
+    checkpoint.adopt(checkpoint.step_folder(tmp_path / "fsdp", 4), fsdp.run_id, resumed, fsdp.run_id)
     train_in_processes(resumed, 2, tmp_path)
     assert [record["step"] for record in training_records(resumed)] == [5, 6]
     assert logged_losses(resumed) == logged_losses(tmp_path / "fsdp")[4:]
