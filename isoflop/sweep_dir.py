@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from isoflop.atomic_files import write_atomic, write_json_atomic
-from isoflop.errors import UserError
+from isoflop.errors import UserError, file_system_error
 from isoflop.run_records import JobEvent, PlanRow, RunResult
 from isoflop.study_config import EXECUTION_SETTINGS
 
@@ -115,6 +115,7 @@ class SweepDir:
     trunks_csv = property(lambda self: self.path / "trunks.csv")
     runs_dir = property(lambda self: self.path / "runs")
     trunks_dir = property(lambda self: self.path / "trunks")
+    submit_lock = property(lambda self: self.path / ".submit.lock")
     code_dir = property(lambda self: self.path / "code")
     submitit_dir = property(lambda self: self.path / "submitit")
 
@@ -159,8 +160,13 @@ class SweepDir:
     @contextlib.contextmanager
     def submission_lock(self) -> Iterator[None]:
         """Hold the sweep's submission lock: one submitter at a time decides what to submit
-        and records it (``isoflop submit``, and trunks submitting their branches)."""
-        with open(self.path / ".submit.lock", "a") as lock:
+        and records it (``isoflop submit``, and trunks submitting their branches); a lock
+        file that cannot be opened is a UserError naming the sweep."""
+        try:
+            lock = open(self.submit_lock, "a")  # noqa: SIM115 - closed below
+        except OSError as error:
+            raise file_system_error(error, f"lock the sweep {self.path} for submitting") from None
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
 

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import SWEEP, events, isoflop, metrics, status_rows, wait_until
 from isoflop.atomic_files import append_jsonl
-from isoflop.commands.submit import submission_in_progress, submitting
+from isoflop.commands.submit import submission_in_progress
 from isoflop.sweep_dir import SweepDir
 
 ONE_RUN = ("--sweep", SWEEP, "--budget", "5e8", "ladder.shapes=[[1,32,2]]")
@@ -62,7 +62,7 @@ def test_wait_ends_on_runs_that_were_never_submitted(completed_sweep: Path, caps
     (run_dir / "result.json").unlink()
     (run_dir / "jobs.jsonl").unlink()  # planned, never submitted
     sweep = SweepDir(completed_sweep)
-    with submitting(sweep):  # a submit of this sweep in progress: its planned runs are waited for
+    with sweep.submission_lock():  # a submit of this sweep in progress: its planned runs are waited for
         assert submission_in_progress(sweep)
         assert isoflop("wait", completed_sweep, "--interval", "0.1", "--timeout", "0.5") == 3
     assert not submission_in_progress(sweep)

@@ -14,11 +14,9 @@ differences, unless ``--new`` (a fresh sweep beside it) or ``--name``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import fcntl
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,6 @@ from isoflop.commands.common import add_study_arguments, human_count
 from isoflop.errors import UserError, file_system_error, is_user_file_system_error
 
 SHOWN_CHANGES = 5
-SUBMIT_LOCK = ".submit.lock"
 CHECKPOINT_BYTES_PER_PARAMETER = 12
 """fp32 parameter + AdamW's (or SparseAdam's) two fp32 moments (:mod:`isoflop.optimization`)."""
 
@@ -151,23 +148,10 @@ def select_runs(sweep: Any, retry_failed: bool) -> tuple[list[Any], dict[str, in
     return chosen, counts, status.problems
 
 
-@contextlib.contextmanager
-def submitting(sweep: Any) -> Iterator[None]:
-    """Hold the sweep's submit lock: one ``submit`` per sweep at a time, and ``wait`` can
-    tell that planned runs are about to be submitted (:func:`submission_in_progress`)."""
-    try:
-        handle = open(sweep.path / SUBMIT_LOCK, "a")  # noqa: SIM115 - closed below
-    except OSError as error:
-        raise file_system_error(error, f"lock the sweep {sweep.path} for submitting") from None
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-
-
 def submission_in_progress(sweep: Any) -> bool:
     """Whether an ``isoflop submit`` of ``sweep`` holds its submit lock now."""
     try:
-        handle = open(sweep.path / SUBMIT_LOCK)  # noqa: SIM115 - closed below
+        handle = open(sweep.submit_lock)  # noqa: SIM115 - closed below
     except OSError:
         return False
     with handle:
@@ -207,7 +191,7 @@ def submit_study(composed: Any, root: Path, name: str | None, retry_failed: bool
     specs = {spec.run_id: spec for spec in (*study_plan.trunks, *study_plan.runs)}
     sweep.make_writable_folder()
     try:
-        with submitting(sweep):  # one submitter per sweep at a time
+        with sweep.submission_lock():  # one submitter per sweep at a time
             if existed:  # a damaged record stops the submit before it writes anything
                 sweep_status(sweep, ask_scheduler=False)
             sweep.create(composed.resolved_yaml, rows, {
