@@ -14,10 +14,10 @@ The environment variable ISOFLOP_KERNEL_BACKEND replaces "auto".
 
 Layout: one module per (kernel, backend): `peer_reference`, `peer_torch`,
 `peer_triton`, `cvmm_reference`, `cvmm_torch`, `cvmm_triton`; `dispatch` holds
-the API; `bench` the benchmark. (No submodule is named after a public function,
+the API (the benchmark is `isoflop.bench.kernels`). (No submodule is named after a public function,
 so `kernels.cvmm` is always the function.)
 
-Attributes are loaded lazily so that `import kernels.bench` stays cheap and
+Attributes are loaded lazily so that `import isoflop.bench.kernels` stays cheap and
 triton is imported only when its backend is used.
 """
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from conftest import heavy_imports
-from kernels.bench import bandwidth_for, main
+from isoflop.bench.kernels import bandwidth_for, main
 
 
 def test_import_does_not_load_torch() -> None:
-    assert heavy_imports(("kernels.bench",), ("torch",)) == []
+    assert heavy_imports(("isoflop.bench.kernels",), ("torch",)) == []
 
 
 def test_bandwidth_table_is_keyed_by_device_name() -> None:

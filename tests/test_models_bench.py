@@ -10,9 +10,14 @@ import pytest
 import torch
 from conftest import heavy_imports
 
-from models import bench
-from models.bench import main
-from models.bench_bound import StepBound, peer_step_bytes, peer_step_matmul_flops, touched_expert_rows
+from isoflop.bench import layers as bench
+from isoflop.bench.layer_bound import (
+    StepBound,
+    peer_step_bytes,
+    peer_step_matmul_flops,
+    touched_expert_rows,
+)
+from isoflop.bench.layers import main
 from models.builder import build_ffw
 from models.ffw.peer_config import PEERConfig
 from models.verify import measure_ffw_forward_flops_per_token

@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Any
 
-from kernels.bench import PEER_REFERENCE_CASE
+from isoflop.bench.kernels import PEER_REFERENCE_CASE
 
 Figures = dict[str, Any]
 EQUIVALENCE_RELATIVE_TOLERANCE = 2e-3  # fp32 on both sides; only the gradient summation order differs

@@ -34,7 +34,7 @@ from isoflop.acceptance.figures import (
     gpu_test_figures, gpu_tests_headline, training_figures, training_headline,
 )
 from isoflop.errors import UserError
-from kernels.bench import GPU_DEFAULTS, size_arguments
+from isoflop.bench.kernels import GPU_DEFAULTS, size_arguments
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 SWEEP = "gpu_acceptance"
@@ -59,7 +59,7 @@ class Profile:
     sweep_overrides: tuple[str, ...]  # applied to sweeps/gpu_acceptance.yaml
     training_budget: float | None  # FLOPs per training run (None: the sweep's)
     equivalence_budget: float  # FLOPs per equivalence run (fp32, a few dozen steps)
-    kernel_sizes: dict[str, Any]  # `isoflop bench kernels` sizes, keys as kernels.bench.GPU_DEFAULTS
+    kernel_sizes: dict[str, Any]  # `isoflop bench kernels` sizes, keys as isoflop.bench.kernels.GPU_DEFAULTS
     kernel_repeats: int
     tests_must_run: bool  # a skipped gpu test is a failure
     environment: tuple[tuple[str, str], ...] = ()  # set for every command, on top of this process's

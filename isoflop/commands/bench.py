@@ -1,9 +1,9 @@
 """``isoflop bench kernels|layers|checkpoint [ARGS...]``: speed and memory benchmarks.
 
 ``kernels``: the fused PEER and CVMM kernels against their references
-(``kernels/bench.py``). ``layers``: the PEER layer against a dense FFW
-(``models/bench.py``). ``checkpoint``: saving and loading a large training
-state, streamed against whole in memory (``isoflop/checkpoint_bench.py``).
+(``isoflop/bench/kernels.py``). ``layers``: the PEER layer against a dense FFW
+(``isoflop/bench/layers.py``). ``checkpoint``: saving and loading a large training
+state, streamed against whole in memory (``isoflop/bench/checkpoint.py``).
 Benchmarks report ratios measured side by side in one run; they are not tests.
 
 Each benchmark module defines ``add_arguments(parser)`` and ``run(args)`` like
@@ -19,7 +19,7 @@ from types import ModuleType
 
 from isoflop.commands.common import OneLineArgumentParser, parse_command_line
 
-TARGETS = {"kernels": "kernels.bench", "layers": "models.bench", "checkpoint": "isoflop.checkpoint_bench"}
+TARGETS = {"kernels": "isoflop.bench.kernels", "layers": "isoflop.bench.layers", "checkpoint": "isoflop.bench.checkpoint"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,7 +5,7 @@ Times forward+backward of a PEER layer (He 2024) beside a dense FFW
 peak memory, the PEER routing alone (query, normalisation, sub-key scores,
 top-k, router scores), and the PEER step's bound on this machine (matmul
 FLOPs at a measured matmul rate plus the bytes the step must move at a
-measured bandwidth, see :mod:`models.bench_bound`) with the measured time's
+measured bandwidth, see :mod:`isoflop.bench.layer_bound`) with the measured time's
 ratio to it. The PEER layer and its routing are timed with each query
 normalisation: ``peer`` with the default (causal prefix statistics) and
 ``peer_batch_norm`` with the paper's BatchNorm. Then it builds a PEER layer
@@ -18,7 +18,7 @@ not), read from the profiler's allocation events; on CUDA it is
 
 Usage::
 
-    python -m models.bench [--d-model 256] [--n-experts 65536] [--tokens 2048] [--json out.json]
+    python -m isoflop.bench.layers [--d-model 256] [--n-experts 65536] [--tokens 2048] [--json out.json]
 """
 
 from __future__ import annotations
@@ -33,9 +33,15 @@ from typing import Callable
 
 import torch
 
-from isoflop.commands.common import device_choice, positive_count, require_device, writable_file, write_output_file
+from isoflop.bench.layer_bound import StepBound, peer_step_bound, rate_probes
+from isoflop.commands.common import (
+    device_choice,
+    positive_count,
+    require_device,
+    writable_file,
+    write_output_file,
+)
 from isoflop.errors import UserError
-from models.bench_bound import StepBound, peer_step_bound, rate_probes
 from models.builder import build_ffw
 from models.ffw.base import FFWLayer
 from models.ffw.config_base import QUERY_NORM_STATISTICS
@@ -151,7 +157,7 @@ def compare_peer_to_dense(args: argparse.Namespace, device: torch.device) -> dic
     """Dense FFW vs PEER with each query normalisation (and its routing alone), the default
     PEER's sparse table gradients and materialising reference, and each PEER variant's step
     bound from rates measured in the same interleaved repetitions (under ``"bound"``, by
-    variant, see :class:`models.bench_bound.StepBound`)."""
+    variant, see :class:`isoflop.bench.layer_bound.StepBound`)."""
     d_model = args.d_model
     dense = build_ffw(DenseFFWConfig(d_ff=4 * d_model, activation="gelu"), d_model, 12, device=device)
     variants = query_norm_variants(PEERConfig(n_experts=args.n_experts, n_heads=args.heads, top_k=args.top_k,
@@ -269,7 +275,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m models.bench ARGS``: the same as ``isoflop bench layers ARGS``."""
+    """``python -m isoflop.bench.layers ARGS``: the same as ``isoflop bench layers ARGS``."""
     from isoflop.cli import main as isoflop_main
 
     return isoflop_main(["bench", "layers", *(sys.argv[1:] if argv is None else argv)])

@@ -28,7 +28,12 @@ import time
 from typing import Any, Callable
 
 from isoflop.commands.common import (
-    device_choice, positive_count, positive_number, require_device, writable_file, write_output_file,
+    device_choice,
+    positive_count,
+    positive_number,
+    require_device,
+    writable_file,
+    write_output_file,
 )
 
 # bytes/s, matched as a substring of torch.cuda.get_device_name(), first match wins.
@@ -327,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m kernels.bench ARGS``: the same as ``isoflop bench kernels ARGS``."""
+    """``python -m isoflop.bench.kernels ARGS``: the same as ``isoflop bench kernels ARGS``."""
     from isoflop.cli import main as isoflop_main
 
     return isoflop_main(["bench", "kernels", *(sys.argv[1:] if argv is None else argv)])

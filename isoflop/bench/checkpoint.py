@@ -145,7 +145,7 @@ def measure(method: str, total_bytes: float, folder: Path) -> dict[str, Any]:
 
 
 def _measure_in_fresh_process(method: str, total_bytes: float, folder: Path) -> dict[str, Any]:
-    code = ("import json, sys; from pathlib import Path; from isoflop.checkpoint_bench import measure; "
+    code = ("import json, sys; from pathlib import Path; from isoflop.bench.checkpoint import measure; "
             f"print(json.dumps(measure({method!r}, {total_bytes!r}, Path({str(folder)!r}))))")
     finished = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     if finished.returncode != 0:
