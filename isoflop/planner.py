@@ -14,7 +14,7 @@ parabola's minimum is bracketed.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from isoflop.errors import UserError
 from isoflop.flops import ModelCosts, model_costs
@@ -170,6 +170,8 @@ def plan(study: StudyConfig) -> Plan:
     method, or a method's routing group does not fit the micro-batch.
     """
     check_routing_groups(study)
+    if study.ladder.backbones_from is not None:
+        return plan_on_shared_backbones(study)
     ladder = study.ladder
     runs: list[RunSpec] = []
     dropped: list[DroppedRun] = []
@@ -207,10 +209,42 @@ def plan(study: StudyConfig) -> Plan:
                                 f">= {minimum:.3g} FLOPs or lower ladder.min_steps / train.batch_size")
             below = sum(map(data_rich, kept))
             above = len(kept) - below
-            if below < min(2, ladder.sizes_below) or above < min(2, ladder.sizes_above):
+            if not study.model.pins_backbone and (below < min(2, ladder.sizes_below)
+                                                  or above < min(2, ladder.sizes_above)):
                 notes.append(f"{method} at {budget_flops:.3g} FLOPs: {below} sizes below and {above} above "
                              f"the D={ladder.tokens_per_param:g}N estimate (wanted {ladder.sizes_below} and "
                              f"{ladder.sizes_above}); widen "
                              "the ladder (ladder.min_layers/max_layers) or change the budget")
             runs.extend(kept)
+    return Plan(runs=tuple(runs), dropped=tuple(dropped), notes=tuple(notes))
+
+
+def plan_on_shared_backbones(study: StudyConfig) -> Plan:
+    """Every method on the backbones the ladder picks for ``ladder.backbones_from`` (see LadderConfig).
+
+    The reference method is planned alone, as :func:`plan` would; at each
+    budget every method then trains on the reference's shapes, so a row of
+    equal backbones compares the methods at equal total parameters when their
+    layers are parameter-matched to the dense FFW. A method whose run would
+    train fewer than ``ladder.min_steps`` steps on a shape is dropped there,
+    with the reason.
+    """
+    reference_name = study.ladder.backbones_from
+    reference = plan(replace(study, methods={reference_name: study.methods[reference_name]},
+                             ladder=replace(study.ladder, backbones_from=None)))
+    runs: list[RunSpec] = []
+    dropped = list(reference.dropped)
+    for budget_flops in study.budgets:
+        shapes = [(run.model.backbone.n_layers, run.model.backbone.d_model, run.model.backbone.n_heads)
+                  for run in reference.runs if run.budget_flops == budget_flops]
+        for method, ffw in study.methods.items():
+            for shape in shapes:
+                run = build_run(study, method, budget_flops, build_model_config(study, ffw, shape))
+                if run.steps < study.ladder.min_steps:
+                    dropped.append(DroppedRun(method, budget_flops, shape[0], shape[1],
+                                              f"{run.steps} steps < ladder.min_steps={study.ladder.min_steps} "
+                                              f"on {reference_name}'s backbone"))
+                else:
+                    runs.append(run)
+    notes = [f"every method on the backbones of {reference_name} (ladder.backbones_from)", *reference.notes]
     return Plan(runs=tuple(runs), dropped=tuple(dropped), notes=tuple(notes))
