@@ -73,6 +73,7 @@ CPU_REHEARSAL = Profile(
     name="cpu-rehearsal", device="cpu",
     sweep_overrides=("ladder.shapes=[[1,32,2]]", "ladder.min_steps=5", "train.batch_size=4", "train.seq_len=32",
                      "train.log_every_steps=2", "train.eval_tokens=1024", "methods.moe.n_experts=4",
+                     "methods.moe.routing_group=2",  # whole groups in the 2-sequence micro-batches of the equivalence
                      "methods.peer.n_experts=256", "methods.peer.n_heads=2", "methods.peer.top_k=4",
                      "methods.peer.d_key=16"),
     training_budget=2e8, equivalence_budget=1e8,

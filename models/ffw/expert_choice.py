@@ -39,7 +39,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from isoflop.errors import UserError
+from models.errors import UserError
 from models.ffw.base import ACTIVATION_FUNCTIONS, FFWLayer, init_linear, residual_std
 from models.ffw.expert_choice_config import ExpertChoiceMoEConfig
 from models.registry import FFW_MODULES
