@@ -183,9 +183,8 @@ def _write_figures(args: argparse.Namespace, collection, fits: Fits, options: Ch
                    out_dir: Path) -> dict[str, str]:
     """The isoFLOP, scaling and ablation figures; returns PNG name → caption."""
     from analysis.ablation_figures import plot_ablations
-    from analysis.comparison_figure import plot_comparison
+    from analysis.comparison_figure import plot_methods
     from analysis.figures import plot_isoflop
-    from analysis.matched_params import method_order, reference_method
     from analysis.records import PowerLawFit
     from analysis.scaling_figure import plot_scaling
 
@@ -199,11 +198,7 @@ def _write_figures(args: argparse.Namespace, collection, fits: Fits, options: Ch
                      options.confidence)
         figures["scaling.png"] = "Compute-optimal parameters N*(C) and tokens D*(C), with the fitted power laws"
     if fits.matched_params is not None:  # the layers compared on shared backbones: every method in one panel
-        methods = method_order(collection.runs)
-        plot_comparison(collection.runs, fits.optima, out_dir / "isoflop_methods", "metric", labels.value,
-                        labels.params, "method", "IsoFLOP curves of every method (dense in black)",
-                        reference=reference_method(collection.runs), groups=methods)
-        figures["isoflop_methods.png"] = "IsoFLOP curves of every method in one panel, the dense FFW in black"
+        figures.update(plot_methods(collection.runs, fits.optima, out_dir, labels.value, labels.params))
     dataset = args.eval_dataset or DEFAULT_EVAL_DATASET
     figures.update(plot_ablations(fits.ablations, out_dir, f"Perplexity on {dataset}", labels.params))
     return figures

@@ -112,3 +112,15 @@ def plot_comparison(runs: pd.DataFrame, optima: list[Optimum], stem: Path, value
                                groups)
     with plt.rc_context(STYLE):
         return save(figure, stem)
+
+
+def plot_methods(runs: pd.DataFrame, optima: list[Optimum], out_dir: Path, value_label: str,
+                 params_label: str) -> dict[str, str]:
+    """Every method's isoFLOP curves in one panel, dense first and in black: ``out_dir/isoflop_methods.png/.pdf``
+    (the comparison of layers on shared backbones, Csordás et al. 2023); returns PNG name → caption."""
+    from analysis.matched_params import method_order, reference_method
+
+    plot_comparison(runs, optima, out_dir / "isoflop_methods", "metric", value_label, params_label, "method",
+                    "IsoFLOP curves of every method (dense in black)", reference=reference_method(runs),
+                    groups=method_order(runs))
+    return {"isoflop_methods.png": "IsoFLOP curves of every method in one panel, the dense FFW in black"}
