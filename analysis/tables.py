@@ -16,8 +16,8 @@ configuration's completed runs, with ``n_runs``.
 
 ``expert_usage_grid``: He 2024 Table 2 in the paper's layout, per routed
 family whose runs vary the number of experts N or the query normalisation:
-columns (N, query normalisation), rows perplexity, expert usage (%) and
-unevenness, per budget. A cell holds one run: the only one (a fixed
+a row per (budget, N), and for each query normalisation the columns expert
+usage (%), unevenness and perplexity. A cell holds one run: the only one (a fixed
 backbone, as in the paper) or, over a ladder, the one of lowest perplexity.
 The other settings (heads, top-k) are held as in the ablation figures. Its
 CSV is the same grid as one row per cell.
@@ -40,9 +40,8 @@ from analysis.formatting import MISSING, budget_latex, budget_text, number_text
 from analysis.records import Optimum
 
 CONFIG_COLUMNS = ("ffw_family", "ffw_n_experts", "ffw_n_heads", "ffw_top_k", "ffw_query_batchnorm")
-GRID_QUANTITIES = {"perplexity": "perplexity", "expert_usage_percent": "expert usage (%)",
-                   "unevenness": "unevenness (KL to uniform)"}
-"""Rows of He 2024 Table 2, in its order: tidy column → row label."""
+GRID_QUANTITIES = {"expert_usage_percent": "usage (%)", "unevenness": "unevenness", "perplexity": "perplexity"}
+"""Columns of He 2024 Table 2 per query normalisation, in order: tidy column → label."""
 GRID_NORM_LABELS = {"off": "no norm", "prefix": "causal norm", "batch": "BatchNorm (non-causal)"}
 
 
@@ -184,13 +183,14 @@ def expert_usage_grid(runs: pd.DataFrame) -> dict[str, tuple[pd.DataFrame, pd.Da
 
 
 def _paper_layout(tidy: pd.DataFrame) -> pd.DataFrame:
-    """Rows (budget, quantity), columns 'N / query norm' in the paper's order."""
-    columns = list(dict.fromkeys(f"{compact_count(row.n_experts)} / {GRID_NORM_LABELS[row.query_norm]}"
-                                 for row in tidy.itertuples()))
+    """A row per (budget, N); columns '<query norm>: <quantity>', the norms in their order (module docstring)."""
+    norms = [norm for norm in QUERY_NORM_ORDER if norm in set(tidy["query_norm"])]
+    columns = [f"{GRID_NORM_LABELS[norm]}: {label}" for norm in norms for label in GRID_QUANTITIES.values()]
     rows = []
-    for budget, at_budget in tidy.groupby("budget", sort=True):
-        labels = [f"{compact_count(n)} / {GRID_NORM_LABELS[norm]}"
-                  for n, norm in zip(at_budget["n_experts"], at_budget["query_norm"])]
-        for quantity, label in GRID_QUANTITIES.items():
-            rows.append({"budget": budget, "quantity": label, **dict(zip(labels, at_budget[quantity]))})
-    return pd.DataFrame(rows, columns=["budget", "quantity", *columns])
+    for (budget, n_experts), cells in tidy.groupby(["budget", "n_experts"], sort=True):
+        row = {"budget": budget, "N": compact_count(n_experts)}
+        for cell in cells.itertuples():
+            row.update({f"{GRID_NORM_LABELS[cell.query_norm]}: {label}": getattr(cell, quantity)
+                        for quantity, label in GRID_QUANTITIES.items()})
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["budget", "N", *columns])

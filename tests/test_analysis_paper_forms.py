@@ -90,13 +90,14 @@ def test_table2_study_gives_figure_3a_with_a_curve_per_query_norm_from_the_dense
 def test_table2_has_the_papers_layout(tmp_path: Path) -> None:
     runs = collect_sweep(table2_sweep(tmp_path / "sweep")).runs
     grid, tidy = expert_usage_grid(runs)["peer"]
-    assert list(grid["quantity"]) == ["perplexity", "expert usage (%)", "unevenness (KL to uniform)"]
-    assert list(grid.columns[2:5]) == ["256 / no norm", "256 / causal norm", "256 / BatchNorm (non-causal)"]
-    assert list(grid.columns[2::3]) == ["256 / no norm", "1k / no norm", "4k / no norm", "16k / no norm"]
-    cell = grid.set_index("quantity")["4k / causal norm"]
-    assert cell["perplexity"] == pytest.approx(8.5 - 0.6 - 0.05)
-    assert cell["expert usage (%)"] == pytest.approx(98.0)
-    assert cell["unevenness (KL to uniform)"] == pytest.approx(0.3 + 0.4 - 0.1)
+    assert list(grid["N"]) == ["256", "1k", "4k", "16k"]  # rows: N
+    assert list(grid.columns[2:5]) == ["no norm: usage (%)", "no norm: unevenness", "no norm: perplexity"]
+    assert [column.split(":")[0] for column in grid.columns[2::3]] == ["no norm", "causal norm", "BatchNorm (non-causal)"]
+    row = grid.set_index("N").loc["4k"]
+    assert row["causal norm: perplexity"] == pytest.approx(8.5 - 0.6 - 0.05)
+    assert row["causal norm: usage (%)"] == pytest.approx(98.0)
+    assert row["causal norm: unevenness"] == pytest.approx(0.3 + 0.4 - 0.1)
+    assert row["BatchNorm (non-causal): unevenness"] == pytest.approx(0.3 + 0.4 - 0.2)
     assert len(tidy) == 12 and set(tidy["query_norm"]) == {"off", "prefix", "batch"}
     assert (tidy["selection"] == "the only run").all()
 
@@ -108,7 +109,7 @@ def test_analyze_writes_figure_3a_and_table2(tmp_path: Path) -> None:
     for name in ("ablation_peer_experts.png", "ablation_peer_experts.pdf", "table2_peer.md", "table2_peer.tex"):
         assert (report / name).stat().st_size > 500, name
     markdown = (report / "table2_peer.md").read_text()
-    assert markdown.startswith("| budget | quantity | 256 / no norm |") and "| 3e11 | expert usage (%) |" in markdown
+    assert markdown.startswith("| budget | N | no norm: usage (%) |") and "| 3e11 | 4k |" in markdown
     tidy = pd.read_csv(report / "table2_peer.csv")
     assert {"n_experts", "query_norm", "perplexity", "expert_usage_percent", "unevenness", "run_id"} <= set(tidy.columns)
     assert "table2_peer" in (report / "report.md").read_text()
@@ -158,7 +159,7 @@ def test_figure_4_puts_the_query_norms_of_a_ladder_in_one_panel(tmp_path: Path) 
     assert sum("FLOPs" in text for text in legend) == 2
     assert len(figure.axes[0].get_lines()) == 6  # a parabola per (norm, budget)
     grid, tidy = expert_usage_grid(runs.assign(expert_usage=1.0, routing_unevenness=0.5))["peer"]
-    assert list(grid["budget"].unique()) == [1e11, 3e11] and len(grid.columns) == 2 + 3
+    assert list(grid["budget"].unique()) == [1e11, 3e11] and len(grid.columns) == 2 + 3 * 3
     assert tidy["selection"].str.startswith("lowest perplexity of 5").all()
 
 

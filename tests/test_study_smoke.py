@@ -55,7 +55,7 @@ def test_figure_3a_study_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtur
     report = tmp_path / "peer_fig3a_tiny" / "report"
     for name in ("ablation_peer_experts.png", "ablation_peer_experts.pdf"):
         assert (report / name).stat().st_size > 1000, name
-    assert "| 3e10 | expert usage (%) |" in (report / "table2_peer.md").read_text()
+    assert "| 3e10 | 16k |" in (report / "table2_peer.md").read_text()
     with open(report / "table2_peer.csv") as handle:
         cells = list(csv.DictReader(handle))
     assert [int(cell["n_experts"]) for cell in cells] == [256, 1024, 4096, 16384]
