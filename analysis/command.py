@@ -201,6 +201,10 @@ def _write_figures(args: argparse.Namespace, collection, fits: Fits, options: Ch
         figures.update(plot_methods(collection.runs, fits.optima, out_dir, labels.value, labels.params))
     dataset = args.eval_dataset or DEFAULT_EVAL_DATASET
     figures.update(plot_ablations(fits.ablations, out_dir, f"Perplexity on {dataset}", labels.params))
+    if args.sweep_dir is not None:
+        from analysis.training_curves import plot_training_curves
+
+        figures.update(plot_training_curves(args.sweep_dir, out_dir))
     return figures
 
 

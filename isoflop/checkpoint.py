@@ -170,6 +170,58 @@ def load_for_resume(run_dir: Path, run_id: str, context: DistributedContext) -> 
         context.barrier()
 
 
+def step_folder(run_dir: Path, step: int) -> Path:
+    """The folder of the checkpoint taken after ``step`` steps: ``checkpoints/step_NNNNNN``."""
+    return checkpoint_dir(run_dir) / f"step_{step:06d}"
+
+
+def link_tree(source: Path, destination: Path) -> None:
+    """Copy the folder ``source`` to ``destination`` (which must not exist) by hard links,
+    or by copies where the file system cannot link (another device). Never changes ``source``:
+    checkpoint files are never modified in place, only replaced."""
+    def link_or_copy(from_path: str, to_path: str) -> None:
+        try:
+            os.link(from_path, to_path)
+        except OSError:
+            shutil.copy2(from_path, to_path)
+
+    shutil.copytree(source, destination, copy_function=link_or_copy)
+
+
+def adopt(source: Path, source_run_id: str, run_dir: Path, run_id: str) -> Path:
+    """Make the checkpoint folder ``source`` of run ``source_run_id`` (a trunk's, at a fork
+    step) the checkpoint of run ``run_id`` in ``run_dir``, which then resumes from it as
+    from its own.
+
+    ``source`` is verified first (a bad one raises :class:`UserError`); its files are
+    hard-linked (:func:`link_tree`) into a temporary folder whose manifest names
+    ``run_id`` (and ``adopted_from``), and the folder is renamed into
+    ``run_dir/checkpoints/`` last, so the run sees the whole checkpoint or none.
+    Returns the adopted folder.
+    """
+    problem = verify(source, source_run_id)
+    if problem is not None:
+        raise UserError(f"checkpoint {source} cannot be handed on ({problem}); delete it to let its run "
+                        "save it again")
+    root = checkpoint_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / source.name
+    temporary = root / f"{source.name}.tmp-{os.getpid()}"
+    shutil.rmtree(temporary, ignore_errors=True)
+    link_tree(source, temporary)
+    manifest = json.loads((source / "manifest.json").read_text())
+    (temporary / "manifest.json").unlink()  # a link to the source's: replaced, not written through
+    with open(temporary / "manifest.json", "w") as handle:
+        json.dump({**manifest, "run_id": run_id, "adopted_from": source_run_id}, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(temporary, final)
+    _fsync_dir(root)
+    return final
+
+
 def random_generator_states() -> dict:
     """Python, numpy, torch CPU and CUDA random states."""
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),

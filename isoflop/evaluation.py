@@ -78,6 +78,24 @@ def evaluation_loss(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, ma
     return float(losses.double().sum().item()) / max(1, losses.numel()), losses.numel()
 
 
+@torch.no_grad()
+def validation_loss(model: torch.nn.Module, spec: RunSpec, data: TrainingData, device: torch.device,
+                    autocast: Callable) -> float | None:
+    """Mean loss (nats/token) on ``train.eval_tokens`` targets of the validation split, as
+    :func:`evaluate_all` measures it (None when not finite); the model is left in the mode
+    it was in. For evaluations during training (``train.eval_every_tokens``)."""
+    requested = spec.train.eval_tokens
+    was_training = model.training
+    model.eval()
+    try:
+        loss, _ = evaluation_loss(model, data.validation_tokens(requested), spec.seq_len, requested,
+                                  spec.micro_batch_size, spec.model.ffw.sequences_per_routing_group, device,
+                                  autocast)
+    finally:
+        model.train(was_training)
+    return loss if math.isfinite(loss) else None
+
+
 def evaluate_all(model: torch.nn.Module, spec: RunSpec, data: TrainingData, device: torch.device,
                  autocast: Callable) -> tuple[dict[str, EvalScores], dict, list[str]]:
     """(scores by corpus name, routing statistics by layer, notes)."""

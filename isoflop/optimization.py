@@ -55,15 +55,40 @@ def build_optimizers(model: nn.Module, spec: RunSpec) -> tuple[torch.optim.Optim
 
 
 def learning_rate_at(step: int, spec: RunSpec) -> float:
-    """Learning rate of optimizer step ``step`` (0-based): linear warmup over
-    ``warmup_steps`` to ``spec.learning_rate``, then cosine decay to
-    ``min_lr_fraction`` x peak at the last step."""
+    """Learning rate of optimizer step ``step`` (0-based): a pure function of the step and the spec.
+
+    Both schedules start with a linear warm-up over ``spec.warmup_steps`` to the
+    peak ``spec.learning_rate``. Then ``train.schedule``:
+
+    - ``cosine``: cosine decay to ``min_lr_fraction`` x peak at the last step
+      (Loshchilov & Hutter 2017, without restarts).
+    - ``wsd`` (warmup-stable-decay; Hägele et al. 2024, "Scaling Laws and
+      Compute-Optimal Training Beyond Fixed Training Durations"): the peak until
+      ``spec.cooldown_start_step``, then a cooldown over the remaining steps to
+      ``min_lr_fraction`` x peak at the last step, shaped by ``train.cooldown_shape``
+      (:func:`cooldown_factor`). A trunk has no cooldown (``cooldown_start_step``
+      None): the peak to its end, so up to its fork step a branch's rate equals its trunk's.
+    """
     peak, warmup = spec.learning_rate, spec.warmup_steps
     if step < warmup:
         return peak * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, spec.steps - warmup - 1))
     floor = spec.train.min_lr_fraction
+    if spec.train.schedule == "wsd":
+        start = spec.cooldown_start_step
+        if start is None or step < start:
+            return peak
+        progress = min(1.0, (step - start + 1) / max(1, spec.steps - start))
+        return peak * (floor + (1.0 - floor) * cooldown_factor(progress, spec.train.cooldown_shape))
+    progress = min(1.0, (step - warmup) / max(1, spec.steps - warmup - 1))
     return peak * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def cooldown_factor(progress: float, shape: str) -> float:
+    """Share of the way from the floor to the peak left at cooldown ``progress`` in (0, 1]:
+    ``1-sqrt``: 1 - sqrt(progress), the cooldown Hägele et al. 2024 introduce and
+    find better than a linear one of equal length; ``linear``: 1 - progress. Each reaches 0 (the floor) at
+    progress 1, the cooldown's last step."""
+    return 1.0 - math.sqrt(progress) if shape == "1-sqrt" else 1.0 - progress
 
 
 def set_learning_rate(optimizers: list[torch.optim.Optimizer | None], learning_rate: float) -> None:

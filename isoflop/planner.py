@@ -14,7 +14,9 @@ parabola's minimum is bracketed.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from isoflop.errors import UserError
 from isoflop.flops import ModelCosts, model_costs
@@ -37,11 +39,14 @@ class DroppedRun:
 
 @dataclass(frozen=True)
 class Plan:
-    """The planner's output: runs to train, candidates dropped, and notes."""
+    """The planner's output: runs to train, candidates dropped, and notes; with
+    ``strategy: cooldown_branches`` the runs are branches and ``trunks`` their trunks
+    (:mod:`isoflop.branch_planner`)."""
 
     runs: tuple[RunSpec, ...]
     dropped: tuple[DroppedRun, ...]
     notes: tuple[str, ...]
+    trunks: tuple[RunSpec, ...] = ()
 
 
 def candidate_shapes(study: StudyConfig) -> list[tuple[int, int, int]]:
@@ -100,22 +105,27 @@ def _unnamed_run(study: StudyConfig, method: str, budget_flops: float, model: Mo
         grad_accumulation_steps=train.batch_size // micro_batch_size,
         costs=costs.summary(), params_by_component=dict(costs.params),
         params_active_by_component=dict(costs.params_active),
-        forward_flops_by_component=dict(costs.forward_flops_per_token), seed=train.seed)
+        forward_flops_by_component=dict(costs.forward_flops_per_token), seed=train.seed,
+        cooldown_start_step=steps - train.cooldown_steps(steps) if train.schedule == "wsd" else None)
     return spec
 
 
-def _spread(runs: list[RunSpec], count: int, size_ratio: float) -> list[RunSpec]:
-    """Up to ``count`` runs walking along ``runs`` (ordered away from the estimate),
-    each differing from the previous pick by a factor >= ``size_ratio`` in
-    active non-embedding parameters."""
-    picked: list[RunSpec] = []
-    for run in runs:
-        size = run.costs["n_params_active_non_embedding"]
+def active_size(run: RunSpec) -> float:
+    """The size a ladder is spaced by: active non-embedding parameters."""
+    return run.costs["n_params_active_non_embedding"]
+
+
+def spread_out(items: list, count: int, size_ratio: float, size: Callable[[Any], float] = active_size) -> list:
+    """Up to ``count`` of ``items`` (runs, ordered away from the estimate), walking along
+    them and taking each whose ``size`` (active non-embedding parameters) differs
+    from the previous pick by a factor >= ``size_ratio``."""
+    picked: list = []
+    for item in items:
         if picked:
-            previous = picked[-1].costs["n_params_active_non_embedding"]
-            if max(size, previous) < size_ratio * min(size, previous):
+            current, previous = size(item), size(picked[-1])
+            if max(current, previous) < size_ratio * min(current, previous):
                 continue
-        picked.append(run)
+        picked.append(item)
         if len(picked) == count:
             break
     return picked
@@ -162,60 +172,97 @@ def smallest_feasible_budget(study: StudyConfig) -> float:
     return max(cheapest)
 
 
-def plan(study: StudyConfig) -> Plan:
+def costed_candidates(study: StudyConfig, method: str) -> list[tuple[ModelConfig, ModelCosts]]:
+    """Every candidate shape of the ladder as ``method``'s model, with its costs."""
+    return [(model, model_costs(model, study.train.seq_len))
+            for model in (build_model_config(study, study.methods[method], shape) for shape in candidate_shapes(study))]
+
+
+def budget_candidates(study: StudyConfig, method: str, budget_flops: float,
+                      costed_models: list[tuple[ModelConfig, ModelCosts]]) -> list[RunSpec]:
+    """Unnamed runs of ``costed_models`` at one budget, ascending in active non-embedding parameters."""
+    candidates = [_unnamed_run(study, method, budget_flops, model, costs) for model, costs in costed_models]
+    return sorted(candidates, key=active_size)
+
+
+def data_rich(study: StudyConfig, run: RunSpec, centre_params: float | None = None) -> bool:
+    """Whether ``run`` sits left of its budget's centre: at least ``ladder.tokens_per_param``
+    tokens per active non-embedding parameter (the D = 20·N estimate of Hoffmann et al.
+    2022, Table 3, with the study's ratio), or fewer parameters than ``centre_params`` (a
+    given N*, e.g. a prediction) when that is set."""
+    size = active_size(run)
+    return run.tokens >= study.ladder.tokens_per_param * size if centre_params is None else size < centre_params
+
+
+def choose_runs(study: StudyConfig, method: str, budget_flops: float, candidates: list[RunSpec],
+                centre_params: float | None = None) -> tuple[list[RunSpec], list[DroppedRun], list[str]]:
+    """The runs of one (method, budget) isoFLOP curve among ``candidates`` (:func:`budget_candidates`).
+
+    ``sizes_below`` sizes on the data-rich side of the centre (:func:`data_rich`) and
+    ``sizes_above`` on the other, walking outwards from it and keeping sizes
+    ``size_ratio`` apart; runs shorter than ``min_steps`` are dropped with the reason.
+    Returns (runs, dropped, notes). Raises :class:`UserError` when no size is long enough.
+    """
+    ladder = study.ladder
+    rich = [run for run in candidates if data_rich(study, run, centre_params)]
+    data_poor = [run for run in candidates if not data_rich(study, run, centre_params)]
+    chosen = (spread_out(rich[::-1], ladder.sizes_below, ladder.size_ratio)[::-1]
+              + spread_out(data_poor, ladder.sizes_above, ladder.size_ratio))
+    kept, dropped, notes = [], [], []
+    for run in chosen:
+        if run.steps < ladder.min_steps:
+            dropped.append(DroppedRun(method, budget_flops, run.model.backbone.n_layers,
+                                      run.model.backbone.d_model,
+                                      f"{run.steps} steps < ladder.min_steps={ladder.min_steps}"))
+        else:
+            kept.append(run)
+    if not kept:
+        minimum = smallest_feasible_budget(study)
+        raise UserError(f"budget {budget_flops:.3g} FLOPs is too small for method {method}: no "
+                        f"model size trains ladder.min_steps={ladder.min_steps} steps; use a budget "
+                        f">= {minimum:.3g} FLOPs or lower ladder.min_steps / train.batch_size")
+    below = sum(data_rich(study, run, centre_params) for run in kept)
+    above = len(kept) - below
+    if below < min(2, ladder.sizes_below) or above < min(2, ladder.sizes_above):
+        centre = (f"the D={ladder.tokens_per_param:g}N estimate" if centre_params is None
+                  else f"the centre N={centre_params:.3g}")
+        notes.append(f"{method} at {budget_flops:.3g} FLOPs: {below} sizes below and {above} above "
+                     f"{centre} (wanted {ladder.sizes_below} and {ladder.sizes_above}); widen "
+                     "the ladder (ladder.min_layers/max_layers) or change the budget")
+    return kept, dropped, notes
+
+
+def plan(study: StudyConfig, centre_params: Mapping[tuple[str, float], float] | None = None) -> Plan:
     """Every run of ``study``: budgets x methods x the ladder around the optimum.
 
-    Deterministic: the same study gives the same runs and run_ids. Raises
-    :class:`UserError` when a budget is too small for every candidate of a
-    method, or a method's routing group does not fit the micro-batch.
+    ``centre_params`` optionally centres the ladder of a (method, budget in FLOPs) on
+    a given number of active non-embedding parameters (a predicted N*) instead of
+    the D = tokens_per_param·N estimate (:func:`data_rich`); pairs it lacks keep the
+    estimate. Deterministic: the same study gives the same runs and run_ids. Raises
+    :class:`UserError` when a budget is too small for every candidate of a method,
+    or a method's routing group does not fit the micro-batch.
+    ``strategy: cooldown_branches`` is planned by :func:`isoflop.branch_planner.plan_branches`.
     """
     check_routing_groups(study)
+    if study.strategy == "cooldown_branches":
+        from isoflop.branch_planner import plan_branches
+
+        return plan_branches(study, centre_params)
     if study.ladder.backbones_from is not None:
         return plan_on_shared_backbones(study)
-    ladder = study.ladder
     runs: list[RunSpec] = []
     dropped: list[DroppedRun] = []
     notes: list[str] = []
-    shapes = candidate_shapes(study)
-    costed_models = {method: [(model, model_costs(model, study.train.seq_len))
-                              for model in (build_model_config(study, ffw, shape) for shape in shapes)]
-                     for method, ffw in study.methods.items()}
-
-    def data_rich(run: RunSpec) -> bool:
-        """At least ``tokens_per_param`` tokens per active non-embedding parameter."""
-        return run.tokens >= ladder.tokens_per_param * run.costs["n_params_active_non_embedding"]
-
+    costed_models = {method: costed_candidates(study, method) for method in study.methods}
     for budget_flops in study.budgets:
         for method in study.methods:
-            candidates = [_unnamed_run(study, method, budget_flops, model, costs)
-                          for model, costs in costed_models[method]]
-            candidates.sort(key=lambda run: run.costs["n_params_active_non_embedding"])
-            rich = [run for run in candidates if data_rich(run)]
-            data_poor = [run for run in candidates if not data_rich(run)]
-            chosen = (_spread(rich[::-1], ladder.sizes_below, ladder.size_ratio)[::-1]
-                      + _spread(data_poor, ladder.sizes_above, ladder.size_ratio))
-            kept = []
-            for run in chosen:
-                if run.steps < ladder.min_steps:
-                    dropped.append(DroppedRun(method, budget_flops, run.model.backbone.n_layers,
-                                              run.model.backbone.d_model,
-                                              f"{run.steps} steps < ladder.min_steps={ladder.min_steps}"))
-                else:
-                    kept.append(run.with_run_id())
-            if not kept:
-                minimum = smallest_feasible_budget(study)
-                raise UserError(f"budget {budget_flops:.3g} FLOPs is too small for method {method}: no "
-                                f"model size trains ladder.min_steps={ladder.min_steps} steps; use a budget "
-                                f">= {minimum:.3g} FLOPs or lower ladder.min_steps / train.batch_size")
-            below = sum(map(data_rich, kept))
-            above = len(kept) - below
-            if not study.model.pins_backbone and (below < min(2, ladder.sizes_below)
-                                                  or above < min(2, ladder.sizes_above)):
-                notes.append(f"{method} at {budget_flops:.3g} FLOPs: {below} sizes below and {above} above "
-                             f"the D={ladder.tokens_per_param:g}N estimate (wanted {ladder.sizes_below} and "
-                             f"{ladder.sizes_above}); widen "
-                             "the ladder (ladder.min_layers/max_layers) or change the budget")
-            runs.extend(kept)
+            candidates = budget_candidates(study, method, budget_flops, costed_models[method])
+            kept, dropped_here, notes_here = choose_runs(study, method, budget_flops, candidates,
+                                                         (centre_params or {}).get((method, budget_flops)))
+            runs.extend(run.with_run_id() for run in kept)
+            dropped.extend(dropped_here)
+            if not study.model.pins_backbone:  # one fixed backbone: there is no ladder to widen
+                notes.extend(notes_here)
     return Plan(runs=tuple(runs), dropped=tuple(dropped), notes=tuple(notes))
 
 

@@ -8,7 +8,10 @@ carries a format version:
 - A file without a ``version`` is version 1 (the format these files had
   before they were versioned).
 - Adding an optional key keeps the version; readers ignore keys they do not
-  know, so an older isoflop still reads the file. Renaming or removing a key,
+  know, so an older isoflop still reads the file. A key added that way is
+  declared with :func:`optional_field` and written only when it differs from
+  its default, so a record that does not use it keeps the bytes (and a run
+  spec its run_id) it had before the key existed. Renaming or removing a key,
   or changing what one means, bumps the version, and the reader converts the
   older versions it still supports.
 - A version this isoflop does not read (newer, or not a version number) is
@@ -31,6 +34,22 @@ from isoflop.errors import UserError
 
 RecordT = TypeVar("RecordT")
 UNVERSIONED = 1  # the version of a file that carries none
+OMITTED_AT_DEFAULT = "isoflop_omitted_at_default"  # dataclass field metadata key of optional_field
+
+
+def optional_field(default: Any) -> Any:
+    """A dataclass field added to a record after its format was fixed: it defaults to
+    ``default`` (immutable) and :func:`without_unused_optional_fields` leaves it out
+    while it holds that default."""
+    return dataclasses.field(default=default, metadata={OMITTED_AT_DEFAULT: True})
+
+
+def without_unused_optional_fields(record: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` (``record``'s fields by name, as they will be written) less every
+    :func:`optional_field` of ``record`` that holds its default."""
+    unused = {field.name for field in dataclasses.fields(record)
+              if field.metadata.get(OMITTED_AT_DEFAULT) and getattr(record, field.name) == field.default}
+    return {name: value for name, value in values.items() if name not in unused}
 
 
 class RecordError(UserError):

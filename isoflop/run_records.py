@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from isoflop.atomic_files import append_jsonl, csv_text, finite_or_null, read_jsonl, write_atomic
-from isoflop.record_format import RecordError, check_version, record_from_mapping
+from isoflop.record_format import (
+    RecordError, check_version, optional_field, record_from_mapping, without_unused_optional_fields,
+)
 
 if TYPE_CHECKING:
     from isoflop.run_spec import RunSpec
@@ -56,6 +58,9 @@ class PlanRow:
     ``causal``: whether the FFW keeps a token's output independent of later
     tokens in training (a plan.csv without the column is all causal: no
     option that breaks it existed then).
+    A branch (``strategy: cooldown_branches``) also has ``trunk_id`` and
+    ``fork_step``, the step of the trunk it starts from; other rows have neither
+    column. ``trunks.csv`` holds the trunks in the same schema.
     """
 
     VERSION: ClassVar[int] = 1
@@ -86,6 +91,8 @@ class PlanRow:
     realized_over_budget: float
     learning_rate: float
     causal: bool = True  # False: the FFW lets later tokens of a sequence change earlier outputs in training
+    trunk_id: str | None = optional_field(None)
+    fork_step: int | None = optional_field(None)
 
     @classmethod
     def from_run_spec(cls, run: RunSpec) -> PlanRow:
@@ -102,11 +109,14 @@ class PlanRow:
                    tokens_per_param=run.tokens / costs["n_params_active_non_embedding"],
                    realized_flops=run.realized_flops,
                    realized_over_budget=run.realized_flops / run.budget_flops,
-                   learning_rate=run.learning_rate, causal=run.model.ffw.causal)
+                   learning_rate=run.learning_rate, causal=run.model.ffw.causal, trunk_id=run.trunk_id,
+                   fork_step=run.cooldown_start_step if run.trunk_id else None)
 
     def to_dict(self) -> dict[str, Any]:
-        """The row's columns in order (version 1 writes no version column)."""
-        return {column.name: getattr(self, column.name) for column in fields(self)}
+        """The row's columns in order (version 1 writes no version column; a row that is
+        no branch no trunk_id and fork_step)."""
+        return without_unused_optional_fields(self, {column.name: getattr(self, column.name)
+                                                     for column in fields(self)})
 
     @staticmethod
     def csv_text(rows: Iterable[PlanRow]) -> str:

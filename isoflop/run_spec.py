@@ -17,7 +17,7 @@ from typing import Any
 
 from isoflop.atomic_files import write_json_atomic
 from isoflop.errors import UserError
-from isoflop.record_format import RecordError, check_version
+from isoflop.record_format import RecordError, check_version, optional_field, without_unused_optional_fields
 from isoflop.study_config import DataConfig, TrainConfig
 from models.config import ModelConfig
 
@@ -49,6 +49,17 @@ class RunSpec:
         params_active_by_component: active parameter counts by component.
         forward_flops_by_component: forward FLOPs per token by component.
         seed: random seed of the run.
+        cooldown_start_step: ``train.schedule == "wsd"``: the first step of the
+            cooldown (the learning rate is constant from the end of the warm-up up to
+            it); None: no cooldown (a trunk). A branch's fork step.
+        fork_steps: a trunk's steps at which branches fork from it (a checkpoint is
+            handed to them there; :mod:`isoflop.forks`); empty for every other run.
+        trunk_id: a branch's trunk (it starts from the trunk's checkpoint at
+            ``cooldown_start_step``; trained from scratch it reaches the same state).
+
+    The fields after ``seed`` are written to ``run.json`` only when set, so the
+    run.json and run_id of a run that does not use them are what they were
+    before they existed.
     """
 
     run_id: str
@@ -72,6 +83,9 @@ class RunSpec:
     forward_flops_by_component: dict = field(default_factory=dict)
     seed: int = 0
     version: int = RUN_SPEC_VERSION
+    cooldown_start_step: int | None = optional_field(None)
+    fork_steps: tuple[int, ...] = optional_field(())
+    trunk_id: str | None = optional_field(None)
 
     @property
     def batch_size(self) -> int:
@@ -87,9 +101,9 @@ class RunSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the content of ``run.json``)."""
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values = without_unused_optional_fields(self, {f.name: getattr(self, f.name) for f in fields(self)})
         values["model"] = self.model.to_dict()
-        values["train"] = asdict(self.train)
+        values["train"] = without_unused_optional_fields(self.train, asdict(self.train))
         values["data"] = asdict(self.data)
         values["data"]["paths"] = list(self.data.paths)
         values["data"]["eval_datasets"] = [asdict(item) for item in self.data.eval_datasets]
@@ -104,6 +118,7 @@ class RunSpec:
         values["model"] = ModelConfig.from_dict(values["model"])
         values["train"] = TrainConfig(**values["train"])
         values["data"] = DataConfig(**values["data"])  # it converts its eval_datasets dicts itself
+        values["fork_steps"] = tuple(values.get("fork_steps", ()))
         return cls(**values)
 
     def write(self, path: Path) -> None:
@@ -132,10 +147,18 @@ class RunSpec:
             raise UserError(f"{path} is not a valid run spec ({type(error).__name__}: {error}); "
                             "re-create it with 'isoflop submit'") from None
 
-    def content_hash(self) -> str:
-        """Hash of everything but the run_id (8 hex digits)."""
+    @property
+    def eval_every_steps(self) -> int:
+        """Optimizer steps between evaluations during training (``train.eval_every_tokens``
+        rounded to whole steps, at least 1); 0: only at the end."""
+        every_tokens = self.train.eval_every_tokens
+        return max(1, round(every_tokens / (self.batch_size * self.seq_len))) if every_tokens else 0
+
+    def content_hash(self, leave_out: tuple[str, ...] = ()) -> str:
+        """Hash of everything but the run_id and the fields ``leave_out`` (8 hex digits)."""
         content = self.to_dict()
-        content.pop("run_id")
+        for name in ("run_id", *leave_out):
+            content.pop(name, None)
         canonical = json.dumps(content, sort_keys=True, default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()[:8]
 

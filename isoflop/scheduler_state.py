@@ -22,8 +22,10 @@ from isoflop.run_records import JobEvent, PlanRow, RunResult
 from isoflop.sweep_dir import RunDir, SweepDir, last_submission
 
 LIVE = ("pending", "running", "preempted")
-TERMINAL = ("completed", "diverged", "failed", "cancelled")
-STATES = ("planned", *LIVE, *TERMINAL)
+TERMINAL = ("completed", "diverged", "failed", "cancelled", "blocked")
+STATES = ("planned", "waiting", *LIVE, *TERMINAL)
+"""``waiting`` / ``blocked``: a branch whose trunk has not reached its fork step yet / has
+ended without reaching it (:mod:`isoflop.forks`)."""
 SUBMISSION_GRACE_S = 120.0  # a job unknown to the scheduler this soon after submission is pending
 
 # SLURM job state (sacct/squeue) -> scheduler view
@@ -117,7 +119,8 @@ def scheduler_view(submissions: list[JobEvent]) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class RunStatus:
-    """One row of ``isoflop status``."""
+    """One row of ``isoflop status``. ``role``: ``run``, or ``trunk`` / ``branch`` with
+    cooldown branches; ``waits_for``: what a waiting branch waits for."""
 
     run_id: str
     method: str
@@ -130,6 +133,8 @@ class RunStatus:
     last_loss: float | None
     job_id: str | None
     executor: str | None
+    role: str = "run"
+    waits_for: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -187,9 +192,12 @@ def run_status(run: RunDir, planned: PlanRow | None, events: list[JobEvent], sub
 
 
 def sweep_status(sweep: SweepDir) -> list[RunStatus]:
-    """The status of every run of ``sweep``, with one scheduler query per executor."""
+    """The status of every run (and trunk) of ``sweep``, with one scheduler query per executor."""
+    from isoflop.forks import with_branch_states
+
     plan = sweep.plan_rows()
-    runs = list(sweep.runs(plan))
+    trunks = sweep.trunk_rows()
+    runs = [*(sweep.trunk(trunk_id) for trunk_id in trunks), *sweep.runs(plan)]
     events = {run.run_id: run.events() for run in runs}
     submissions = {run_id: last_submission(run_events) for run_id, run_events in events.items()}
     view = scheduler_view([event for event in submissions.values() if event is not None])
@@ -198,5 +206,6 @@ def sweep_status(sweep: SweepDir) -> list[RunStatus]:
     for run in runs:
         submission = submissions[run.run_id]
         job_view = view.get(submission.job_id) if submission else None
-        rows.append(run_status(run, plan.get(run.run_id), events[run.run_id], submission, job_view, now))
-    return rows
+        planned = trunks.get(run.run_id) or plan.get(run.run_id)
+        rows.append(run_status(run, planned, events[run.run_id], submission, job_view, now))
+    return with_branch_states(sweep, rows, plan, trunks)

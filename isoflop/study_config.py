@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from isoflop.record_format import optional_field
 from models.config import (
     REPLACE_BLOCK_PLACEMENTS, BackboneConfig, block_index_list, ffw_config_from_dict, replaced_block_indices,
 )
@@ -23,6 +24,9 @@ from models.ffw.config_base import FFWConfigBase
 
 SEED_LIMIT = 2 ** 32
 """Seeds must lie in [0, 2**32): ``numpy.random.seed`` refuses anything else."""
+SCHEDULES = ("cosine", "wsd")
+COOLDOWN_SHAPES = ("1-sqrt", "linear")
+STRATEGIES = ("independent", "cooldown_branches")
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,8 @@ class LadderConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings (AdamW, warmup + cosine; Loshchilov & Hutter 2019).
+    """Optimisation settings (AdamW, Loshchilov & Hutter 2019; a warm-up + cosine or a
+    warmup-stable-decay learning-rate schedule).
 
     Learning rate per model size: lr = lr_base · (lr_reference_d_model / d_model)
     ** lr_width_exponent, capped at lr_max (a width-scaling rule in the spirit of
@@ -128,8 +133,18 @@ class TrainConfig:
         micro_batch_size: sequences per forward/backward; ``None``: the whole
             batch in one pass, else gradient accumulation.
         lr_base, lr_reference_d_model, lr_width_exponent, lr_max: the rule above.
-        warmup_fraction: linear warmup, as a fraction of the run's steps.
-        min_lr_fraction: the cosine decays to this fraction of the peak.
+        warmup_fraction: linear warmup, as a fraction of the run's steps (of a
+            trunk's shortest branch, with ``strategy: cooldown_branches``).
+        min_lr_fraction: the cosine (or the WSD cooldown) decays to this fraction of the peak.
+        schedule: ``cosine`` (warm-up, then cosine decay over the rest of the run) or
+            ``wsd`` (warmup-stable-decay, Hägele et al. 2024: warm-up, constant peak,
+            then a cooldown over the last ``cooldown_fraction`` of the run's steps).
+        cooldown_fraction: ``wsd``: fraction of the run's steps (and tokens) in the
+            cooldown, in (0, 1]; 0.2 matches a cosine run of the same length (Hägele et al. 2024).
+        cooldown_shape: ``wsd``: ``1-sqrt`` (lr falls as 1 - sqrt(progress), the shape
+            Hägele et al. 2024 found best) or ``linear``.
+        eval_every_tokens: training tokens between evaluations of the validation loss
+            during training (``kind: eval`` lines of metrics.jsonl); 0: only at the end.
         weight_decay: AdamW decoupled weight decay (0 turns it off).
         beta1, beta2: AdamW moment decay rates, in [0, 1).
         grad_clip: largest global gradient L2 norm (0 turns clipping off).
@@ -162,6 +177,10 @@ class TrainConfig:
     log_every_steps: int = 10
     eval_tokens: int = 1_048_576
     seed: int = 0
+    schedule: str = optional_field("cosine")
+    cooldown_fraction: float = optional_field(0.2)
+    cooldown_shape: str = optional_field("1-sqrt")
+    eval_every_tokens: int = optional_field(0)
 
     def __post_init__(self) -> None:
         require_positive("train", batch_size=self.batch_size, seq_len=self.seq_len, lr_base=self.lr_base,
@@ -182,6 +201,22 @@ class TrainConfig:
         require_non_negative("train", "use e.g. 1.0 (0 turns clipping off)", grad_clip=self.grad_clip)
         require(0 <= self.seed < SEED_LIMIT, "train.seed", self.seed, "must be in [0, 2**32)", "use e.g. 0")
         require_choice("train.precision", self.precision, ("auto", "fp32", "bf16"))
+        require_choice("train.schedule", self.schedule, SCHEDULES)
+        require_choice("train.cooldown_shape", self.cooldown_shape, COOLDOWN_SHAPES)
+        require_fraction("train.cooldown_fraction", self.cooldown_fraction, "use e.g. 0.2", include_zero=False,
+                         include_one=True)
+        require(self.schedule != "wsd" or self.warmup_fraction + self.cooldown_fraction <= 1,
+                "train.cooldown_fraction", self.cooldown_fraction,
+                f"plus train.warmup_fraction={self.warmup_fraction} must be at most 1 (warm-up and cooldown "
+                "cannot overlap)", "lower one of them")
+        require(isinstance(self.eval_every_tokens, int) and not isinstance(self.eval_every_tokens, bool)
+                and self.eval_every_tokens >= 0, "train.eval_every_tokens", self.eval_every_tokens,
+                "must be an integer >= 0", "use e.g. 1000000 (0: evaluate only at the end)")
+
+    def cooldown_steps(self, steps: int) -> int:
+        """``wsd``: optimizer steps in the cooldown of a ``steps``-step run:
+        cooldown_fraction · steps rounded to the nearest step, at least 1 and at most ``steps``."""
+        return min(steps, max(1, round(self.cooldown_fraction * steps)))
 
     def learning_rate(self, d_model: int) -> float:
         """Peak learning rate for a backbone of width ``d_model`` (rule in the class docstring)."""
@@ -270,6 +305,10 @@ class ClusterConfig:
             ``isoflop/hardware.py``).
         peak_flops: peak FLOP/s of one device; ``None``: from the accelerator table.
         assumed_mfu: model FLOPs utilisation assumed by the cost estimate.
+        keep_fork_checkpoints: ``strategy: cooldown_branches``: also keep each
+            trunk's fork checkpoints in ``trunks/<trunk_id>/forks/`` (hard links);
+            by default a fork checkpoint lives on only as the starting point of the
+            branches that fork there (``isoflop.forks``).
     """
 
     executor: str = "local"
@@ -290,6 +329,7 @@ class ClusterConfig:
     accelerator: str = "cpu"
     peak_flops: float | None = None
     assumed_mfu: float = 0.4
+    keep_fork_checkpoints: bool = False
 
     def __post_init__(self) -> None:
         require(self.executor in ("debug", "local", "slurm"), "cluster.executor", self.executor,
@@ -316,6 +356,11 @@ class StudyConfig:
             to the backbone are taken from ``model`` here, so the ``dense``
             method keeps the backbone's dense FFW everywhere.
         logger: ``none`` or ``wandb``.
+        strategy: ``independent`` (every run trains from scratch with its own
+            schedule) or ``cooldown_branches`` (needs ``train.schedule: wsd``): per
+            method one ladder of shapes shared by the budgets, one constant-learning-rate
+            trunk per shape, and per budget a branch that forks from it and cools
+            down (:mod:`isoflop.branch_planner`).
     """
 
     name: str
@@ -327,6 +372,7 @@ class StudyConfig:
     data: DataConfig = field(default_factory=DataConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     logger: str = "none"
+    strategy: str = "independent"
 
     def __post_init__(self) -> None:
         require(bool(self.name) and "/" not in self.name, "name", self.name,
@@ -347,3 +393,7 @@ class StudyConfig:
         require(self.ladder.backbones_from in (None, *methods), "ladder.backbones_from", self.ladder.backbones_from,
                 "must name a method of the study", f"use one of {', '.join(methods)} or null")
         require_choice("logger", self.logger, ("none", "wandb"))
+        require_choice("strategy", self.strategy, STRATEGIES)
+        require(self.strategy != "cooldown_branches" or self.train.schedule == "wsd", "strategy", self.strategy,
+                f"needs the warmup-stable-decay schedule (train.schedule is {self.train.schedule!r})",
+                "set train.schedule=wsd")

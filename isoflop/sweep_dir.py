@@ -5,6 +5,7 @@
     sweep.json               isoflop version, sweep name, creation time
     study.yaml               the resolved study config (compared on resubmit)
     plan.csv                 the plan, one row per run (schema of `isoflop plan --format csv`)
+    trunks.csv               strategy cooldown_branches: the trunks, in plan.csv's schema
     code/<hash>/             snapshot of the packages the jobs import (isoflop, models, kernels)
     submitit/                submitit's pickles and raw stdout/stderr, named by job id
     runs/<run_id>/
@@ -14,6 +15,9 @@
         checkpoints/         for exact resume (written by the trainer)
         result.json          written atomically at the end; its presence = done
         logs/                links to this run's job stdout/stderr
+        fork.json            a branch: the trunk checkpoint it was given (isoflop.forks)
+    trunks/<trunk_id>/       strategy cooldown_branches: each trunk, laid out as a run
+        forks/step_NNNNNN/   its fork checkpoints, with cluster.keep_fork_checkpoints only
 ```
 
 Each file has one typed record that writes and reads it: ``plan.csv`` rows
@@ -27,6 +31,8 @@ Torch-free.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -57,6 +63,7 @@ class RunDir:
     metrics_jsonl = property(lambda self: self.path / "metrics.jsonl")
     result_json = property(lambda self: self.path / "result.json")
     logs = property(lambda self: self.path / "logs")
+    fork_json = property(lambda self: self.path / "fork.json")
 
     def result(self) -> RunResult | None:
         """result.json, or None while the run has not ended."""
@@ -104,7 +111,9 @@ class SweepDir:
     marker = property(lambda self: self.path / MARKER)
     study_yaml = property(lambda self: self.path / "study.yaml")
     plan_csv = property(lambda self: self.path / "plan.csv")
+    trunks_csv = property(lambda self: self.path / "trunks.csv")
     runs_dir = property(lambda self: self.path / "runs")
+    trunks_dir = property(lambda self: self.path / "trunks")
     code_dir = property(lambda self: self.path / "code")
     submitit_dir = property(lambda self: self.path / "submitit")
 
@@ -121,7 +130,9 @@ class SweepDir:
         return self.marker.is_file()
 
     def run(self, run_id: str) -> RunDir:
-        return RunDir(self.runs_dir / run_id)
+        """The folder of run (or trunk) ``run_id``: ``trunks/<run_id>`` when that exists, else ``runs/<run_id>``."""
+        trunk = self.trunks_dir / run_id
+        return RunDir(trunk if trunk.is_dir() else self.runs_dir / run_id)
 
     def runs(self, plan_rows: dict[str, PlanRow] | None = None) -> Iterator[RunDir]:
         """Every run of the plan, in plan order (plan.csv, or ``plan_rows`` already
@@ -134,8 +145,25 @@ class SweepDir:
         """plan.csv rows by run_id."""
         return PlanRow.read_csv(self.plan_csv)
 
-    def create(self, resolved_yaml: str, plan_rows: list[PlanRow], metadata: dict[str, Any]) -> None:
-        """Write study.yaml, plan.csv and sweep.json (the last one marks the folder a sweep)."""
+    def trunk_rows(self) -> dict[str, PlanRow]:
+        """trunks.csv rows by trunk id ({} for a sweep without trunks)."""
+        return PlanRow.read_csv(self.trunks_csv)
+
+    @contextlib.contextmanager
+    def submission_lock(self) -> Iterator[None]:
+        """Hold the sweep's submission lock: one submitter at a time decides what to submit
+        and records it (``isoflop submit``, and trunks submitting their branches)."""
+        with open(self.path / ".submit.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def trunk(self, trunk_id: str) -> RunDir:
+        """``trunks/<trunk_id>/``."""
+        return RunDir(self.trunks_dir / trunk_id)
+
+    def create(self, resolved_yaml: str, plan_rows: list[PlanRow], metadata: dict[str, Any],
+               trunk_rows: list[PlanRow] = ()) -> None:
+        """Write study.yaml, plan.csv (and trunks.csv) and sweep.json (the last one marks the folder a sweep)."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / f".write-test-{os.getpid()}"
@@ -145,13 +173,15 @@ class SweepDir:
             raise UserError(f"--root: cannot write the sweep directory {self.path} ({error.strerror}); "
                             "pass a writable --root") from None
         write_atomic(self.study_yaml, resolved_yaml)
-        self.write_plan(plan_rows)
+        self.write_plan(plan_rows, trunk_rows)
         if not self.marker.is_file():
             write_json_atomic(self.marker, metadata)
 
-    def write_plan(self, rows: list[PlanRow]) -> None:
-        """plan.csv: the rows of ``isoflop plan --format csv``."""
+    def write_plan(self, rows: list[PlanRow], trunk_rows: list[PlanRow] = ()) -> None:
+        """plan.csv: the rows of ``isoflop plan --format csv``; trunks.csv: the trunks, if any."""
         write_atomic(self.plan_csv, PlanRow.csv_text(rows))
+        if trunk_rows:
+            write_atomic(self.trunks_csv, PlanRow.csv_text(trunk_rows))
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -166,7 +196,10 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 def study_changes(old_yaml: str, new_yaml: str, ignore: tuple[str, ...] = ("cluster",)) -> list[str]:
     """``key: old -> new`` for every setting that differs between two study.yaml texts.
 
-    Keys under ``ignore`` (where jobs run, not what they compute) are left out.
+    Keys under ``ignore`` (where jobs run, not what they compute) are left out, and
+    so is a setting that the old study.yaml lacks (it was written before the setting
+    existed) while the new one holds its dataclass default: that default is what
+    the old study did.
     """
     import yaml
 
@@ -176,5 +209,27 @@ def study_changes(old_yaml: str, new_yaml: str, ignore: tuple[str, ...] = ("clus
     for key in sorted(set(old) | set(new)):
         if key.split(".")[0] in ignore or old.get(key, "<unset>") == new.get(key, "<unset>"):
             continue
+        if key not in old and _setting_default(key) == new[key]:
+            continue
         changes.append(f"{key}: {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}")
     return changes
+
+
+def _setting_default(key: str) -> Any:
+    """The dataclass default of a dotted study setting (``train.schedule``), or a marker
+    that equals nothing when the key has none (a method's setting, a required one)."""
+    import dataclasses
+    import typing
+
+    from isoflop.study_config import StudyConfig
+
+    owner: Any = StudyConfig
+    *path, name = key.split(".")
+    for part in path:
+        hints = typing.get_type_hints(owner) if dataclasses.is_dataclass(owner) else {}
+        owner = hints.get(part)
+    fields = {field.name: field for field in dataclasses.fields(owner)} if dataclasses.is_dataclass(owner) else {}
+    field = fields.get(name)
+    if field is None or field.default is dataclasses.MISSING:
+        return object()
+    return field.default

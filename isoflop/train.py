@@ -11,8 +11,10 @@ work in four stages, its methods in the order they run:
    uninterrupted run's random streams bit for bit);
 2. ``train``: optimizer steps until ``spec.steps`` (``step``), each logged to
    ``metrics.jsonl`` (``log_step``) and checkpointed every
-   ``train.checkpoint_every_steps``; a NaN/inf loss stops the loop before its
-   update (status ``diverged``);
+   ``train.checkpoint_every_steps``; the validation loss every
+   ``train.eval_every_tokens`` (``evaluate_periodically``); a trunk's checkpoint at
+   each of its fork steps handed to its branches (``hand_off_fork``); a NaN/inf
+   loss stops the loop before its update (status ``diverged``);
 3. ``evaluate``: the held-out split and every evaluation corpus;
 4. ``finish``: ``result.json``, written atomically.
 
@@ -41,11 +43,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from isoflop import checkpoint
+from isoflop import checkpoint, forks
 from isoflop.data import load_training_data
 from isoflop.distributed import DistributedContext, setup_distributed, teardown_distributed
 from isoflop.errors import UserError
-from isoflop.evaluation import evaluate_all
+from isoflop.evaluation import evaluate_all, validation_loss
 from isoflop.hardware import current_device_name, lookup_peak_flops, measured_cpu_peak_flops
 from isoflop.metrics_log import MetricsLogger, Throughput
 from isoflop.optimization import (
@@ -146,6 +148,8 @@ class Trainer:
         """Optimizer steps until ``spec.steps``; returns the step whose loss diverged, or None."""
         self.model.train()
         self.throughput.restart(self.step)
+        if self.step in self.spec.fork_steps:  # resumed at a fork step: the hand-off may not have happened
+            self.hand_off_fork()
         while self.step < self.spec.steps:
             step_start = time.perf_counter()
             report = self.train_step()
@@ -157,7 +161,10 @@ class Trainer:
             self.totals.interval_steps += 1
             if self.step % self.spec.train.log_every_steps == 0 or self.step == self.spec.steps:
                 self.log_step(report)
-            if self.step % self.spec.train.checkpoint_every_steps == 0 and self.step < self.spec.steps:
+            self.evaluate_periodically()
+            if self.step in self.spec.fork_steps:
+                self.hand_off_fork()
+            elif self.step % self.spec.train.checkpoint_every_steps == 0 and self.step < self.spec.steps:
                 self.save_checkpoint()
             at_step_boundary()  # a preemption signal held during the step is handled here
         return None
@@ -210,13 +217,38 @@ class Trainer:
         self.logger.progress(self.step, report.loss, tokens_per_s, mfu, seconds_per_step)
         self.throughput.restart(self.step)
 
+    def evaluate_periodically(self) -> None:
+        """Every ``spec.eval_every_steps`` steps: the validation loss as a ``kind: eval``
+        line of metrics.jsonl, on rank 0 (no random number is drawn; training is unchanged)."""
+        every = self.spec.eval_every_steps
+        if every and self.step % every == 0 and self.step < self.spec.steps and self.context.is_main:
+            self.log_evaluation(validation_loss(self.model, self.spec, self.data, self.context.device,
+                                                self.autocast))
+
+    def log_evaluation(self, loss: float | None) -> None:
+        """A ``kind: eval`` line: the validation loss (nats/token) after ``self.step`` steps."""
+        tokens = self.step * self.throughput.tokens_per_step
+        self.logger.log({"kind": "eval", "step": self.step, "tokens": tokens,
+                         "flops": tokens * self.spec.flops_per_token_train, "validation_loss": loss})
+
+    def hand_off_fork(self) -> None:
+        """A trunk at one of its fork steps: checkpoint, then hand the checkpoint to the
+        branches that fork here (:func:`isoflop.forks.hand_off`, rank 0)."""
+        self.save_checkpoint()
+        if self.context.is_main:
+            forks.hand_off(self.spec, self.run_dir.path, self.step)
+
     # ---- 3. evaluation --------------------------------------------------------------------------
 
     def evaluate(self, completed: bool) -> tuple[dict[str, EvalScores], dict, list[str]]:
-        """(scores by corpus, routing statistics, notes) of a completed run, on rank 0; empty otherwise."""
+        """(scores by corpus, routing statistics, notes) of a completed run, on rank 0; empty otherwise.
+        With periodic evaluation, the final validation loss is also an ``eval`` line of metrics.jsonl."""
         if not completed or not self.context.is_main:
             return {}, {}, []
-        return evaluate_all(self.model, self.spec, self.data, self.context.device, self.autocast)
+        evaluation = evaluate_all(self.model, self.spec, self.data, self.context.device, self.autocast)
+        if self.spec.eval_every_steps:
+            self.log_evaluation(evaluation[0]["validation"].loss)
+        return evaluation
 
     # ---- 4. finish ------------------------------------------------------------------------------
 
@@ -266,7 +298,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "dense_optimizer": self.dense_optimizer.state_dict(),
             "sparse_optimizer": self.sparse_optimizer.state_dict() if self.sparse_optimizer is not None else None,
-            "scheduler": {"kind": "warmup_cosine", "step": self.step},
+            "scheduler": {"kind": self.spec.train.schedule, "step": self.step},
             "data": self.data.train.state_dict(),
             "rng": checkpoint.random_generator_states(),
             "totals": asdict(self.totals),

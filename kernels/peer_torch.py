@@ -1,37 +1,132 @@
 """PEER expert computation, best pure-PyTorch path (CPU default).
 
-Same math as `kernels.peer_reference` (PEER, He 2024, Eq. 4-5), but never holds
-the gathered [T, h, k, d] rows for all tokens at once. Tokens are processed in
-chunks whose gathered rows stay under `CHUNK_ELEMENTS` elements:
+Same maths as `kernels.peer_reference` (PEER, He 2024, Eq. 4-5), without ever
+materialising gathered rows. The (token, expert) pairs of a step are the
+non-zeros of a sparse (N x T) routing matrix A, A[i, t] != 0 when token t
+retrieved expert i. Sorting the pairs by expert once (`PairsByExpert`) lets
+every table-side product run as one fused PyTorch op:
 
-forward, per chunk:  s = <u_i, x> via one gather + bmm,  y = EmbeddingBag(V,
-    per-sample weights g * act(s))   -- the up rows are never gathered.
-backward, per chunk: r = <v_i, dy> (gather + bmm), dx = EmbeddingBag(U, ds);
-    then dU[i] += ds * x and dV[i] += g * act(s) * dy for all tokens at once as a
-    sparse (rows x T) CSR matrix times x / dy (no (T*h*k, d) outer products).
+forward, with s = <u_i, x_t> and y[t] = sum_e g act(s) v_i:
+    s:  SDDMM over A's pattern (`torch.sparse.sampled_addmm`), expert by
+        expert: each touched row of U is read once, in order; x stays in cache.
+    y:  `F.embedding_bag` over each token's pairs (rows of V read per pair).
+backward, with r = <v_i, dy_t>:
+    r:  SDDMM as for s (V read once).
+    dx = sum ds u_i [+ dw w_i]: `F.embedding_bag` over each token's pairs.
+    dU[i] = sum_t ds x_t, dV[i] = sum_t g o dy_t [, dW[i] = sum_t dw x_t]:
+        A (weighted) times x or dy, one sparse-dense matmul (`torch.addmm`),
+        so each gradient row is written once, in order, and no (T*E, d) outer
+        products exist. Its output lies on huge pages (`kernels.host_memory`):
+        a fresh (N, d) tensor every step otherwise costs more in 4 KiB page
+        faults than the matmul.
 
-Only the pre-activations (T, h*k) are saved between forward and backward. Table
-gradients are accumulated in fp32, densely (N, d) or, with `sparse=True`, in a
-compact buffer over the touched rows that is returned as a sparse COO tensor.
+Only the pre-activations (T, h*k) are kept between forward and backward; the
+backward sorts the pairs again (about 1 ms; passing the order on would widen
+the op's outputs for every backend). Table gradients are accumulated in fp32,
+densely (N, d) or, with `sparse=True`, over the touched rows only and returned
+as a sparse COO tensor.
+Rounding: sums run in a different order than the reference's einsum, so results
+agree with it to fp32 rounding, not bitwise.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from kernels.host_memory import empty_on_huge_pages
 from kernels.peer_reference import activation_pair
 
-# Gathered rows per chunk (elements); 2**22 fp32 = 16 MiB.
-CHUNK_ELEMENTS = 1 << 22
+# Dtypes `torch.sparse.sampled_addmm` supports on the CPU; others are computed in fp32.
+SDDMM_DTYPES = (torch.float32, torch.float64)
 
 
-def chunk_tokens(tokens: int, experts_per_token: int, dim: int) -> int:
-    """Tokens per chunk so that a gathered (chunk, h*k, d) block fits CHUNK_ELEMENTS."""
-    return max(1, min(tokens, CHUNK_ELEMENTS // max(1, experts_per_token * dim)))
+def csr_matrix(row_starts: torch.Tensor, columns: torch.Tensor, values: torch.Tensor,
+               column_count: int) -> torch.Tensor:
+    """A (len(row_starts) - 1, column_count) sparse CSR tensor (PyTorch's beta warning silenced)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(row_starts, columns, values, (row_starts.shape[0] - 1, column_count))
+
+
+@dataclass(frozen=True)
+class PairsByExpert:
+    """The (token, expert) pairs of a step grouped by expert: the CSR pattern of the (N x T)
+    routing matrix.
+
+    Attributes:
+        order: (P,) int64, P = T*E: flat token-major pair positions t*E + e, sorted by expert
+            id (stable, so tokens ascend within an expert).
+        tokens: (P,) int64, the token of each sorted pair (CSR column indices).
+        row_starts: (N+1,) int64 CSR row pointers: expert i's pairs are
+            order[row_starts[i]:row_starts[i+1]].
+    """
+
+    order: torch.Tensor
+    tokens: torch.Tensor
+    row_starts: torch.Tensor
+
+    @staticmethod
+    def of(expert_index: torch.Tensor, table_rows: int) -> PairsByExpert:
+        """Group the pairs of `expert_index` (T, E) int64 in [0, table_rows) by expert."""
+        flat = expert_index.reshape(-1)  # (P,)
+        keys = flat.int() if table_rows <= torch.iinfo(torch.int32).max else flat  # int32 sorts about twice as fast
+        order = torch.argsort(keys, stable=True)  # (P,)
+        row_starts = torch.zeros(table_rows + 1, device=flat.device, dtype=torch.int64)
+        torch.cumsum(torch.bincount(flat, minlength=table_rows), 0, out=row_starts[1:])
+        return PairsByExpert(order, order // expert_index.shape[1], row_starts)
+
+    def touched_rows(self) -> torch.Tensor:
+        """(R,) int64 ids of the experts that have at least one pair, ascending."""
+        return torch.nonzero(self.row_starts[1:] > self.row_starts[:-1]).squeeze(1)
+
+    def to_expert_major(self, per_pair: torch.Tensor) -> torch.Tensor:
+        """(T, E) token-major values -> (P,) in `order`."""
+        return per_pair.reshape(-1).index_select(0, self.order)
+
+    def to_token_major(self, sorted_values: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """(P,) values in `order` -> token-major tensor of `shape` (T, E)."""
+        return torch.empty_like(sorted_values).index_copy_(0, self.order, sorted_values).view(shape)
+
+    def row_dots(self, table: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+        """(P,) fp32 <table[i], vectors[t]> for every pair, in `order` (SDDMM over A's pattern).
+
+        Args:
+            table: (N, d) expert rows (read once, row by row).  vectors: (T, d) per-token vectors.
+        """
+        dtype = torch.promote_types(table.dtype, vectors.dtype)
+        dtype = dtype if dtype in SDDMM_DTYPES else torch.float32
+        pair_count, table_rows = self.order.shape[0], table.shape[0]
+        # sampled_addmm keeps at most rows x columns values; more pairs than that (repeats, when a
+        # token's E pairs outnumber the N experts) need zero columns appended.
+        columns = max(vectors.shape[0], -(-pair_count // max(1, table_rows)))
+        if columns > vectors.shape[0]:
+            vectors = F.pad(vectors, (0, 0, 0, columns - vectors.shape[0]))
+        pattern = csr_matrix(self.row_starts, self.tokens, torch.zeros(pair_count, device=table.device, dtype=dtype),
+                             columns)
+        dots = torch.sparse.sampled_addmm(pattern, table.to(dtype), vectors.to(dtype).t(), beta=0.0)
+        return dots.values().float()
+
+    def row_sums(self, vectors: torch.Tensor, sorted_weights: torch.Tensor,
+                 touched_rows: torch.Tensor | None) -> torch.Tensor:
+        """fp32 sum over each expert's pairs of weight * vectors[t]: a table gradient.
+
+        The (rows x T) CSR matrix of the weights times ``vectors`` (one sparse-dense matmul), written
+        into an output on huge pages (`kernels.host_memory`) so that it faults in 2 MiB at a time.
+        Args:
+            vectors: (T, d).  sorted_weights: (P,) in `order`.
+            touched_rows: None for all N rows, else the (R,) rows to return (in that order).
+        Returns:
+            (N, d), or (R, d) for the touched rows; rows without pairs are 0.
+        """
+        row_starts = self.row_starts if touched_rows is None else torch.cat(
+            [self.row_starts[touched_rows], self.row_starts[-1:]])  # (rows+1,)
+        weights = csr_matrix(row_starts, self.tokens, sorted_weights.float(), vectors.shape[0])
+        sums = empty_on_huge_pages(weights.shape[0], vectors.shape[1], device=vectors.device)
+        return torch.addmm(sums, weights, vectors.float(), beta=0.0, out=sums)  # beta 0: sums is not read
 
 
 def peer_forward_torch(
@@ -53,26 +148,17 @@ def peer_forward_torch(
         fp32, or an empty tensor without GLU.
     """
     act, _ = activation_pair(activation)
-    tokens, experts = expert_index.shape
-    dim = x.shape[1]
-    out = torch.empty_like(x)  # (T, d)
-    pre_down = torch.empty(tokens, experts, device=x.device, dtype=torch.float32)
-    pre_gate = torch.empty(tokens if gate_table is not None else 0, experts, device=x.device, dtype=torch.float32)
-    step = chunk_tokens(tokens, experts, dim)
-    for start in range(0, tokens, step):
-        sl = slice(start, start + step)
-        index = expert_index[sl]  # (c, E)
-        x_chunk = x[sl].unsqueeze(-1)  # (c, d, 1)
-        s = torch.bmm(F.embedding(index, down_table), x_chunk).squeeze(-1).float()  # (c, E)
-        pre_down[sl] = s
-        hidden = act(s)
-        if gate_table is not None:
-            w = torch.bmm(F.embedding(index, gate_table), x_chunk).squeeze(-1).float()  # (c, E)
-            pre_gate[sl] = w
-            hidden = hidden * w
-        weight = (hidden * scores[sl].float()).to(up_table.dtype)  # (c, E)
-        out[sl] = F.embedding_bag(index, up_table, per_sample_weights=weight, mode="sum")  # (c, d)
-    return out, pre_down, pre_gate
+    pairs = PairsByExpert.of(expert_index, down_table.shape[0])
+    pre_down = pairs.to_token_major(pairs.row_dots(down_table, x), expert_index.shape)  # (T, E)
+    hidden = act(pre_down)
+    if gate_table is not None:
+        pre_gate = pairs.to_token_major(pairs.row_dots(gate_table, x), expert_index.shape)  # (T, E)
+        hidden = hidden * pre_gate
+    else:
+        pre_gate = pre_down.new_empty(0, expert_index.shape[1])
+    weight = (hidden * scores.float()).to(up_table.dtype)  # (T, E)
+    out = F.embedding_bag(expert_index, up_table, per_sample_weights=weight, mode="sum")  # (T, d)
+    return out.to(x.dtype), pre_down, pre_gate
 
 
 def finish_table_grad(
@@ -89,7 +175,7 @@ def finish_table_grad(
 def table_grad_rows(
     expert_index: torch.Tensor, table_rows: int, sparse: bool
 ) -> tuple[torch.Tensor | None, torch.Tensor, int]:
-    """Rows of the table-gradient buffers and each (t, e) pair's row in them.
+    """Rows of the table-gradient buffers and each (t, e) pair's row in them (Triton backward).
 
     Dense: the buffer is the whole (N, d) table, so the slot is the expert id.
     Sparse: a compact buffer over the touched rows (sorted ids), slot = position in it.
@@ -100,28 +186,6 @@ def table_grad_rows(
         return None, expert_index, table_rows
     touched_rows, slot = torch.unique(expert_index, sorted=True, return_inverse=True)
     return touched_rows, slot, touched_rows.numel()
-
-
-def row_accumulator(slot: torch.Tensor, rows: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Returns acc(coef (T, E), src (T, d)) -> (rows, d) fp32 with out[slot[t, e]] += coef[t, e] * src[t].
-
-    Implemented as one sparse (rows x T) CSR matrix times src: no (T*E, d) outer products are built,
-    and the sort that groups (t, e) pairs by row is shared by every table gradient.
-    """
-    tokens, experts = slot.shape
-    flat = slot.reshape(-1)  # (T*E,)
-    order = torch.argsort(flat, stable=True)  # (t, e) pairs grouped by row, t ascending within a row
-    columns = order // experts  # token of each pair
-    crow = torch.zeros(rows + 1, device=slot.device, dtype=torch.int64)
-    crow[1:] = torch.cumsum(torch.bincount(flat, minlength=rows), 0)
-
-    def accumulate(coef: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-            matrix = torch.sparse_csr_tensor(crow, columns, coef.reshape(-1)[order].float(), (rows, tokens))
-        return matrix @ src.float()  # (rows, d)
-
-    return accumulate
 
 
 def peer_backward_torch(
@@ -147,38 +211,30 @@ def peer_backward_torch(
         (d_gate None without GLU).
     """
     act, act_grad = activation_pair(activation)
-    tokens, experts = expert_index.shape
-    dim = x.shape[1]
     glu = gate_table is not None
-    grad_x = torch.empty_like(x)  # (T, d)
-    grad_scores = torch.empty(tokens, experts, device=x.device, dtype=scores.dtype)
-    coef_down = torch.empty(tokens, experts, device=x.device, dtype=torch.float32)  # ds
-    coef_up = torch.empty_like(coef_down)  # g * o
-    coef_gate = torch.empty_like(coef_down) if glu else None  # dw
-    step = chunk_tokens(tokens, experts, dim)
-    for start in range(0, tokens, step):
-        sl = slice(start, start + step)
-        index = expert_index[sl]  # (c, E)
-        r = torch.bmm(F.embedding(index, up_table), grad_out[sl].unsqueeze(-1)).squeeze(-1).float()  # (c, E)
-        s, g = pre_down[sl], scores[sl].float()
-        hidden = act(s)
-        d_hidden = g * r  # (c, E) d loss / d o
-        out_unit = hidden * pre_gate[sl] if glu else hidden
-        coef_down[sl] = d_hidden * act_grad(s) * (pre_gate[sl] if glu else 1.0)
-        coef_up[sl] = g * out_unit
-        grad_scores[sl] = (out_unit * r).to(scores.dtype)
-        dx = F.embedding_bag(index, down_table, per_sample_weights=coef_down[sl].to(down_table.dtype), mode="sum")
-        if glu:
-            coef_gate[sl] = d_hidden * hidden
-            dx = dx + F.embedding_bag(index, gate_table, per_sample_weights=coef_gate[sl].to(gate_table.dtype),
-                                      mode="sum")
-        grad_x[sl] = dx
-    touched_rows, slot, rows = table_grad_rows(expert_index, down_table.shape[0], sparse)
-    accumulate = row_accumulator(slot, rows)
+    pairs = PairsByExpert.of(expert_index, down_table.shape[0])
+    r = pairs.to_token_major(pairs.row_dots(up_table, grad_out), expert_index.shape)  # (T, E) <v_i, dy>
+    g = scores.float()
+    hidden = act(pre_down)
+    out_unit = hidden * pre_gate if glu else hidden  # o
+    d_hidden = g * r  # d loss / d o
+    coef_down = d_hidden * act_grad(pre_down) * (pre_gate if glu else 1.0)  # ds
+    grad_scores = (out_unit * r).to(scores.dtype)
+    grad_x = F.embedding_bag(expert_index, down_table, per_sample_weights=coef_down.to(down_table.dtype), mode="sum")
+    coef_gate = d_hidden * hidden if glu else None  # dw
+    if coef_gate is not None:
+        grad_x = grad_x + F.embedding_bag(expert_index, gate_table, per_sample_weights=coef_gate.to(gate_table.dtype),
+                                          mode="sum")
+    touched_rows = pairs.touched_rows() if sparse else None
+
+    def table_grad(vectors: torch.Tensor, coef: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        return finish_table_grad(pairs.row_sums(vectors, pairs.to_expert_major(coef), touched_rows), table,
+                                 touched_rows)
+
     return (
-        grad_x,
+        grad_x.to(x.dtype),
         grad_scores,
-        finish_table_grad(accumulate(coef_down, x), down_table, touched_rows),
-        finish_table_grad(accumulate(coef_up, grad_out), up_table, touched_rows),
-        finish_table_grad(accumulate(coef_gate, x), gate_table, touched_rows) if glu else None,
+        table_grad(x, coef_down, down_table),
+        table_grad(grad_out, g * out_unit, up_table),
+        table_grad(x, coef_gate, gate_table) if coef_gate is not None else None,
     )

@@ -2,7 +2,14 @@
 
 Times forward+backward of a PEER layer (He 2024) beside a dense FFW
 (d_ff = 4·d_model) on the same tokens and reports the ratios of time and of
-peak memory, then builds a PEER layer with a million experts and runs it once.
+peak memory, the PEER routing alone (query, normalisation, sub-key scores,
+top-k, router scores), and the PEER step's bound on this machine (matmul
+FLOPs at a measured matmul rate plus the bytes the step must move at a
+measured bandwidth, see :mod:`models.bench_bound`) with the measured time's
+ratio to it. The PEER layer and its routing are timed with each query
+normalisation: ``peer`` with the default (causal prefix statistics) and
+``peer_batch_norm`` with the paper's BatchNorm. Then it builds a PEER layer
+with a million experts and runs it once.
 
 Peak memory is the highest total of bytes allocated by torch during one
 forward+backward (parameter gradients included, the parameters themselves
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 import time
@@ -27,10 +35,13 @@ import torch
 
 from isoflop.commands.common import device_choice, positive_count, require_device, writable_file, write_output_file
 from isoflop.errors import UserError
+from models.bench_bound import StepBound, peer_step_bound, rate_probes
 from models.builder import build_ffw
 from models.ffw.base import FFWLayer
+from models.ffw.config_base import QUERY_NORM_STATISTICS
 from models.ffw.dense_config import DenseFFWConfig
 from models.ffw.peer_config import PEERConfig
+from models.ffw.product_keys import router_scores
 from models.verify import forced_kernel_backend
 
 
@@ -56,35 +67,54 @@ def peak_step_bytes(step: Callable[[], None], device: torch.device) -> int:
     return peak
 
 
+def step_inputs(d_model: int, tokens: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed inputs of every benchmarked step: x (1, tokens, d) and dL/dy of the same shape."""
+    generator = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(1, tokens, d_model, device=device, generator=generator).requires_grad_(True)
+    return x, torch.randn(1, tokens, d_model, device=device, generator=generator)
+
+
+def finish_step(layer: FFWLayer, x: torch.Tensor, device: torch.device) -> None:
+    """Free the gradients a step created, so that every step starts without any and its peak includes them."""
+    for parameter in layer.parameters():
+        parameter.grad = None
+    x.grad = None
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def make_step(layer: FFWLayer, tokens: int, device: torch.device,
               kernel_backend: str | None = None) -> Callable[[], None]:
-    """One forward+backward of ``layer`` on fixed (1, tokens, d) inputs.
-
-    The gradients it creates are freed again at its end, so every step (and
-    the one :func:`peak_step_bytes` measures) starts without any and its peak
-    includes them.
-    """
-    torch.manual_seed(0)
-    x = torch.randn(1, tokens, layer.d_model, device=device, requires_grad=True)  # (1, T, d)
-    upstream = torch.randn(1, tokens, layer.d_model, device=device)  # dL/dy
+    """One forward+backward of ``layer`` on the fixed inputs of :func:`step_inputs`."""
+    x, upstream = step_inputs(layer.d_model, tokens, device)
 
     def step() -> None:
         backend = forced_kernel_backend(kernel_backend) if kernel_backend is not None else contextlib.nullcontext()
         with backend:
             layer(x).backward(upstream)
-        for parameter in layer.parameters():
-            parameter.grad = None
-        x.grad = None
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        finish_step(layer, x, device)
 
     return step
 
 
-def measure_steps(steps: dict[str, Callable[[], None]], repeats: int,
-                  device: torch.device) -> dict[str, dict[str, float]]:
-    """Median seconds and peak bytes per step; repetitions are interleaved across
-    the steps so that a change in machine load hits all of them alike."""
+def make_routing_step(layer: FFWLayer, tokens: int, device: torch.device) -> Callable[[], None]:
+    """Forward+backward of a PEER layer's routing alone: retrieval and router scores, with a
+    fixed upstream gradient on the scores (M, h, k)."""
+    x, _ = step_inputs(layer.d_model, tokens, device)
+    upstream = torch.randn(tokens, layer.config.n_heads, layer.config.top_k, device=device,
+                           generator=torch.Generator(device=device).manual_seed(1))
+
+    def step() -> None:
+        key_scores, _ = layer.retrieval(x)
+        router_scores(key_scores, layer.config.score).backward(upstream)
+        finish_step(layer, x, device)
+
+    return step
+
+
+def median_seconds(steps: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+    """Median seconds per step; repetitions are interleaved across the steps so that a
+    change in machine load hits all of them alike."""
     for step in steps.values():
         step()  # warm-up
     seconds: dict[str, list[float]] = {name: [] for name in steps}
@@ -93,27 +123,90 @@ def measure_steps(steps: dict[str, Callable[[], None]], repeats: int,
             start = time.perf_counter()
             step()
             seconds[name].append(time.perf_counter() - start)
-    return {name: {"seconds": sorted(times)[len(times) // 2],
-                   "peak_bytes": float(peak_step_bytes(steps[name], device))}
-            for name, times in seconds.items()}
+    return {name: sorted(times)[len(times) // 2] for name, times in seconds.items()}
 
 
-def compare_peer_to_dense(args: argparse.Namespace, device: torch.device) -> dict[str, dict[str, float]]:
-    """Dense FFW vs PEER (dense and sparse table gradients, and the materialising reference)."""
+def measure_steps(steps: dict[str, Callable[[], None]], repeats: int,
+                  device: torch.device) -> dict[str, dict[str, float]]:
+    """Median seconds (interleaved, :func:`median_seconds`) and peak bytes per step."""
+    return {name: {"seconds": seconds, "peak_bytes": float(peak_step_bytes(steps[name], device))}
+            for name, seconds in median_seconds(steps, repeats).items()}
+
+
+def query_norm_variants(default_config: PEERConfig) -> dict[str, PEERConfig]:
+    """The PEER layers timed against their bound: ``peer`` with the config's default query
+    normalisation and ``peer_<statistics>_norm`` with each other one (``batch``: the paper's
+    BatchNorm, not causal)."""
+    return {"peer": default_config} | {
+        f"peer_{statistics}_norm": dataclasses.replace(default_config, query_norm_statistics=statistics)
+        for statistics in QUERY_NORM_STATISTICS if statistics != default_config.query_norm_statistics}
+
+
+def with_suffix(prefix: str, variant: str) -> str:
+    """``peer_routing`` for the default ``peer``, ``peer_routing_batch_norm`` for ``peer_batch_norm``."""
+    return prefix + variant.removeprefix("peer")
+
+
+def compare_peer_to_dense(args: argparse.Namespace, device: torch.device) -> dict[str, dict]:
+    """Dense FFW vs PEER with each query normalisation (and its routing alone), the default
+    PEER's sparse table gradients and materialising reference, and each PEER variant's step
+    bound from rates measured in the same interleaved repetitions (under ``"bound"``, by
+    variant, see :class:`models.bench_bound.StepBound`)."""
     d_model = args.d_model
     dense = build_ffw(DenseFFWConfig(d_ff=4 * d_model, activation="gelu"), d_model, 12, device=device)
-    peer_config = PEERConfig(n_experts=args.n_experts, n_heads=args.heads, top_k=args.top_k, d_key=args.d_key)
-    peer = build_ffw(peer_config, d_model, 12, device=device)
-    peer_sparse = build_ffw(peer_config, d_model, 12, device=device, sparse_tables=True)
-    steps = {"dense": make_step(dense, args.tokens, device), "peer": make_step(peer, args.tokens, device),
-             "peer_sparse_tables": make_step(peer_sparse, args.tokens, device)}
+    variants = query_norm_variants(PEERConfig(n_experts=args.n_experts, n_heads=args.heads, top_k=args.top_k,
+                                              d_key=args.d_key))
+    layers = {name: build_ffw(config, d_model, 12, device=device) for name, config in variants.items()}
+    steps = {"dense": make_step(dense, args.tokens, device)}
+    for name, layer in layers.items():
+        steps[name] = make_step(layer, args.tokens, device)
+        steps[with_suffix("peer_routing", name)] = make_routing_step(layer, args.tokens, device)
+    peer_sparse = build_ffw(variants["peer"], d_model, 12, device=device, sparse_tables=True)
+    steps["peer_sparse_tables"] = make_step(peer_sparse, args.tokens, device)
     if not args.skip_reference:
-        steps["peer_reference_backend"] = make_step(peer, args.tokens, device, kernel_backend="reference")
-    results = measure_steps(steps, args.repeats, device)
+        steps["peer_reference_backend"] = make_step(layers["peer"], args.tokens, device, kernel_backend="reference")
+    probes = rate_probes(device)
+    seconds = median_seconds({**steps, **{name: probe for name, (probe, _) in probes.items()}}, args.repeats)
+    results: dict[str, dict] = {name: {"seconds": seconds[name], "peak_bytes": float(peak_step_bytes(step, device))}
+                                for name, step in steps.items()}
     for result in results.values():
         result["time_vs_dense"] = result["seconds"] / results["dense"]["seconds"]
         result["memory_vs_dense"] = result["peak_bytes"] / max(1.0, results["dense"]["peak_bytes"])
+    rates = {name: work / seconds[name] for name, (_, work) in probes.items()}
+    x = step_inputs(d_model, args.tokens, device)[0]
+    bounds = {name: peer_step_bound(layer, x, rates) for name, layer in layers.items()}
+    for name, bound in bounds.items():
+        results[name]["time_vs_bound"] = results[name]["seconds"] / bound.seconds
+    results["bound"] = {name: bound.to_dict() for name, bound in bounds.items()}
     return results
+
+
+def format_comparison(comparison: dict[str, dict]) -> str:
+    """The comparison as a table, then the rates, each PEER variant's bound and how it is computed."""
+    lines = [f"{'layer':<30}{'fwd+bwd ms':>12}{'peak MiB':>10}{'time/dense':>12}{'mem/dense':>11}"]
+    for name, result in comparison.items():
+        if name != "bound":
+            lines.append(f"{name:<30}{1e3 * result['seconds']:>12.1f}{result['peak_bytes'] / 2 ** 20:>10.1f}"
+                         f"{result['time_vs_dense']:>12.2f}{result['memory_vs_dense']:>11.2f}")
+    bounds = {name: StepBound(**{field: values[field] for field in StepBound.__dataclass_fields__})
+              for name, values in comparison["bound"].items()}
+    rates = bounds["peer"]
+    lines += [
+        (f"rates measured in this run: {rates.matmul_flops_per_second / 1e9:.0f} GFLOP/s fp32 matmul; "
+         f"{rates.copy_bytes_per_second / 1e9:.1f} GB/s copy, {rates.gather_bytes_per_second / 1e9:.1f} GB/s "
+         "row gather (read + written)"),
+        ("PEER step bound = matmul FLOPs / matmul rate + bytes / max(copy, gather) bandwidth (the sum: the "
+         "matmuls and the row traffic run as separate ops, one after the other)"),
+    ]
+    for name, bound in bounds.items():
+        lines += [
+            (f"  {name}: {bound.step_matmul_flops / 1e9:.2f} GFLOP -> {1e3 * bound.matmul_seconds:.1f} ms  +  "
+             f"{bound.step_bytes / 1e6:.0f} MB ({bound.touched_rows} expert rows touched) -> "
+             f"{1e3 * bound.memory_seconds:.1f} ms  =  {1e3 * bound.seconds:.1f} ms"),
+            (f"  {name} measured {1e3 * comparison[name]['seconds']:.1f} ms = "
+             f"{comparison[name]['time_vs_bound']:.2f} x the bound"),
+        ]
+    return "\n".join(lines)
 
 
 def run_million_experts(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
@@ -162,10 +255,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"device={device} threads={torch.get_num_threads()} d_model={args.d_model} tokens={args.tokens} "
           f"PEER N={args.n_experts} h={args.heads} k={args.top_k} d_key={args.d_key}", flush=True)
     comparison = compare_peer_to_dense(args, device)
-    print(f"{'layer':<24}{'fwd+bwd ms':>12}{'peak MiB':>10}{'time/dense':>12}{'mem/dense':>11}")
-    for name, result in comparison.items():
-        print(f"{name:<24}{1e3 * result['seconds']:>12.1f}{result['peak_bytes'] / 2 ** 20:>10.1f}"
-              f"{result['time_vs_dense']:>12.2f}{result['memory_vs_dense']:>11.2f}", flush=True)
+    print(format_comparison(comparison), flush=True)
     report: dict[str, object] = {"comparison": comparison}
     if not args.skip_large:
         large = run_million_experts(args, device)

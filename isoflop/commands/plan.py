@@ -36,37 +36,99 @@ def plan_rows(runs: Any) -> list[PlanRow]:
     return [PlanRow.from_run_spec(run) for run in runs]
 
 
-def render_table(rows: list[PlanRow]) -> str:
-    """Rows grouped by budget and method, under 120 columns."""
-    header = (f"{'run_id':<40} {'L':>3} {'d':>5} {'h':>3} {'params':>7} {'active':>7} {'F/tok':>7} "
-              f"{'tokens':>7} {'steps':>7} {'D/N':>6} {'C/bud':>6}")
-    lines: list[str] = []
+RUN_HEADER = (f"{'run_id':<40} {'L':>3} {'d':>5} {'h':>3} {'params':>7} {'active':>7} {'F/tok':>7} "
+              f"{'tokens':>7} {'steps':>7}")
+
+
+def _run_columns(row: PlanRow) -> str:
+    """The columns a run and a trunk share: id, shape, parameters, FLOPs per token, tokens, steps."""
+    return (f"{row.run_id:<40} {row.n_layers:>3} {row.d_model:>5} {row.n_heads:>3} "
+            f"{human_count(row.n_params_total):>7} {human_count(row.n_params_active):>7} "
+            f"{human_count(row.flops_per_token_train):>7} {human_count(row.tokens):>7} {row.steps:>7}")
+
+
+def render_table(rows: list[PlanRow], trunks: Any = ()) -> str:
+    """Rows grouped by budget and method, under 120 columns; with ``trunks`` (their
+    RunSpecs, ``strategy: cooldown_branches``) the trunks of each method first and
+    each branch's fork step in a last column."""
+    header = f"{RUN_HEADER} {'D/N':>6} {'C/bud':>6}" + (f" {'fork':>6}" if trunks else "")
+    lines: list[str] = _trunk_lines(trunks)
     group = None
     for row in rows:
         if (row.budget, row.method) != group:
             group = (row.budget, row.method)
             lines += ["", f"budget {row.budget:.3g} FLOPs · method {row.method} · {row.ffw}", header]
-        lines.append(
-            f"{row.run_id:<40} {row.n_layers:>3} {row.d_model:>5} {row.n_heads:>3} "
-            f"{human_count(row.n_params_total):>7} {human_count(row.n_params_active):>7} "
-            f"{human_count(row.flops_per_token_train):>7} {human_count(row.tokens):>7} "
-            f"{row.steps:>7} {row.tokens_per_param:>6.1f} {row.realized_over_budget:>6.4f}")
-    lines += ["", f"{len(rows)} runs. params = total, active = per token, F/tok = training FLOPs per token, "
-              "D/N = tokens per active non-embedding parameter, C/bud = realized FLOPs / budget."]
+        lines.append(f"{_run_columns(row)} {row.tokens_per_param:>6.1f} {row.realized_over_budget:>6.4f}"
+                     + (f" {row.fork_step:>6}" if trunks else ""))
+    if trunks:
+        lines += ["", f"{len(rows)} runs, each a branch of one of {len(trunks)} trunks that starts from its trunk's "
+                  "checkpoint at step `fork`.",
+                  "params = total, active = per token, F/tok = training FLOPs per token, D/N = tokens per",
+                  "active non-embedding parameter, C/bud = realized FLOPs / budget."]
+    else:
+        lines += ["", f"{len(rows)} runs. params = total, active = per token, F/tok = training FLOPs per token, "
+                  "D/N = tokens per active non-embedding parameter, C/bud = realized FLOPs / budget."]
     return "\n".join(lines[1:]) + "\n"
 
 
-def render(rows: list[PlanRow], output_format: str, runs: Any,
-           measured: dict[str, dict[str, float]] | None = None) -> str:
-    """The plan as ``output_format``; ``measured`` (by run_id) adds the columns of ``--verify-flops``."""
+def _trunk_lines(trunks: Any) -> list[str]:
+    """The trunk tables, one per method (nothing without trunks)."""
+    lines: list[str] = []
+    method = None
+    for trunk in trunks:
+        if trunk.method != method:
+            method = trunk.method
+            lines += ["", f"trunks of method {method} · warm-up, then the peak learning rate to the last fork step",
+                      f"{RUN_HEADER} {'warmup':>6}  forks at steps"]
+        lines.append(f"{_run_columns(PlanRow.from_run_spec(trunk))} {trunk.warmup_steps:>6}  "
+                     + ", ".join(map(str, trunk.fork_steps)))
+    return lines
+
+
+def cost_summary(study_plan: Any) -> str:
+    """The study's training FLOPs beside the same runs trained independently (cooldown branches)."""
+    from isoflop.branch_planner import training_cost
+
+    cost = training_cost(study_plan)
+    trunk_flops = sum(trunk.realized_flops for trunk in study_plan.trunks)
+    return (f"training FLOPs: {cost.flops:.3g} = {len(study_plan.trunks)} trunks {trunk_flops:.3g} + "
+            f"{len(study_plan.runs)} cooldowns {cost.flops - trunk_flops:.3g}\n"
+            f"the same {len(study_plan.runs)} runs trained independently (cosine): {cost.independent_flops:.3g} FLOPs; "
+            f"ratio {cost.ratio:.3f}\n")
+
+
+def render(study_plan: Any, output_format: str, measured: dict[str, dict[str, float]] | None = None) -> str:
+    """The plan as ``output_format``; ``measured`` (by run_id) adds the columns of ``--verify-flops``.
+
+    With cooldown branches the table shows the trunks and ends with the FLOPs
+    comparison, and the JSON is ``{"runs": [...], "trunks": [...], "training_flops": {...}}``;
+    the CSV holds the runs (the branches) only, as ``plan.csv`` does.
+    """
+    rows = plan_rows(study_plan.runs)
     if output_format == "table":
-        return render_table(rows)
+        table = render_table(rows, study_plan.trunks)
+        return table + cost_summary(study_plan) if study_plan.trunks else table
     columns = [{**row.to_dict(), **(measured or {}).get(row.run_id, {})} for row in rows]
-    if output_format == "json":
-        full = [{**row, "model": run.model.to_dict(), "forward_flops_by_component": run.forward_flops_by_component,
-                 "params_by_component": run.params_by_component} for row, run in zip(columns, runs)]
-        return json.dumps(full, indent=2) + "\n"
-    return csv_text(columns)
+    if output_format == "csv":
+        return csv_text(columns)
+    runs = _json_rows(columns, study_plan.runs)
+    if not study_plan.trunks:
+        return json.dumps(runs, indent=2) + "\n"
+    from isoflop.branch_planner import training_cost
+
+    trunk_rows = [{**row.to_dict(), "warmup_steps": trunk.warmup_steps, "fork_steps": list(trunk.fork_steps),
+                   **(measured or {}).get(row.run_id, {})}
+                  for row, trunk in zip(plan_rows(study_plan.trunks), study_plan.trunks)]
+    cost = training_cost(study_plan)
+    return json.dumps({"runs": runs, "trunks": _json_rows(trunk_rows, study_plan.trunks),
+                       "training_flops": {"total": cost.flops, "independent": cost.independent_flops,
+                                          "ratio": cost.ratio}}, indent=2) + "\n"
+
+
+def _json_rows(columns: list[dict[str, Any]], runs: Any) -> list[dict[str, Any]]:
+    """Rows of ``--format json``: the CSV columns, the full model and the per-component breakdowns."""
+    return [{**row, "model": run.model.to_dict(), "forward_flops_by_component": run.forward_flops_by_component,
+             "params_by_component": run.params_by_component} for row, run in zip(columns, runs)]
 
 
 def verify_flops(runs: Any, world_size: int) -> dict[str, dict[str, float]]:
@@ -117,13 +179,13 @@ def run(args: argparse.Namespace) -> int:
 
     composed = load_study(args.sweep, args.overrides, args.budgets)
     study_plan = plan(composed.study)
-    rows = plan_rows(study_plan.runs)
-    measured = verify_flops(study_plan.runs, processes_per_run(composed.study.cluster)) if args.verify_flops else {}
+    measured = (verify_flops([*study_plan.trunks, *study_plan.runs], processes_per_run(composed.study.cluster))
+                if args.verify_flops else {})
     if args.verify_flops and args.format == "table":
-        for row in rows:
-            print(f"{row.run_id:<40} measured/accounted FLOPs = "
-                  f"{measured[row.run_id]['measured_over_accounted']:.4f}", file=sys.stderr)
-    write_output(render(rows, args.format, study_plan.runs, measured), args.out)
+        for run_id, values in measured.items():
+            print(f"{run_id:<40} measured/accounted FLOPs = {values['measured_over_accounted']:.4f}",
+                  file=sys.stderr)
+    write_output(render(study_plan, args.format, measured), args.out)
     for dropped in study_plan.dropped:
         print(f"note: dropped {dropped.method} L{dropped.n_layers} d{dropped.d_model} at "
               f"{dropped.budget_flops:.3g} FLOPs: {dropped.reason}", file=sys.stderr)

@@ -1,5 +1,8 @@
 """``isoflop status SWEEP_DIR``: one row per run and a summary line.
 
+With cooldown branches the trunks come first (``trunk`` in the budget column)
+and a line per waiting or blocked branch says what it waits for.
+
 The scheduler is asked once per call (one ``sacct`` for every SLURM job id);
 everything else comes from the sweep directory's files.
 """
@@ -42,9 +45,11 @@ def render_table(rows: list[Any]) -> str:
     lines = [header]
     for row in rows:
         loss = f"{row.last_loss:.4f}" if row.last_loss is not None else "-"
-        lines.append(f"{row.run_id:<40} {row.method:<10.10} {row.budget_flops:>8.2g} "
+        budget = "trunk" if row.role == "trunk" else f"{row.budget_flops:.2g}"
+        lines.append(f"{row.run_id:<40} {row.method:<10.10} {budget:>8} "
                      f"{human_count(row.n_params):>7} {row.state:<10} {row.progress:>7.0%} {loss:>7} "
                      f"{row.job_id or '-':>12}")
+    lines += [f"{row.state}: {row.run_id} waits for {row.waits_for}" for row in rows if row.waits_for]
     lines.append(summary_line(rows))
     return "\n".join(lines) + "\n"
 

@@ -2,7 +2,10 @@
 
 Resubmitting the same study never duplicates a run that is completed
 (``result.json``) or live in the scheduler (pending, running, preempted);
-failed and cancelled runs are resubmitted only with ``--retry-failed``. If
+failed and cancelled runs are resubmitted only with ``--retry-failed``. With
+cooldown branches, trunks are submitted like runs and a branch once its trunk
+has handed it a checkpoint (:mod:`isoflop.forks`); a waiting branch is left
+to its trunk. If
 the study's settings changed since the sweep was created (where jobs run,
 ``cluster.*``, may change freely), submit refuses and shows the first
 differences, unless ``--new`` (a fresh sweep beside it) or ``--name``.
@@ -11,7 +14,6 @@ differences, unless ``--new`` (a fresh sweep beside it) or ``--name``.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import sys
 import time
 from pathlib import Path
@@ -37,18 +39,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "<name>-2, <name>-3, ... instead of refusing")
 
 
-def cost_estimate(runs: Any, cluster: Any) -> str:
-    """Device-hours from the accounting's FLOPs, the assumed MFU and the accelerator's peak."""
+def cost_estimate(job_flops: tuple[float, ...], cluster: Any) -> str:
+    """Device-hours from the training FLOPs of each job (the accounting's; trunks and
+    cooldowns with cooldown branches), the assumed MFU and the accelerator's peak."""
     from isoflop.hardware import peak_flops
 
     peak = cluster.peak_flops or peak_flops(cluster.accelerator)
-    flops = sum(run.realized_flops for run in runs)
+    flops = sum(job_flops)
     device_hours = flops / (peak * cluster.assumed_mfu) / 3600.0
-    longest = max((run.realized_flops for run in runs), default=0.0) / (peak * cluster.assumed_mfu) / 3600.0
+    longest = max(job_flops, default=0.0) / (peak * cluster.assumed_mfu) / 3600.0
     devices = max(1, cluster.nodes * max(cluster.gpus_per_node, 1))
-    return (f"cost estimate: {human_count(flops)}FLOPs in {len(runs)} runs = {device_hours:.3g} "
+    return (f"cost estimate: {human_count(flops)}FLOPs in {len(job_flops)} jobs = {device_hours:.3g} "
             f"{cluster.accelerator}-hours at MFU {cluster.assumed_mfu:g} (peak {human_count(peak)}FLOP/s); "
-            f"longest run {longest / devices * 60:.3g} min on {devices} device(s)")
+            f"longest job {longest / devices * 60:.3g} min on {devices} device(s)")
 
 
 def choose_sweep_path(root: Path, name: str, resolved_yaml: str, explicit_name: bool, new: bool) -> Path:
@@ -97,8 +100,9 @@ def submit_study(composed: Any, root: Path, name: str | None, retry_failed: bool
     """Write (or reuse) the sweep directory of ``composed`` under ``root`` and submit
     every pending run; returns the :class:`~isoflop.sweep_dir.SweepDir`."""
     from isoflop.commands.plan import plan_rows
+    from isoflop.forks import write_trunks
     from isoflop.planner import plan
-    from isoflop.submission import package_version, submit_runs
+    from isoflop.submission import package_version
     from isoflop.sweep_dir import SweepDir
 
     study, cluster = composed.study, composed.study.cluster
@@ -108,19 +112,40 @@ def submit_study(composed: Any, root: Path, name: str | None, retry_failed: bool
     sweep = SweepDir(path)
     sweep.create(composed.resolved_yaml, rows, {
         "sweep": composed.sweep, "study": study.name, "created_at": time.time(),
-        "isoflop_version": package_version(), "runs": len(rows)})
-    specs = {spec.run_id: spec for spec in study_plan.runs}
-    with open(sweep.path / ".submit.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one submit per sweep at a time
-        for run_id, spec in specs.items():
-            run_dir = sweep.run(run_id)
+        "isoflop_version": package_version(), "runs": len(rows)}, plan_rows(study_plan.trunks))
+    specs = {spec.run_id: spec for spec in (*study_plan.trunks, *study_plan.runs)}
+    with sweep.submission_lock():  # one submitter per sweep at a time
+        write_trunks(sweep, study_plan.trunks)
+        for spec in study_plan.runs:
+            run_dir = sweep.run(spec.run_id)
             if not run_dir.run_json.is_file():
                 spec.write(run_dir.run_json)
-        to_submit, counts = select_runs(sweep, retry_failed)
-        submissions = submit_runs(cluster, sweep, [(run_dir, specs[run_dir.run_id].to_dict())
-                                                   for run_dir in to_submit])
-    report_submission(submissions, len(rows), counts, cluster.executor, retry_failed)
+        submissions, counts = submit_pending(sweep, cluster, specs, retry_failed)
+    report_submission(submissions, len(specs), counts, cluster.executor, retry_failed)
     return sweep
+
+
+def submit_pending(sweep: Any, cluster: Any, specs: dict[str, Any], retry_failed: bool
+                   ) -> tuple[list[Any], dict[str, int]]:
+    """Submit every run (and trunk, and ready branch) :func:`submittable` now; returns the
+    submissions and the final count of runs per state.
+
+    The ``debug`` executor trains each job before returning, so a trunk there hands
+    its checkpoints to its branches on the way: those are submitted in turn, until
+    nothing new is ready (no job is submitted twice in one call).
+    """
+    from isoflop.submission import submit_runs
+
+    submissions: list[Any] = []
+    submitted: set[str] = set()
+    while True:
+        to_submit, counts = select_runs(sweep, retry_failed)
+        to_submit = [run_dir for run_dir in to_submit if run_dir.run_id not in submitted]
+        submissions += submit_runs(cluster, sweep, [(run_dir, specs[run_dir.run_id].to_dict())
+                                                    for run_dir in to_submit])
+        submitted.update(run_dir.run_id for run_dir in to_submit)
+        if not to_submit or cluster.executor != "debug":
+            return submissions, counts
 
 
 def report_submission(submissions: list[Any], planned: int, counts: dict[str, int], executor: str,
@@ -137,19 +162,21 @@ def report_submission(submissions: list[Any], planned: int, counts: dict[str, in
 
 
 def run(args: argparse.Namespace) -> int:
-    from isoflop.commands.plan import plan_rows, render_table
+    from isoflop.branch_planner import training_cost
+    from isoflop.commands.plan import render
     from isoflop.compose import load_study
     from isoflop.planner import plan
 
     composed = load_study(args.sweep, args.overrides, args.budgets)
     if args.dry_run:
         study_plan = plan(composed.study)
-        sys.stdout.write(render_table(plan_rows(study_plan.runs)))
+        sys.stdout.write(render(study_plan, "table"))
         for note in study_plan.notes:
             print(f"note: {note}")
-        print(f"would submit {len(study_plan.runs)} runs with cluster.executor="
+        trunks = f" and {len(study_plan.trunks)} trunks" if study_plan.trunks else ""
+        print(f"would submit {len(study_plan.runs)} runs{trunks} with cluster.executor="
               f"{composed.study.cluster.executor} to {args.root / (args.name or composed.study.name)}")
-        print(cost_estimate(study_plan.runs, composed.study.cluster))
+        print(cost_estimate(training_cost(study_plan).job_flops, composed.study.cluster))
         return 0
     sweep = submit_study(composed, args.root, args.name, args.retry_failed, args.new)
     print(sweep.path)

@@ -5,7 +5,9 @@ N = n² keys are the Cartesian product of two sets of n sub-keys,
 k_(i,j) = [c_i ; c'_j]. A query q = [q1 ; q2] scores k_(i,j) with
 q1·c_i + q2·c'_j, so the exact top-k over all N keys lies among the k² pairs
 of the per-half top-k (Lample §3.2): two n-way searches, k² additions and one
-top-k replace an N-way search.
+top-k replace an N-way search. Since each half's top-k is sorted, only the
+about k·ln k pairs of ranks (a, b) with (a+1)(b+1) <= k can be among the best
+(:func:`candidate_pairs`), so only those are added and searched.
 
 Each of h heads has its own query (one ``nn.Linear`` d -> h·d_key, no bias)
 and its own sub-keys. The queries can be normalised per feature before the
@@ -34,8 +36,11 @@ sums, the top-k selections and the index arithmetic.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 
 class PrefixQueryNorm(nn.Module):
@@ -116,28 +121,120 @@ class ProductKeyRetrieval(nn.Module):
         if self.query_norm is not None:
             query = self.query_norm(query)
         query = query.reshape(-1, self.n_heads, 2, self.d_key // 2)  # (M, h, 2, d_key/2)
-        half_scores = torch.einsum("mhsc,hsnc->mhsn", query, self.sub_keys)  # (M, h, 2, n)
-        return product_key_top_k(half_scores[:, :, 0], half_scores[:, :, 1], self.top_k)
+        key_scores, key_index = ProductKeySearch.apply(query, self.sub_keys, self.top_k)  # (h, M, k) each
+        return key_scores.transpose(0, 1), key_index.transpose(0, 1)  # (M, h, k) each
 
 
-def product_key_top_k(first_scores: torch.Tensor, second_scores: torch.Tensor,
-                      top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact top-k of s(i, j) = first[i] + second[j] over all n² pairs.
+class ProductKeySearch(torch.autograd.Function):
+    """Sub-key scores, per-half top-k and the k best pairs of every head, with a hand-written backward.
+
+    Forward, head by head: the head's sub-key scores q_s·c (2, M, n) come from one batched
+    matmul (FLOPs 2·n·d_key per token and head, as counted) and its per-half top-k is taken
+    while they are in cache; no (h, 2, M, n) tensor is kept or allocated. Backward: the
+    gradient of the k best sums goes to the two per-half ranks they came from, is scattered
+    into one reused (2, M, n) buffer per head, and the two matmuls of the scores' gradient
+    follow (dq = dS c, dc = dS^T q), so the maths is the plain autograd one, in the same
+    order. Twice-differentiating is not supported. Under autocast both inputs are cast to the
+    autocast dtype first, as autocast casts a matmul's inputs, and the gradients are returned in
+    the inputs' own dtypes, as the casts' backward does.
+
+    ``apply(query (M, h, 2, d_key/2), sub_keys (h, 2, n, d_key/2), top_k)`` returns the scores
+    (h, M, k), sorted descending, and the ids i·n + j (h, M, k) of the k best keys per head.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, query: torch.Tensor, sub_keys: torch.Tensor,
+                top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.input_dtypes = query.dtype, sub_keys.dtype
+        query, sub_keys = (tensor.to(matmul_dtype(query, sub_keys)) for tensor in (query, sub_keys))
+        tokens, heads, halves, half_width = query.shape
+        half_top = query.new_empty(heads, halves, tokens, top_k)  # (h, 2, M, k)
+        half_index = torch.empty(half_top.shape, dtype=torch.int64, device=query.device)
+        for head in range(heads):
+            scores = torch.bmm(query[:, head].transpose(0, 1), sub_keys[head].transpose(1, 2))  # (2, M, n)
+            torch.topk(scores, top_k, dim=-1, out=(half_top[head], half_index[head]))
+        best_scores, best_index, best_ranks = best_pairs(half_top, half_index, top_k, sub_keys.shape[2], half_dim=1)
+        ctx.save_for_backward(query, sub_keys, half_index, best_ranks)
+        ctx.mark_non_differentiable(best_index)
+        return best_scores, best_index
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_scores: torch.Tensor, _grad_index: None) -> tuple[torch.Tensor, torch.Tensor, None]:
+        query, sub_keys, half_index, best_ranks = ctx.saved_tensors
+        tokens, heads, halves, half_width = query.shape
+        grad_top = grad_scores.new_zeros(half_index.shape)  # (h, 2, M, k)
+        grad_top.scatter_add_(-1, best_ranks, grad_scores.unsqueeze(1).expand_as(best_ranks))
+        grad_half = grad_scores.new_empty(halves, tokens, sub_keys.shape[2])  # (2, M, n), reused per head
+        grad_head_query = grad_scores.new_empty(halves, tokens, half_width)  # (2, M, d_key/2), reused per head
+        grad_query = torch.empty_like(query, memory_format=torch.contiguous_format)  # (M, h, 2, d_key/2)
+        grad_keys = torch.empty_like(sub_keys)  # (h, 2, n, d_key/2)
+        for head in range(heads):
+            grad_half.zero_().scatter_(-1, half_index[head], grad_top[head])
+            torch.bmm(grad_half, sub_keys[head], out=grad_head_query)
+            grad_query[:, head] = grad_head_query.transpose(0, 1)  # copied into the query's layout while in cache
+            torch.bmm(grad_half.transpose(1, 2), query[:, head].transpose(0, 1), out=grad_keys[head])
+        query_dtype, keys_dtype = ctx.input_dtypes
+        return grad_query.to(query_dtype), grad_keys.to(keys_dtype), None
+
+
+def matmul_dtype(first: torch.Tensor, second: torch.Tensor) -> torch.dtype:
+    """The dtype a matmul of ``first`` and ``second`` computes in: autocast's when it is on for
+    their device (as for ``torch.bmm``), else their promoted dtype."""
+    device_type = first.device.type
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return torch.promote_types(first.dtype, second.dtype)
+
+
+def candidate_pairs(top_k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pairs (a, b) of per-half ranks that can hold one of the k best sums: (a+1)(b+1) <= k.
+
+    With both halves' top-k sorted descending, the pair of ranks (a, b) is beaten or tied by
+    every pair (a', b') <= (a, b), (a+1)(b+1) - 1 others; if that is k or more it cannot be
+    among the k best (except by an exact tie). For k = 16 this keeps 50 of the k² = 256 pairs
+    (sum over a of floor(k / (a+1)), about k ln k).
+    Returns:
+        first_rank, second_rank: (C,) int64 each.
+    """
+    pairs = [(a, b) for a in range(top_k) for b in range(top_k // (a + 1))]
+    ranks = torch.tensor(pairs, dtype=torch.int64, device=device).view(-1, 2)  # (C, 2)
+    return ranks[:, 0], ranks[:, 1]
+
+
+def best_pairs(half_top: torch.Tensor, half_index: torch.Tensor, top_k: int, n_keys: int,
+               half_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The k best sums first[a] + second[b] from each half's top-k (sorted descending).
 
     Args:
-        first_scores, second_scores: (..., n) sub-key scores of the two halves.
+        half_top, half_index: (..., k) per-half top-k scores and sub-key ids, the two halves
+            stacked along ``half_dim`` (size 2).
+    Returns:
+        scores (k sorted descending), ids i·n + j, both shaped as half_top without
+        ``half_dim``, and the per-half ranks (a, b) of each, shaped as half_top.
+    """
+    first_top, second_top = half_top.unbind(half_dim)
+    first_rank, second_rank = candidate_pairs(top_k, half_top.device)  # (C,)
+    candidate_scores = first_top.index_select(-1, first_rank) + second_top.index_select(-1, second_rank)  # (..., C)
+    best_scores, best = candidate_scores.topk(top_k, dim=-1)  # (..., k)
+    best_ranks = torch.stack([first_rank[best], second_rank[best]], dim=half_dim)  # as half_top
+    first_index, second_index = half_index.gather(-1, best_ranks).unbind(half_dim)
+    return best_scores, first_index * n_keys + second_index, best_ranks
+
+
+def product_key_top_k(half_scores: torch.Tensor, top_k: int, half_dim: int = -2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k of s(i, j) = first[i] + second[j] over all n² pairs (Lample et al. 2019 §3.2).
+
+    Args:
+        half_scores: (..., n) sub-key scores with the two halves stacked along ``half_dim``
+            (size 2), e.g. (..., 2, n).
         top_k: k <= n.
     Returns:
-        scores (..., k) sorted descending and ids (..., k) = i·n + j.
+        scores (k sorted descending) and ids i·n + j, shaped as half_scores without
+        ``half_dim`` and with k in place of n. Among exactly tied sums the choice is arbitrary.
     """
-    n_keys = first_scores.shape[-1]
-    first_top, first_index = first_scores.topk(top_k, dim=-1)  # (..., k)
-    second_top, second_index = second_scores.topk(top_k, dim=-1)  # (..., k)
-    candidate_scores = first_top.unsqueeze(-1) + second_top.unsqueeze(-2)  # (..., k, k)
-    candidate_index = first_index.unsqueeze(-1) * n_keys + second_index.unsqueeze(-2)  # (..., k, k)
-    candidate_scores = candidate_scores.flatten(-2)  # (..., k²)
-    best_scores, best_position = candidate_scores.topk(top_k, dim=-1)  # (..., k)
-    best_index = candidate_index.flatten(-2).gather(-1, best_position)  # (..., k)
+    half_top, half_index = half_scores.topk(top_k, dim=-1)  # (..., k) each, one call for both halves
+    best_scores, best_index, _ = best_pairs(half_top, half_index, top_k, half_scores.shape[-1], half_dim)
     return best_scores, best_index
 
 
