@@ -80,11 +80,16 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
 
 
 def read_jsonl(path: Path) -> list[Any]:
-    """Values of a JSON-lines file, oldest first; a torn line (a crash mid-write) is skipped."""
-    if not path.is_file():
+    """Values of a JSON-lines file, oldest first ([] when there is no such file); a torn
+    line (a crash mid-write, or bytes that are not UTF-8) is skipped.
+
+    Raises:
+        OSError: the path exists but cannot be read as a file (a folder, no permission).
+    """
+    if not path.exists():
         return []
     values = []
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().decode(errors="replace").splitlines():
         try:
             values.append(json.loads(line))
         except json.JSONDecodeError:

@@ -1,23 +1,38 @@
-"""Checkpoints for exact resume: atomic, checksummed, the last two kept.
+"""Checkpoints for exact resume: streamed, checksummed, atomic; the last two kept.
 
-Layout under ``<run_dir>/checkpoints/``::
+A checkpoint is an opaque folder ``<run_dir>/checkpoints/step_NNNNNN/``; this
+module is the one way to save, verify, load and copy one:
 
-    step_000120/state.pt        torch.save of the training state (below)
-    step_000120/manifest.json   {"step", "run_id", "sha256", "bytes", "format"}
+- :func:`save` writes the training state of step N (the model, the
+  optimizer(s), the step, the data position, the RNG states, the loop's
+  running totals; see :class:`isoflop.train.Trainer`);
+- :func:`verify` says why a folder is unusable, or None;
+- :func:`newest_good` finds the newest usable one (setting corrupt ones
+  aside) and :func:`load` reads one; :func:`load_for_resume` does both in
+  every process of a run;
+- :func:`adopt` makes a checkpoint another run's (hard links where the file
+  system allows, else copies), e.g. to start a branch run from it.
 
-The state holds the model, the optimizer(s), the step (the learning-rate
-schedule is a pure function of it), the data position, the RNG states
-(python, numpy, torch CPU and CUDA: :func:`random_generator_states`) and the
-running totals of the loop. :func:`load_for_resume` reads it in every process
-of a (multi-process) run.
+Inside, the state is written by :mod:`isoflop.checkpoint_format` with
+``torch.distributed.checkpoint``: one file per tensor item, large tensors in
+row blocks, every file hashed as it streams. Neither saving nor loading holds
+a second copy of the state: the extra host memory is about one 128 MiB
+block (``isoflop bench checkpoint`` measures it). With FSDP (``sharded``)
+every rank writes its own shards; otherwise rank 0 writes the whole
+(replicated) state.
 
-Writing is atomic: everything goes into ``step_N.tmp-<pid>/``, is fsynced, and
-the folder is renamed to ``step_N/`` last, so a crash leaves either a complete
-checkpoint or a leftover ``.tmp`` folder that is ignored and removed. Reading
-checks the manifest and the SHA-256 of ``state.pt``: a corrupt or partial
-checkpoint is reported on stderr, renamed ``corrupt-step_N`` (kept for
-inspection, never overwritten) and the previous good one is used. When
-checkpoints exist but none is good, :func:`load_latest` raises a
+``manifest.json`` = ``{"format": 2, "step", "run_id", "files": {name:
+{"bytes", "sha256"}}}``, written last. Format 1 (one ``state.pt``, its SHA-256
+in the manifest; isoflop 0.1) is still read.
+
+Writing is atomic: everything goes into ``step_N.tmp/``, is fsynced, and the
+folder is renamed to ``step_N/`` last, so a crash (or a full disk) leaves
+either a complete checkpoint or a leftover ``.tmp`` folder, removed on the
+next save or resume; the last good checkpoint is never replaced by a partial
+one. Reading checks every file against the manifest (size and SHA-256, read
+in blocks): a corrupt or partial checkpoint is reported on stderr, renamed
+``corrupt-step_N`` (kept for inspection) and the previous good one is used.
+When checkpoints exist but none is good, :func:`newest_good` raises a
 :class:`UserError` and touches nothing, rather than silently restarting from
 step 0.
 """
@@ -25,7 +40,6 @@ step 0.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import random
@@ -37,19 +51,25 @@ from typing import Any
 import numpy as np
 import torch
 
+from isoflop.atomic_files import read_json
+from isoflop.checkpoint_format import read_state, write_state
 from isoflop.distributed import DistributedContext
 from isoflop.errors import UserError
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
+READABLE_FORMATS = (1, 2)
 KEEP_LAST = 2
+MANIFEST = "manifest.json"
+HASH_BLOCK_BYTES = 8 << 20
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def _step_dirs(root: Path) -> list[tuple[int, Path]]:
-    """Finished checkpoint folders, newest first."""
+def step_dirs(run_dir: Path) -> list[tuple[int, Path]]:
+    """Finished checkpoint folders of a run, newest first."""
+    root = checkpoint_dir(run_dir)
     found = []
     if root.is_dir():
         for path in root.iterdir():
@@ -69,71 +89,127 @@ def _fsync_dir(path: Path) -> None:
         os.close(descriptor)
 
 
-def save(run_dir: Path, step: int, run_id: str, state: dict[str, Any]) -> Path:
-    """Write ``state`` as the checkpoint of ``step`` atomically; prune to the last two."""
-    root = checkpoint_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    final = root / f"step_{step:06d}"
-    temporary = root / f"step_{step:06d}.tmp-{os.getpid()}"
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir()
-    with buffer.getbuffer() as payload:  # a view of the serialized state, not a copy
-        with open(temporary / "state.pt", "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        manifest = {"format": CHECKPOINT_FORMAT, "step": step, "run_id": run_id,
-                    "sha256": hashlib.sha256(payload).hexdigest(), "bytes": payload.nbytes}
-    with open(temporary / "manifest.json", "w") as handle:
-        json.dump(manifest, handle)
+def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    with open(folder / MANIFEST, "w") as handle:
+        json.dump(manifest, handle, indent=1, sort_keys=True)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def _publish(temporary: Path, final: Path) -> None:
+    """Rename the complete ``temporary`` folder to ``final`` (replacing a same-step one) and fsync."""
     if final.exists():  # the same step saved again (e.g. asked for right after a periodic save)
         shutil.rmtree(final)
     os.replace(temporary, final)
-    _fsync_dir(root)
-    for _, old in _step_dirs(root)[KEEP_LAST:]:
-        shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(final.parent)
+
+
+def save(run_dir: Path, step: int, run_id: str, state: dict[str, Any], context: DistributedContext, *,
+         sharded: bool = False) -> Path | None:
+    """Write ``state`` as the checkpoint of ``step`` atomically and prune to the last two.
+
+    ``sharded`` (FSDP): every rank calls this and writes its shards; otherwise
+    only rank 0 writes (the others return None at once). On an error (a full
+    disk) the partial folder is removed and the error raised; the earlier
+    checkpoints are untouched.
+    """
+    if not sharded and not context.is_main:
+        return None
+    root = checkpoint_dir(run_dir)
+    final, temporary = root / f"step_{step:06d}", root / f"step_{step:06d}.tmp"
+    try:
+        if context.is_main:
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(temporary, ignore_errors=True)
+            temporary.mkdir()
+        if sharded:
+            context.barrier()
+        digests = write_state(temporary, state, sharded=sharded)
+        if sharded:
+            digests = {name: digest for part in context.gather_objects(digests) for name, digest in part.items()}
+        if context.is_main:
+            _write_manifest(temporary, {"format": CHECKPOINT_FORMAT, "step": step, "run_id": run_id,
+                                        "files": {name: {"bytes": size, "sha256": sha256}
+                                                  for name, (size, sha256) in sorted(digests.items())}})
+            _publish(temporary, final)
+            for _, old in step_dirs(run_dir)[KEEP_LAST:]:
+                shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        if context.is_main:
+            shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    if sharded:
+        context.barrier()
     return final
+
+
+def _file_digest(path: Path) -> tuple[int, str]:
+    """(bytes, SHA-256) of a file, read in blocks."""
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as handle:
+        while block := handle.read(HASH_BLOCK_BYTES):
+            digest.update(block)
+            size += len(block)
+    return size, digest.hexdigest()
+
+
+def _manifest(path: Path) -> dict[str, Any] | None:
+    manifest = read_json(path / MANIFEST)
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _expected_files(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """{file name: {"bytes", "sha256"}} of a manifest, None when it is malformed."""
+    if manifest.get("format", 1) == 1:
+        return {"state.pt": {"bytes": manifest.get("bytes"), "sha256": manifest.get("sha256")}}
+    files = manifest.get("files")
+    if not isinstance(files, dict) or ".metadata" not in files or not all(
+            isinstance(name, str) and "/" not in name and isinstance(expected, dict)
+            for name, expected in files.items()):
+        return None
+    return files
 
 
 def verify(path: Path, run_id: str) -> str | None:
     """Why the checkpoint folder ``path`` is unusable, or None when it is good."""
-    try:
-        manifest = json.loads((path / "manifest.json").read_text())
-    except (OSError, ValueError):
+    manifest = _manifest(path)
+    if manifest is None:
         return "missing or unreadable manifest.json"
     if manifest.get("run_id") != run_id:
         return f"it belongs to run {manifest.get('run_id')!r}"
-    try:
-        payload = (path / "state.pt").read_bytes()
-    except OSError:
-        return "missing state.pt"
-    if len(payload) != manifest.get("bytes") or hashlib.sha256(payload).hexdigest() != manifest.get("sha256"):
-        return "state.pt does not match its checksum (partial or corrupt write)"
+    if manifest.get("format", 1) not in READABLE_FORMATS:
+        return f"checkpoint format {manifest.get('format')!r} is not one this isoflop reads"
+    files = _expected_files(manifest)
+    if files is None:
+        return "manifest.json does not list the checkpoint's files"
+    for name, expected in files.items():
+        try:
+            size, sha256 = _file_digest(path / name)
+        except OSError:
+            return f"missing or unreadable {name}"
+        if size != expected.get("bytes") or sha256 != expected.get("sha256"):
+            return f"{name} does not match its checksum (partial or corrupt write)"
     return None
 
 
-def load_latest(run_dir: Path, run_id: str, map_location: str | torch.device = "cpu", *,
-                clean_up: bool = True) -> dict[str, Any] | None:
-    """The newest good checkpoint's state, or None when there is none.
+def newest_good(run_dir: Path, run_id: str, *, clean_up: bool = True) -> Path | None:
+    """The newest usable checkpoint folder of the run, or None when there is none.
 
-    With ``clean_up`` (one process of a run: the main rank, before the others
-    read) leftover ``.tmp`` folders are removed and corrupt checkpoints are
-    reported and renamed ``corrupt-step_N``; without it the folder is only read
-    (bad checkpoints are skipped in place). Raises :class:`UserError` when
-    checkpoints exist and none is good.
+    With ``clean_up`` (the one process that tidies: rank 0) leftover ``.tmp``
+    folders are removed and corrupt checkpoints newer than the good one are
+    reported and renamed ``corrupt-step_N``. Raises :class:`UserError` when
+    checkpoints exist and none is good, or when ``checkpoints`` is not a folder.
     """
     root = checkpoint_dir(run_dir)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{root} is not a folder (the run keeps its checkpoints there); move it aside")
     if not root.is_dir():
         return None
     if clean_up:
-        for leftover in root.glob("step_*.tmp-*"):
+        for leftover in root.glob("step_*.tmp*"):
             shutil.rmtree(leftover, ignore_errors=True)
     problems: list[tuple[Path, str]] = []
-    for _, path in _step_dirs(root):
+    for _, path in step_dirs(run_dir):
         problem = verify(path, run_id)
         if problem is not None:
             problems.append((path, problem))
@@ -145,7 +221,7 @@ def load_latest(run_dir: Path, run_id: str, map_location: str | torch.device = "
                 os.replace(bad, corrupt)
                 print(f"isoflop train: warning: checkpoint {bad} is unusable ({reason}); moved to "
                       f"{corrupt.name}, resuming from {path.name}", file=sys.stderr)
-        return torch.load(path / "state.pt", map_location=map_location, weights_only=False)
+        return path
     if problems:
         bad, reason = problems[0]
         raise UserError(f"checkpoint {bad} is unusable ({reason}) and no earlier good one exists; "
@@ -153,21 +229,41 @@ def load_latest(run_dir: Path, run_id: str, map_location: str | torch.device = "
     return None
 
 
-def load_for_resume(run_dir: Path, run_id: str, context: DistributedContext) -> dict[str, Any] | None:
-    """The newest good checkpoint of the run (see :func:`load_latest`), or None.
+def load(path: Path, live_state: dict[str, Any] | None = None, like: dict[str, Any] | None = None, *,
+         sharded: bool = False) -> dict[str, Any]:
+    """The state saved in the checkpoint folder ``path`` (verify it first).
 
-    The main rank reads first and is the only one to tidy the folder (leftover
-    ``.tmp`` folders, corrupt checkpoints set aside); the other ranks read after
-    a barrier, so no rank sees a folder another one is renaming. The barrier is
-    passed even when the main rank fails, so the others fail too instead of waiting.
+    Tensors of ``live_state`` are filled in place; the rest is allocated like
+    the templates in ``like`` (:func:`isoflop.checkpoint_format.read_state`).
+    Without either, everything is read into new CPU tensors (to inspect a checkpoint).
     """
-    if not context.is_main:
-        context.barrier()
-        return load_latest(run_dir, run_id, map_location=context.device, clean_up=False)
-    try:
-        return load_latest(run_dir, run_id, map_location=context.device)
-    finally:
-        context.barrier()
+    manifest = _manifest(path) or {}
+    if manifest.get("format", 1) == 1:
+        return torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    return read_state(path, live_state, like, sharded=sharded)
+
+
+def load_for_resume(run_dir: Path, run_id: str, context: DistributedContext, live_state: dict[str, Any],
+                    like: dict[str, Any] | None = None, *, sharded: bool = False) -> dict[str, Any] | None:
+    """The state of the run's newest good checkpoint, read in every process, or None.
+
+    Rank 0 chooses it (verifying, and tidying the folder: :func:`newest_good`)
+    and tells the others, so no rank reads a folder another one is renaming
+    and a failure on rank 0 stops every rank.
+    """
+    choice: tuple[str, str | None] = ("none", None)
+    if context.is_main:
+        try:
+            chosen = newest_good(run_dir, run_id)
+            choice = ("path", str(chosen)) if chosen is not None else ("none", None)
+        except UserError as error:
+            choice = ("error", error.message)
+    kind, value = context.broadcast_from_main(choice)
+    if kind == "error":
+        raise UserError(value if context.is_main else f"rank 0 could not resume: {value}")
+    if kind == "none":
+        return None
+    return load(Path(value), live_state, like, sharded=sharded)
 
 
 def step_folder(run_dir: Path, step: int) -> Path:

@@ -25,8 +25,9 @@ Two training streams, both exactly resumable from :meth:`state_dict`:
   memory; each epoch visits the sequences in a permutation seeded by
   (seed, epoch); the state is one integer, the global sequences consumed.
 - :class:`StreamingCorpus` (hub source): documents streamed in order; the state
-  is (documents consumed, the tokens not yet used); resuming re-streams and
-  skips the consumed documents.
+  is the ``datasets`` stream's own position (``IterableDataset.state_dict()``)
+  and the tokens not yet used; resuming continues the stream where it stopped,
+  without reading the documents already used again.
 
 Global batch b (sequences) at step s is sequences [s·b, (s+1)·b); with W
 processes, rank r takes the slice [r·b/W, (r+1)·b/W) — the same sequences a
@@ -41,6 +42,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -49,6 +51,7 @@ from isoflop.data_sources import (
     offline_corpus, resolve_paths,
 )
 from isoflop.errors import UserError
+from isoflop.streaming_corpus import StreamingCorpus
 from isoflop.study_config import DataConfig, EvalDatasetConfig
 from isoflop.tokenizers import Tokenizer, build_tokenizer
 
@@ -90,88 +93,6 @@ class PackedCorpus:
 
     def load_state_dict(self, state: dict) -> None:
         self.sequences_consumed = int(state["sequences_consumed"])
-
-
-class StreamingCorpus:
-    """Documents streamed in order (Hub datasets), packed on the fly."""
-
-    def __init__(self, documents: Callable[[], Iterator[str]], tokenizer: Tokenizer, seq_len: int,
-                 validation_fraction: float | None, allow_multiple_epochs: bool) -> None:
-        self._open_documents = documents  # () -> Iterator[str], a fresh pass each call
-        self.tokenizer = tokenizer
-        self.seq_len = seq_len
-        self.validation_fraction = validation_fraction
-        self.allow_multiple_epochs = allow_multiple_epochs
-        self.documents_consumed = 0
-        self.passes = 0
-        self._buffer = np.empty(0, dtype=np.int32)
-        self._iterator: Iterator[str] | None = None
-
-    @property
-    def epochs(self) -> float | None:
-        """Completed passes (the corpus size is unknown until a pass ends)."""
-        return float(self.passes) if self.passes else None
-
-    def _documents(self) -> Iterator[str]:
-        """Training documents in stream order, pass after pass when allowed.
-
-        Raises :class:`UserError` when a whole pass yields no training document
-        (an empty corpus, or every document in the validation split), or when the
-        corpus runs out without ``allow_multiple_epochs``.
-        """
-        while True:
-            whole_pass = self.documents_consumed == 0  # a resumed pass starts mid-corpus
-            produced = False
-            for index, text in enumerate(self._open_documents()):
-                if index < self.documents_consumed:
-                    continue  # resuming: skip what earlier attempts used
-                self.documents_consumed = index + 1
-                if self.validation_fraction is not None and \
-                        document_is_validation(text, self.validation_fraction):
-                    continue
-                produced = True
-                yield text
-            if whole_pass and not produced:
-                if self.documents_consumed == 0:
-                    raise UserError("the training corpus has no documents; check data.name/split")
-                raise UserError(f"the training corpus has no documents outside the validation split (all "
-                                f"{self.documents_consumed} fall in data.validation_fraction="
-                                f"{self.validation_fraction}); check data.name/split or lower "
-                                "data.validation_fraction")
-            if not self.allow_multiple_epochs:
-                raise UserError("the training corpus ran out before the run's tokens were reached; set "
-                                "data.allow_multiple_epochs=true or lower the budget")
-            print("isoflop train: warning: training corpus exhausted; starting another pass",
-                  file=sys.stderr)
-            self.passes += 1
-            self.documents_consumed = 0
-
-    def next_batch(self, batch_size: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
-        """This rank's (batch_size / world_size, T + 1) slice of the next global batch."""
-        needed = batch_size * self.seq_len + 1
-        if self._iterator is None:
-            self._iterator = self._documents()
-        pieces = [self._buffer]
-        available = self._buffer.size
-        while available < needed:
-            piece = self.tokenizer.encode_document(next(self._iterator))
-            pieces.append(piece)
-            available += piece.size
-        tokens = np.concatenate(pieces)
-        self._buffer = tokens[batch_size * self.seq_len:]  # keeps the last target as next input
-        per_rank = batch_size // world_size
-        starts = [(rank * per_rank + offset) * self.seq_len for offset in range(per_rank)]
-        return np.stack([tokens[start:start + self.seq_len + 1] for start in starts])
-
-    def state_dict(self) -> dict:
-        return {"kind": "streaming", "documents_consumed": self.documents_consumed,
-                "passes": self.passes, "buffer": self._buffer.copy()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.documents_consumed = int(state["documents_consumed"])
-        self.passes = int(state["passes"])
-        self._buffer = np.asarray(state["buffer"], dtype=np.int32)
-        self._iterator = None
 
 
 @dataclass(frozen=True)
@@ -282,20 +203,30 @@ def load_training_data(config: DataConfig, seq_len: int, seed: int, tokens_neede
 
 def _hub_training_data(config: DataConfig, tokenizer: Tokenizer, seq_len: int) -> TrainingData:
     """Streaming training data from the Hub (e.g. allenai/c4 en; not exercised offline)."""
-    def training_documents() -> Iterator[str]:
-        return hub_documents(config.name, config.subset, config.split, config.text_field)
+    def open_training_stream() -> Any:
+        import datasets
+
+        try:
+            return datasets.load_dataset(config.name, config.subset, split=config.split, streaming=True)
+        except Exception as error:  # noqa: BLE001 - network, unknown name, missing split
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise UserError(f"data.name={config.name!r} (subset {config.subset!r}, split {config.split!r}) "
+                            f"cannot be streamed ({message}); check the name and network access, or use "
+                            "data.source=files") from None
 
     def validation_tokens(max_tokens: int) -> np.ndarray:
         if config.validation_split:
             documents = hub_documents(config.name, config.subset, config.validation_split,
                                       config.text_field)
         else:
-            documents = (text for text in training_documents()
+            documents = (text for text in hub_documents(config.name, config.subset, config.split,
+                                                        config.text_field)
                          if document_is_validation(text, config.validation_fraction))
         return collect_tokens(documents, tokenizer, max_tokens + 1)
 
     held_out = None if config.validation_split else config.validation_fraction
-    corpus = StreamingCorpus(training_documents, tokenizer, seq_len, held_out, config.allow_multiple_epochs)
+    corpus = StreamingCorpus(open_training_stream, config.text_field, tokenizer, seq_len, held_out,
+                             config.allow_multiple_epochs)
     identity = f"hub:{config.name}:{config.subset}:{config.split}:{config.tokenizer}"
     split = config.validation_split or f"document_hash(<{config.validation_fraction})"
     validation_identity = f"hub:{config.name}:{config.subset}:{split}:{config.tokenizer}"

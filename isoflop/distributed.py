@@ -8,12 +8,18 @@
 
 One process (world size 1) needs no process group. Backend: NCCL when the
 process has a CUDA device, gloo otherwise (the CPU tests use gloo).
+
+Several processes share the model as ``train.parallelism`` says: DDP (the
+trainer wraps the model) or FSDP2 (:func:`shard_for_training`); FSDP2 runs
+on gloo/CPU as well as NCCL/CUDA in torch 2.13.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -45,6 +51,34 @@ class DistributedContext:
     def barrier(self) -> None:
         if self.world_size > 1:
             dist.barrier()
+
+    def broadcast_from_main(self, value: Any) -> Any:
+        """Rank 0's ``value`` (any picklable object) on every rank."""
+        if self.world_size == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather_objects(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (picklable), in rank order, on every rank."""
+        if self.world_size == 1:
+            return [value]
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+    def all_ranks(self, condition: bool) -> bool:
+        """Whether ``condition`` holds on every rank."""
+        if self.world_size == 1:
+            return condition
+        flag = torch.tensor([1 if condition else 0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def any_rank(self, condition: bool) -> bool:
+        """Whether ``condition`` holds on some rank."""
+        return not self.all_ranks(not condition)
 
 
 def _export_slurm_environment() -> None:
@@ -80,3 +114,29 @@ def teardown_distributed(context: DistributedContext) -> None:
     """Leave the process group if :func:`setup_distributed` joined it."""
     if context.initialized_here and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def gradient_sync(forward_model: torch.nn.Module, synchronize: bool) -> contextlib.AbstractContextManager:
+    """The context of one micro-batch's backward: DDP skips its all-reduce when not
+    ``synchronize`` (the gradients accumulate locally until the last micro-batch);
+    FSDP and one process always reduce (FSDP keeps gradients sharded that way)."""
+    if synchronize or not hasattr(forward_model, "no_sync"):
+        return contextlib.nullcontext()
+    return forward_model.no_sync()
+
+
+def shard_for_training(model: torch.nn.Module) -> torch.nn.Module:
+    """Shard ``model`` over the process group with FSDP2 (``fully_shard``), in place.
+
+    Each transformer block is one FSDP unit (its parameters are gathered for its
+    forward and backward, then freed), the rest (embedding, final norm, head) the
+    root unit. Parameters, gradients and optimizer state are DTensors sharded on
+    their first dimension, so a PEER/PKM table of N rows keeps N/W rows per rank.
+    Returns ``model`` (FSDP2 changes the module's class, not its identity).
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    for block in model.blocks:
+        fully_shard(block)
+    fully_shard(model)
+    return model

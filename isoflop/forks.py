@@ -183,7 +183,8 @@ def submit_ready_branches(sweep: SweepDir, cluster: ClusterConfig) -> list[str]:
     from isoflop.submission import submit_runs
 
     with sweep.submission_lock():
-        ready = [sweep.run(row.run_id) for row in sweep_status(sweep) if row.role == "branch" and row.state == "planned"]
+        ready = [sweep.run(row.run_id) for row in sweep_status(sweep).runs
+                 if row.role == "branch" and row.state == "planned"]
         try:
             submit_runs(cluster, sweep, [(run, RunSpec.read(run.run_json).to_dict()) for run in ready])
         except UserError as error:

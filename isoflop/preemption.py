@@ -69,6 +69,10 @@ class Preemption:
         """Register how to checkpoint the run (each rank calls it; rank 0 writes)."""
         self._save = save
 
+    def holds_signal(self) -> bool:
+        """Whether a signal arrived during the step in flight (it waits for the step boundary)."""
+        return bool(self._held)
+
     def at_step_boundary(self) -> None:
         """Hand the signals held during the step to their previous handlers (the step is complete)."""
         held, self._held = self._held, []

@@ -40,7 +40,14 @@ def _read_text(path: Path, kind: str) -> str | None:
         return None
     except (OSError, UnicodeDecodeError) as error:
         reason = getattr(error, "strerror", None) or str(error)
-        raise RecordError(f"{path}: cannot read the {kind} ({reason}); check the file's permissions") from None
+        fix = ("check the file's permissions" if isinstance(error, PermissionError) else
+               "restore the file from a copy, or move what is in its place aside")
+        raise RecordError(f"{path}: cannot read the {kind} ({reason}); {fix}") from None
+
+
+def is_folder_name(name: str) -> bool:
+    """Whether ``name`` can name a folder inside ``runs/`` (no separator, not ``.``/``..``)."""
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
 
 
 # ---- plan.csv --------------------------------------------------------------------------------
@@ -140,6 +147,9 @@ class PlanRow:
                 check_version(values, cls.KIND, cls.VERSION, source)
                 row = record_from_mapping(cls, values, cls.KIND, source,
                                           fix="re-create it with `isoflop submit` (the same study)")
+                if not is_folder_name(row.run_id):
+                    raise RecordError(f"{source}: not a valid plan (run_id {row.run_id!r} is not a folder name); "
+                                      "re-create it with `isoflop submit` (the same study)")
                 rows[row.run_id] = row
         except csv.Error as error:
             raise RecordError(f"{path}: not a valid plan ({error}); re-create it with `isoflop submit`") from None
@@ -164,7 +174,9 @@ class JobEvent:
         executor, code_hash, isoflop_version: ``submitted``: debug | local |
             slurm, the code snapshot the job imports (``code/<hash>/``), the
             package version.
-        host, pid, code: ``started``: where the job runs and the code folder it imported.
+        host, pid, code: ``started``: where the job runs and the code folder it
+            imported; ``host`` of a ``submitted`` event: where it was submitted
+            (a local job can only be looked at there).
         saved: ``checkpointed``: whether a checkpoint was written.
         error: ``failed`` / ``requeue_refused``: the exception, one line.
         status: ``finished``: the run's status (completed | diverged).
@@ -212,7 +224,12 @@ class JobEvent:
             RecordError: for a line of an unknown version or one that is no job event.
         """
         events = []
-        for number, values in enumerate(read_jsonl(path), start=1):
+        try:
+            lines = read_jsonl(path)
+        except OSError as error:
+            raise RecordError(f"{path}: cannot read the job events ({error.strerror}); move it aside "
+                              "(the run's scheduler history is then forgotten)") from None
+        for number, values in enumerate(lines, start=1):
             source = f"{path} record {number}"
             if isinstance(values, dict):
                 check_version(values, cls.KIND, cls.VERSION, source)

@@ -18,8 +18,10 @@ from typing import Any
 from isoflop.atomic_files import write_json_atomic
 from isoflop.errors import UserError
 from isoflop.record_format import RecordError, check_version, optional_field, without_unused_optional_fields
-from isoflop.study_config import DataConfig, TrainConfig
+from isoflop.run_records import is_folder_name
+from isoflop.study_config import EXECUTION_SETTINGS, SEED_LIMIT, DataConfig, TrainConfig
 from models.config import ModelConfig
+from models.errors import is_real
 
 RUN_SPEC_VERSION = 1
 
@@ -119,7 +121,36 @@ class RunSpec:
         values["train"] = TrainConfig(**values["train"])
         values["data"] = DataConfig(**values["data"])  # it converts its eval_datasets dicts itself
         values["fork_steps"] = tuple(values.get("fork_steps", ()))
-        return cls(**values)
+        spec = cls(**values)
+        spec.check_numbers()
+        return spec
+
+    def check_numbers(self) -> None:
+        """Raise a :class:`UserError` naming the field unless every number a trainer reads
+        is in its range (a hand-edited or damaged run.json: ``"steps": -5``, ``"costs": {}``)."""
+        def whole(value: Any, least: int) -> bool:
+            return is_real(value) and float(value).is_integer() and value >= least
+
+        def require_field(condition: bool, name: str, value: Any, rule: str) -> None:
+            if not condition:
+                raise UserError(f"{name}={value!r} {rule}; restore it or re-create it with 'isoflop submit'")
+
+        require_field(isinstance(self.run_id, str) and is_folder_name(self.run_id), "run_id", self.run_id,
+                      "is not a folder name")
+        for name in ("steps", "micro_batch_size", "grad_accumulation_steps"):
+            require_field(whole(getattr(self, name), 1), name, getattr(self, name), "must be a whole number >= 1")
+        for name in ("tokens", "warmup_steps"):
+            require_field(whole(getattr(self, name), 0), name, getattr(self, name), "must be a whole number >= 0")
+        require_field(whole(self.seed, 0) and self.seed < SEED_LIMIT, "seed", self.seed, "must be in [0, 2**32)")
+        for name in ("budget_flops", "learning_rate", "realized_flops"):
+            require_field(is_real(getattr(self, name)) and getattr(self, name) > 0, name, getattr(self, name),
+                          "must be a finite number > 0")
+        require_field(isinstance(self.costs, dict) and is_real(self.costs.get("flops_per_token_train"))
+                      and self.costs["flops_per_token_train"] > 0, "costs.flops_per_token_train",
+                      self.costs.get("flops_per_token_train") if isinstance(self.costs, dict) else self.costs,
+                      "must be a finite number > 0 (the accounting's training FLOPs per token)")
+        for name, value in self.costs.items():
+            require_field(is_real(value) and value >= 0, f"costs.{name}", value, "must be a finite number >= 0")
 
     def write(self, path: Path) -> None:
         """``run.json`` atomically."""
@@ -155,10 +186,15 @@ class RunSpec:
         return max(1, round(every_tokens / (self.batch_size * self.seq_len))) if every_tokens else 0
 
     def content_hash(self, leave_out: tuple[str, ...] = ()) -> str:
-        """Hash of everything but the run_id and the fields ``leave_out`` (8 hex digits)."""
+        """Hash of everything but the run_id, the fields ``leave_out`` and the execution
+        settings (:data:`~isoflop.study_config.EXECUTION_SETTINGS`), 8 hex digits."""
         content = self.to_dict()
         for name in ("run_id", *leave_out):
             content.pop(name, None)
+        for setting in EXECUTION_SETTINGS:
+            group, _, key = setting.partition(".")
+            if key and isinstance(content.get(group), dict):
+                content[group].pop(key, None)
         canonical = json.dumps(content, sort_keys=True, default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()[:8]
 

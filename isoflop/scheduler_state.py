@@ -6,11 +6,21 @@ the controller by a few seconds), and for local jobs a look at each
 controller process (psutil).
 The run's own files (``result.json``, ``jobs.jsonl``, ``metrics.jsonl``)
 then decide the state shown by ``isoflop status``. Torch-free.
+
+A scheduler that cannot be asked (``sacct`` and ``squeue`` failing or timing
+out, a local job of another host) is not a failed job: such runs are
+``unknown``, never retried by ``submit --retry-failed`` (they may still be
+running), and the reason comes back in :attr:`SweepStatus.problems`. A run
+is ``failed`` only when the scheduler says so, says the job is gone (neither
+in its accounting nor in its queue), or the run's own ``jobs.jsonl`` says so.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
+import socket
 import subprocess
 import time
 from dataclasses import asdict, dataclass
@@ -18,15 +28,19 @@ from typing import Any, Iterable
 
 import psutil
 
+from isoflop.record_format import RecordError
 from isoflop.run_records import JobEvent, PlanRow, RunResult
 from isoflop.sweep_dir import RunDir, SweepDir, last_submission
 
 LIVE = ("pending", "running", "preempted")
 TERMINAL = ("completed", "diverged", "failed", "cancelled", "blocked")
-STATES = ("planned", "waiting", *LIVE, *TERMINAL)
+UNKNOWN = "unknown"  # the scheduler could not be asked: it may be live
+STATES = ("planned", "waiting", *LIVE, UNKNOWN, *TERMINAL)
 """``waiting`` / ``blocked``: a branch whose trunk has not reached its fork step yet / has
 ended without reaching it (:mod:`isoflop.forks`)."""
 SUBMISSION_GRACE_S = 120.0  # a job unknown to the scheduler this soon after submission is pending
+SCHEDULER_TIMEOUT_S = 60.0
+ABSENT = "ABSENT"  # raw state of a job that neither sacct nor squeue lists (both answered)
 
 # SLURM job state (sacct/squeue) -> scheduler view
 SLURM_STATES = {
@@ -35,7 +49,7 @@ SLURM_STATES = {
     "RUNNING": "running", "COMPLETING": "running", "STAGE_OUT": "running", "SIGNALING": "running",
     "COMPLETED": "ended", "CANCELLED": "cancelled", "FAILED": "failed", "TIMEOUT": "failed",
     "NODE_FAIL": "failed", "OUT_OF_MEMORY": "failed", "BOOT_FAIL": "failed", "DEADLINE": "failed",
-    "REVOKED": "cancelled", "SPECIAL_EXIT": "failed",
+    "REVOKED": "cancelled", "SPECIAL_EXIT": "failed", ABSENT: "absent",
 }
 _ARRAY_RANGE = re.compile(r"^(?P<main>\d+)_\[(?P<ranges>[\d,\-]+)(%\d+)?\]$")
 
@@ -63,58 +77,93 @@ def _parse_states(output: str) -> dict[str, str]:
     return states
 
 
-def slurm_states(job_ids: Iterable[str]) -> dict[str, str]:
-    """Raw SLURM state by job id: one ``sacct`` call, and one ``squeue`` for the ids it lacks."""
+def ask_scheduler(command: list[str]) -> tuple[str | None, str | None]:
+    """(standard output, None) of a scheduler command, or (None, why it could not be asked)."""
+    name = command[0]
+    try:
+        completed = subprocess.run(command, capture_output=True, text=True, timeout=SCHEDULER_TIMEOUT_S,
+                                   check=False)
+    except FileNotFoundError:
+        return None, f"`{name}` is not on PATH"
+    except OSError as error:
+        return None, f"`{name}` could not run ({error.strerror})"
+    except subprocess.TimeoutExpired:
+        return None, f"`{name}` did not answer within {SCHEDULER_TIMEOUT_S:g} s"
+    if completed.returncode != 0:
+        said = " ".join(completed.stderr.split())[:200] or "no message"
+        return None, f"`{name}` failed with exit status {completed.returncode} ({said})"
+    return completed.stdout, None
+
+
+def slurm_states(job_ids: Iterable[str]) -> tuple[dict[str, str], list[str]]:
+    """(raw SLURM state by job id, why some could not be asked): one ``sacct`` call,
+    and one ``squeue`` for the ids it lacks. A job that neither lists although both
+    answered is :data:`ABSENT`; a job missing from the result could not be asked about."""
     job_ids = sorted(set(job_ids))
     if not job_ids:
-        return {}
+        return {}, []
     states: dict[str, str] = {}
-    try:
-        output = subprocess.run(["sacct", "--noheader", "--parsable2", "--allocations",
-                                 "--format=JobID,State", f"--jobs={','.join(job_ids)}"],
-                                capture_output=True, text=True, timeout=60, check=False).stdout
-        states.update(_parse_states(output))
-    except (OSError, subprocess.TimeoutExpired):
-        pass
+    problems = []
+    output, problem = ask_scheduler(["sacct", "--noheader", "--parsable2", "--allocations",
+                                     "--format=JobID,State", f"--jobs={','.join(job_ids)}"])
+    if problem is None:
+        states.update(_parse_states(output or ""))
+    else:
+        problems.append(problem)
     missing = [job_id for job_id in job_ids if job_id not in states]
     if missing:
-        try:
-            output = subprocess.run(["squeue", "--noheader", "--array", "--format=%i|%T"],
-                                    capture_output=True, text=True, timeout=60, check=False).stdout
-            live = _parse_states(output)
-            states.update({job_id: live[job_id] for job_id in missing if job_id in live})
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-    return {job_id: states[job_id] for job_id in job_ids if job_id in states}
+        output, problem = ask_scheduler(["squeue", "--noheader", "--array", "--format=%i|%T"])
+        if problem is None:
+            live = _parse_states(output or "")
+            states.update({job_id: live.get(job_id, ABSENT) for job_id in missing})
+        else:
+            problems.append(problem)
+    return {job_id: states[job_id] for job_id in job_ids if job_id in states}, problems
 
 
-def local_job_alive(job_id: str) -> bool:
+def local_job_alive(job_id: str) -> bool | None:
     """Whether the local job's controller process (pid ``job_id``) still runs: it
-    exists, is no zombie, and is submitit's (a reused pid is someone else's)."""
+    exists, is no zombie, and is submitit's (a reused pid is someone else's).
+    None when it cannot be told (the process is not ours to look at)."""
     try:
         process = psutil.Process(int(job_id))
         return process.status() != psutil.STATUS_ZOMBIE and "submitit" in " ".join(process.cmdline())
-    except (ValueError, psutil.Error):  # not a pid; gone; a zombie; not ours to look at
+    except psutil.AccessDenied:
+        return None
+    except (ValueError, psutil.Error):  # not a pid; gone; a zombie
         return False
 
 
-def scheduler_view(submissions: list[JobEvent]) -> dict[str, str]:
-    """Scheduler view (pending/running/preempted/ended/failed/cancelled/unknown) by job id.
+def scheduler_view(submissions: list[JobEvent]) -> tuple[dict[str, str], list[str]]:
+    """(scheduler view by job id, why some jobs could not be asked about).
 
-    ``submissions`` are ``submitted`` events of jobs.jsonl; each executor is asked once.
+    Views: pending/running/preempted/ended/failed/cancelled, ``absent`` (the
+    scheduler answered and knows no such job) or ``unknown`` (it could not be
+    asked). ``submissions`` are ``submitted`` events of jobs.jsonl; each
+    executor is asked once.
     """
     view: dict[str, str] = {}
     slurm_ids = [record.job_id for record in submissions if record.executor == "slurm"]
-    raw = slurm_states(slurm_ids)
+    raw, problems = slurm_states(slurm_ids)
+    here = socket.gethostname()
+    elsewhere = set()
     for record in submissions:
         job_id, executor = record.job_id, record.executor
         if executor == "slurm":
-            view[job_id] = SLURM_STATES.get(raw.get(job_id, ""), "unknown")
+            view[job_id] = SLURM_STATES.get(raw.get(job_id, ""), UNKNOWN)
+        elif executor == "local" and record.host not in (None, here):
+            view[job_id] = UNKNOWN
+            elsewhere.add(record.host)
         elif executor == "local":
-            view[job_id] = "running" if local_job_alive(job_id) else "ended"
+            alive = local_job_alive(job_id)
+            view[job_id] = UNKNOWN if alive is None else "running" if alive else "ended"
+            if alive is None:
+                problems.append(f"the process of local job {job_id} is not ours to look at")
         else:
             view[job_id] = "ended"
-    return view
+    problems += [f"local jobs of host {host} cannot be seen from {here}; run `isoflop status` there"
+                 for host in sorted(elsewhere)]
+    return view, problems
 
 
 @dataclass(frozen=True)
@@ -143,7 +192,7 @@ class RunStatus:
 def run_state(result: RunResult | None, events: list[JobEvent], submission: JobEvent | None,
               view: str | None, now: float) -> str:
     """The state of one run from its result.json, its jobs.jsonl events, its last
-    submission and the scheduler's view of that job."""
+    submission and the scheduler's view of that job (:func:`scheduler_view`)."""
     if result is not None:
         return result.status
     if submission is None:
@@ -160,14 +209,39 @@ def run_state(result: RunResult | None, events: list[JobEvent], submission: JobE
         return view
     if "cancelled" in since_submission or view == "cancelled":
         return "cancelled"
-    if view == "unknown" and now - submission.time < SUBMISSION_GRACE_S:
-        return "pending"
+    if view == "absent" and now - submission.time < SUBMISSION_GRACE_S:
+        return "pending"  # accounting lags the controller by a few seconds
+    if view == UNKNOWN:  # only the run's own records can say it ended
+        return "failed" if since_submission and since_submission[-1] == "failed" else UNKNOWN
     return "failed"
 
 
 def _number(value: Any) -> float | None:
-    """A metrics value if it is a number (a hand-edited or damaged line may hold anything)."""
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    """A metrics value if it is a finite number, None if it is null."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{value!r} is not a finite number")
+    return value
+
+
+def training_progress(run: RunDir) -> tuple[int, float | None]:
+    """(steps done, last loss) from the last training record of the run's metrics.jsonl.
+
+    Raises:
+        RecordError: when that record's ``step`` is not a whole number >= 0 or its
+            ``loss`` not a number (a damaged or hand-edited line).
+    """
+    metrics = run.last_metrics() or {}
+    try:
+        step = _number(metrics.get("step", 0))
+        if step is None or step < 0 or not float(step).is_integer():
+            raise ValueError(f"step {step!r} is not a whole number of steps")
+        loss = _number(metrics.get("loss"))
+    except ValueError as error:
+        raise RecordError(f"{run.metrics_jsonl}: the last training record {json.dumps(metrics)[:80]} is not "
+                          f"valid ({error}); remove that line") from None
+    return int(step), loss
 
 
 def run_status(run: RunDir, planned: PlanRow | None, events: list[JobEvent], submission: JobEvent | None,
@@ -177,11 +251,9 @@ def run_status(run: RunDir, planned: PlanRow | None, events: list[JobEvent], sub
     result = run.result()
     state = run_state(result, events, submission, view, now)
     steps = planned.steps if planned else 0
-    metrics = run.last_metrics() or {}
-    step = int(_number(metrics.get("step")) or 0)
+    step, loss = training_progress(run)
     if result is not None:
         step = result.steps
-    loss = _number(metrics.get("loss"))
     return RunStatus(
         run_id=run.run_id, method=planned.method if planned else "?",
         budget_flops=planned.budget if planned else 0.0, n_params=planned.n_params_total if planned else 0,
@@ -191,8 +263,23 @@ def run_status(run: RunDir, planned: PlanRow | None, events: list[JobEvent], sub
         job_id=submission.job_id if submission else None, executor=submission.executor if submission else None)
 
 
-def sweep_status(sweep: SweepDir) -> list[RunStatus]:
-    """The status of every run (and trunk) of ``sweep``, with one scheduler query per executor."""
+@dataclass(frozen=True)
+class SweepStatus:
+    """Every run's row, and why the scheduler could not be asked about some jobs (their
+    runs are ``unknown``); empty when it answered."""
+
+    runs: list[RunStatus]
+    problems: tuple[str, ...] = ()
+
+
+def sweep_status(sweep: SweepDir, ask_scheduler: bool = True) -> SweepStatus:
+    """The status of every run (and trunk) of ``sweep``, with one scheduler query per executor
+    (none without ``ask_scheduler``: only the files are read and checked, and the
+    states of submitted runs without a result mean nothing).
+
+    Raises:
+        UserError: a record of the sweep cannot be read (one line naming the file).
+    """
     from isoflop.forks import with_branch_states
 
     plan = sweep.plan_rows()
@@ -200,7 +287,8 @@ def sweep_status(sweep: SweepDir) -> list[RunStatus]:
     runs = [*(sweep.trunk(trunk_id) for trunk_id in trunks), *sweep.runs(plan)]
     events = {run.run_id: run.events() for run in runs}
     submissions = {run_id: last_submission(run_events) for run_id, run_events in events.items()}
-    view = scheduler_view([event for event in submissions.values() if event is not None])
+    view, problems = scheduler_view([event for event in submissions.values() if event is not None]) \
+        if ask_scheduler else ({}, [])
     now = time.time()
     rows = []
     for run in runs:
@@ -208,4 +296,4 @@ def sweep_status(sweep: SweepDir) -> list[RunStatus]:
         job_view = view.get(submission.job_id) if submission else None
         planned = trunks.get(run.run_id) or plan.get(run.run_id)
         rows.append(run_status(run, planned, events[run.run_id], submission, job_view, now))
-    return with_branch_states(sweep, rows, plan, trunks)
+    return SweepStatus(with_branch_states(sweep, rows, plan, trunks), tuple(dict.fromkeys(problems)))

@@ -22,6 +22,11 @@ from models.errors import (
 )
 from models.ffw.config_base import FFWConfigBase
 
+EXECUTION_SETTINGS = ("cluster", "train.parallelism")
+"""Settings (a group, or one dotted key) that say where and how jobs run, not what they
+compute: changing one neither changes a run's id (:meth:`isoflop.run_spec.RunSpec.content_hash`)
+nor counts as a change of the study on resubmission (:func:`isoflop.sweep_dir.study_changes`)."""
+
 SEED_LIMIT = 2 ** 32
 """Seeds must lie in [0, 2**32): ``numpy.random.seed`` refuses anything else."""
 SCHEDULES = ("cosine", "wsd")
@@ -151,6 +156,13 @@ class TrainConfig:
         precision: ``auto`` (bf16 on CUDA, fp32 on CPU), ``fp32`` or ``bf16``.
         compile: ``torch.compile`` the model.
         sparse_tables: PEER/PKM tables updated only in the rows a step touches.
+        parallelism: how several processes share the model: ``ddp`` (every
+            rank holds the whole model and optimizer state; gradients are
+            all-reduced) or ``fsdp`` (PyTorch FSDP2 ``fully_shard``: each
+            transformer block's parameters, gradients and optimizer state are
+            sharded over the ranks and gathered for its forward and backward,
+            so PEER's and PKM's tables are not replicated). One process: the same.
+            ``fsdp`` does not combine with ``sparse_tables``.
         checkpoint_every_steps: steps between checkpoints.
         log_every_steps: steps between metrics.jsonl lines.
         eval_tokens: tokens per evaluation dataset.
@@ -173,6 +185,7 @@ class TrainConfig:
     precision: str = "auto"
     compile: bool = False
     sparse_tables: bool = False
+    parallelism: str = "ddp"
     checkpoint_every_steps: int = 500
     log_every_steps: int = 10
     eval_tokens: int = 1_048_576
@@ -201,6 +214,10 @@ class TrainConfig:
         require_non_negative("train", "use e.g. 1.0 (0 turns clipping off)", grad_clip=self.grad_clip)
         require(0 <= self.seed < SEED_LIMIT, "train.seed", self.seed, "must be in [0, 2**32)", "use e.g. 0")
         require_choice("train.precision", self.precision, ("auto", "fp32", "bf16"))
+        require_choice("train.parallelism", self.parallelism, ("ddp", "fsdp"))
+        require(not (self.parallelism == "fsdp" and self.sparse_tables), "train.sparse_tables",
+                self.sparse_tables, "sparse row gradients cannot be sharded by FSDP (train.parallelism=fsdp)",
+                "set train.sparse_tables=false, or train.parallelism=ddp")
         require_choice("train.schedule", self.schedule, SCHEDULES)
         require_choice("train.cooldown_shape", self.cooldown_shape, COOLDOWN_SHAPES)
         require_fraction("train.cooldown_fraction", self.cooldown_fraction, "use e.g. 0.2", include_zero=False,
@@ -305,6 +322,11 @@ class ClusterConfig:
             ``isoflop/hardware.py``).
         peak_flops: peak FLOP/s of one device; ``None``: from the accelerator table.
         assumed_mfu: model FLOPs utilisation assumed by the cost estimate.
+        checkpoint_write_gbps: write bandwidth (GB/s, 1e9 bytes) assumed for one
+            job saving a checkpoint to the sweep's file system; ``submit
+            --dry-run`` warns when a run's checkpoint would not be saved within
+            the time-limit signal's lead time (``isoflop bench checkpoint``
+            measures it on a machine).
         keep_fork_checkpoints: ``strategy: cooldown_branches``: also keep each
             trunk's fork checkpoints in ``trunks/<trunk_id>/forks/`` (hard links);
             by default a fork checkpoint lives on only as the starting point of the
@@ -329,6 +351,7 @@ class ClusterConfig:
     accelerator: str = "cpu"
     peak_flops: float | None = None
     assumed_mfu: float = 0.4
+    checkpoint_write_gbps: float = 1.0
     keep_fork_checkpoints: bool = False
 
     def __post_init__(self) -> None:
@@ -337,7 +360,8 @@ class ClusterConfig:
         require_positive("cluster", max_parallel=self.max_parallel, nodes=self.nodes,
                          tasks_per_node=self.tasks_per_node, cpus_per_task=self.cpus_per_task,
                          timeout_min=self.timeout_min, array_parallelism=self.array_parallelism,
-                         mem_gb=self.mem_gb, peak_flops=self.peak_flops)
+                         mem_gb=self.mem_gb, peak_flops=self.peak_flops,
+                         checkpoint_write_gbps=self.checkpoint_write_gbps)
         require_non_negative("cluster", "set 0 or more", gpus_per_node=self.gpus_per_node,
                              max_requeues=self.max_requeues)
         require_fraction("cluster.assumed_mfu", self.assumed_mfu, "use e.g. 0.4", include_zero=False,

@@ -125,7 +125,9 @@ class RunJob(Checkpointable):
 
             result = train.run(RunSpec.from_dict(self.spec), Path(self.run_dir))
         except BaseException as error:
-            if rank == 0 and not isinstance(error, SystemExit):
+            # SystemExit: submitit's requeue; KeyboardInterrupt: the SIGINT of `isoflop cancel`,
+            # which records `cancelled` itself. Neither is a failure of the run.
+            if rank == 0 and not isinstance(error, (SystemExit, KeyboardInterrupt)):
                 # A preempting scheduler may requeue the job itself first, so that
                 # submitit's own `scontrol requeue` is refused: not a failure of the run.
                 refused = isinstance(error, subprocess.CalledProcessError) and "requeue" in error.cmd
@@ -291,7 +293,7 @@ def submit_runs(cluster: ClusterConfig, sweep: SweepDir, runs: list[tuple[RunDir
 def _submitted(job_id: str, executor: str, code_hash: str) -> JobEvent:
     """The ``submitted`` event of a job that runs the snapshot ``code_hash``."""
     return JobEvent.now("submitted", job_id=job_id, executor=executor, code_hash=code_hash,
-                        isoflop_version=package_version())
+                        isoflop_version=package_version(), host=socket.gethostname())
 
 
 def _run_in_process(sweep: SweepDir, runs: list[tuple[RunDir, dict[str, Any]]], code_hash: str

@@ -39,8 +39,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from isoflop.atomic_files import write_atomic, write_json_atomic
-from isoflop.errors import UserError
+from isoflop.errors import UserError, file_system_error
 from isoflop.run_records import JobEvent, PlanRow, RunResult
+from isoflop.study_config import EXECUTION_SETTINGS
 
 MARKER = "sweep.json"
 
@@ -114,6 +115,7 @@ class SweepDir:
     trunks_csv = property(lambda self: self.path / "trunks.csv")
     runs_dir = property(lambda self: self.path / "runs")
     trunks_dir = property(lambda self: self.path / "trunks")
+    submit_lock = property(lambda self: self.path / ".submit.lock")
     code_dir = property(lambda self: self.path / "code")
     submitit_dir = property(lambda self: self.path / "submitit")
 
@@ -138,7 +140,13 @@ class SweepDir:
         """Every run of the plan, in plan order (plan.csv, or ``plan_rows`` already
         read from it), else sorted by id."""
         ids = list(self.plan_rows() if plan_rows is None else plan_rows)
-        for run_id in ids or sorted(p.name for p in self.runs_dir.iterdir() if p.is_dir()):
+        if not ids:
+            try:
+                ids = sorted(p.name for p in self.runs_dir.iterdir() if p.is_dir())
+            except OSError as error:
+                raise UserError(f"{self.path}: no plan.csv and no readable runs/ folder ({error.strerror}); "
+                                "re-create the sweep with `isoflop submit` (the same study)") from None
+        for run_id in ids:
             yield self.run(run_id)
 
     def plan_rows(self) -> dict[str, PlanRow]:
@@ -152,8 +160,13 @@ class SweepDir:
     @contextlib.contextmanager
     def submission_lock(self) -> Iterator[None]:
         """Hold the sweep's submission lock: one submitter at a time decides what to submit
-        and records it (``isoflop submit``, and trunks submitting their branches)."""
-        with open(self.path / ".submit.lock", "a") as lock:
+        and records it (``isoflop submit``, and trunks submitting their branches); a lock
+        file that cannot be opened is a UserError naming the sweep."""
+        try:
+            lock = open(self.submit_lock, "a")  # noqa: SIM115 - closed below
+        except OSError as error:
+            raise file_system_error(error, f"lock the sweep {self.path} for submitting") from None
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
 
@@ -161,9 +174,8 @@ class SweepDir:
         """``trunks/<trunk_id>/``."""
         return RunDir(self.trunks_dir / trunk_id)
 
-    def create(self, resolved_yaml: str, plan_rows: list[PlanRow], metadata: dict[str, Any],
-               trunk_rows: list[PlanRow] = ()) -> None:
-        """Write study.yaml, plan.csv (and trunks.csv) and sweep.json (the last one marks the folder a sweep)."""
+    def make_writable_folder(self) -> None:
+        """Create the sweep's folder if needed and check it can be written (UserError naming --root)."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / f".write-test-{os.getpid()}"
@@ -172,6 +184,11 @@ class SweepDir:
         except OSError as error:
             raise UserError(f"--root: cannot write the sweep directory {self.path} ({error.strerror}); "
                             "pass a writable --root") from None
+
+    def create(self, resolved_yaml: str, plan_rows: list[PlanRow], metadata: dict[str, Any],
+               trunk_rows: list[PlanRow] = ()) -> None:
+        """Write study.yaml, plan.csv (and trunks.csv) and sweep.json (the last one marks the folder a sweep)."""
+        self.make_writable_folder()
         write_atomic(self.study_yaml, resolved_yaml)
         self.write_plan(plan_rows, trunk_rows)
         if not self.marker.is_file():
@@ -193,13 +210,13 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): value}
 
 
-def study_changes(old_yaml: str, new_yaml: str, ignore: tuple[str, ...] = ("cluster",)) -> list[str]:
+def study_changes(old_yaml: str, new_yaml: str, ignore: tuple[str, ...] = EXECUTION_SETTINGS) -> list[str]:
     """``key: old -> new`` for every setting that differs between two study.yaml texts.
 
-    Keys under ``ignore`` (where jobs run, not what they compute) are left out, and
-    so is a setting that the old study.yaml lacks (it was written before the setting
-    existed) while the new one holds its dataclass default: that default is what
-    the old study did.
+    Keys in or under ``ignore`` (where and how jobs run, not what they compute) are
+    left out, and so is a setting that the old study.yaml lacks (it was written
+    before the setting existed) while the new one holds its dataclass default:
+    that default is what the old study did.
     """
     import yaml
 
@@ -207,7 +224,8 @@ def study_changes(old_yaml: str, new_yaml: str, ignore: tuple[str, ...] = ("clus
     new = _flatten(yaml.safe_load(new_yaml) or {})
     changes = []
     for key in sorted(set(old) | set(new)):
-        if key.split(".")[0] in ignore or old.get(key, "<unset>") == new.get(key, "<unset>"):
+        ignored = any(key == setting or key.startswith(f"{setting}.") for setting in ignore)
+        if ignored or old.get(key, "<unset>") == new.get(key, "<unset>"):
             continue
         if key not in old and _setting_default(key) == new[key]:
             continue

@@ -45,8 +45,10 @@ import torch.nn.functional as F
 
 from isoflop import checkpoint, forks
 from isoflop.data import load_training_data
-from isoflop.distributed import DistributedContext, setup_distributed, teardown_distributed
-from isoflop.errors import UserError
+from isoflop.distributed import (
+    DistributedContext, gradient_sync, setup_distributed, shard_for_training, teardown_distributed,
+)
+from isoflop.errors import UserError, file_system_error, is_user_file_system_error
 from isoflop.evaluation import evaluate_all, validation_loss
 from isoflop.hardware import current_device_name, lookup_peak_flops, measured_cpu_peak_flops
 from isoflop.metrics_log import MetricsLogger, Throughput
@@ -54,6 +56,7 @@ from isoflop.optimization import (
     all_reduce_sparse_gradients, build_optimizers, clip_gradients, learning_rate_at, set_learning_rate,
 )
 from isoflop.preemption import Preemption
+from isoflop.run_lock import exclusive_writer
 from isoflop.run_records import EvalScores, ParamCounts, RunResult
 from isoflop.planner import per_rank_micro_batch_size
 from isoflop.run_spec import RunSpec
@@ -61,25 +64,41 @@ from isoflop.sweep_dir import RunDir
 
 
 def run(spec: RunSpec, run_dir: str | Path) -> RunResult:
-    """Train ``spec`` in ``run_dir`` (resuming from its checkpoints); a completed run is returned as is."""
+    """Train ``spec`` in ``run_dir`` (resuming from its checkpoints); a completed run is returned as is.
+
+    One process trains a run folder at a time (:func:`isoflop.run_lock.exclusive_writer`);
+    a full disk or an unwritable folder is a :class:`UserError` naming the folder.
+    """
     run_dir = RunDir(Path(run_dir).resolve())
     finished = run_dir.result()
     if finished is not None and finished.status == "completed":
         return finished
-    run_dir.path.mkdir(parents=True, exist_ok=True)
-    with Preemption() as preemption:  # from here on, preemption signals wait for a step boundary
-        context = setup_distributed()
-        try:
-            trainer = Trainer(spec, run_dir, context)
+    try:
+        run_dir.path.mkdir(parents=True, exist_ok=True)
+        with Preemption() as preemption:  # from here on, preemption signals wait for a step boundary
+            context = setup_distributed()
             try:
-                preemption.save_with(trainer.save_checkpoint)
-                diverged_at_step = trainer.train(at_step_boundary=preemption.at_step_boundary)
-                preemption.release()  # the evaluation changes nothing a checkpoint holds
-                return trainer.finish(diverged_at_step, trainer.evaluate(diverged_at_step is None))
+                with exclusive_writer(run_dir.path, context):
+                    return train_to_the_end(spec, run_dir, context, preemption)
             finally:
-                trainer.close()
-        finally:
-            teardown_distributed(context)
+                teardown_distributed(context)
+    except OSError as error:
+        if not is_user_file_system_error(error):
+            raise
+        raise file_system_error(error, f"write the run folder {run_dir.path}") from None
+
+
+def train_to_the_end(spec: RunSpec, run_dir: RunDir, context: DistributedContext,
+                     preemption: Preemption) -> RunResult:
+    """Set up, train, evaluate and finish one run (the four stages of :class:`Trainer`)."""
+    trainer = Trainer(spec, run_dir, context)
+    try:
+        preemption.save_with(trainer.save_checkpoint)
+        diverged_at_step = trainer.train(at_step_boundary=trainer.step_boundary_handler(preemption))
+        preemption.release()  # the evaluation changes nothing a checkpoint holds
+        return trainer.finish(diverged_at_step, trainer.evaluate(diverged_at_step is None))
+    finally:
+        trainer.close()
 
 
 @dataclass
@@ -118,20 +137,26 @@ class Trainer:
         from models import build_model
 
         self.model = build_model(spec.model, device=context.device, sparse_tables=spec.train.sparse_tables)
+        self.sharded = spec.train.parallelism == "fsdp" and context.world_size > 1
+        if self.sharded:  # FSDP2 replaces the parameters: the optimizers must hold the sharded ones
+            shard_for_training(self.model)
         self.dense_optimizer, self.sparse_optimizer = build_optimizers(self.model, spec)
         self.optimizers = [optimizer for optimizer in (self.dense_optimizer, self.sparse_optimizer)
                            if optimizer is not None]
         self.trainable = [parameter for parameter in self.model.parameters() if parameter.requires_grad]
         self.sparse_parameters = list(self.model.sparse_parameters()) if spec.train.sparse_tables else []
-        self.forward_model = wrapped_for_training(self.model, self.sparse_parameters, context, spec.train.compile)
+        self.forward_model = wrapped_for_training(self.model, self.sparse_parameters, context, spec.train.compile,
+                                                  self.sharded)
         self.autocast = autocast_for(spec.train.precision, context.device)
         self.device_name = current_device_name()  # setup_distributed made context.device the current one
         peak = measured_cpu_peak_flops() if self.device_name == "cpu" else lookup_peak_flops(self.device_name)
         self.throughput = Throughput(spec.batch_size * spec.seq_len, spec.flops_per_token_train, peak,
                                      context.world_size)
         self.step = 0  # optimizer steps done
+        self.saved_step: int | None = None  # the step of the last checkpoint this process took part in
         self.totals = RunningTotals()
-        resumed = checkpoint.load_for_resume(run_dir.path, spec.run_id, context)
+        resumed = checkpoint.load_for_resume(run_dir.path, spec.run_id, context, self.state_dict(),
+                                             self.optimizer_state_templates(), sharded=self.sharded)
         self.logger = MetricsLogger(run_dir.path, run_id=spec.run_id, total_steps=spec.steps,
                                     logger=spec.logger, config=spec.to_dict(), enabled=context.is_main)
         if resumed is not None:
@@ -182,8 +207,7 @@ class Trainer:
             micro = batch[micro_step * self.micro_batch_size:(micro_step + 1) * self.micro_batch_size]
             inputs, targets = micro[:, :-1], micro[:, 1:]  # (b, T), (b, T)
             last = micro_step == self.accumulation_steps - 1
-            sync = contextlib.nullcontext() if last or context.world_size == 1 else self.forward_model.no_sync()
-            with sync:
+            with gradient_sync(self.forward_model, last or context.world_size == 1):
                 with self.autocast():  # forward and loss only; backward runs outside autocast
                     logits = self.forward_model(inputs)  # (b, T, V)
                     loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
@@ -219,11 +243,14 @@ class Trainer:
 
     def evaluate_periodically(self) -> None:
         """Every ``spec.eval_every_steps`` steps: the validation loss as a ``kind: eval``
-        line of metrics.jsonl, on rank 0 (no random number is drawn; training is unchanged)."""
+        line of metrics.jsonl, on rank 0 (every rank evaluates with FSDP, whose forward needs
+        them all; no random number is drawn; training is unchanged)."""
         every = self.spec.eval_every_steps
-        if every and self.step % every == 0 and self.step < self.spec.steps and self.context.is_main:
-            self.log_evaluation(validation_loss(self.model, self.spec, self.data, self.context.device,
-                                                self.autocast))
+        if every and self.step % every == 0 and self.step < self.spec.steps and (self.context.is_main
+                                                                                  or self.sharded):
+            loss = validation_loss(self.model, self.spec, self.data, self.context.device, self.autocast)
+            if self.context.is_main:
+                self.log_evaluation(loss)
 
     def log_evaluation(self, loss: float | None) -> None:
         """A ``kind: eval`` line: the validation loss (nats/token) after ``self.step`` steps."""
@@ -241,12 +268,13 @@ class Trainer:
     # ---- 3. evaluation --------------------------------------------------------------------------
 
     def evaluate(self, completed: bool) -> tuple[dict[str, EvalScores], dict, list[str]]:
-        """(scores by corpus, routing statistics, notes) of a completed run, on rank 0; empty otherwise.
-        With periodic evaluation, the final validation loss is also an ``eval`` line of metrics.jsonl."""
-        if not completed or not self.context.is_main:
+        """(scores by corpus, routing statistics, notes) of a completed run, on rank 0 (on every
+        rank with FSDP, whose forward needs them all); empty otherwise. With periodic
+        evaluation, the final validation loss is also an ``eval`` line of metrics.jsonl."""
+        if not completed or not (self.context.is_main or self.sharded):
             return {}, {}, []
         evaluation = evaluate_all(self.model, self.spec, self.data, self.context.device, self.autocast)
-        if self.spec.eval_every_steps:
+        if self.spec.eval_every_steps and self.context.is_main:
             self.log_evaluation(evaluation[0]["validation"].loss)
         return evaluation
 
@@ -287,9 +315,35 @@ class Trainer:
     # ---- checkpoints ----------------------------------------------------------------------------
 
     def save_checkpoint(self) -> None:
-        """Checkpoint after ``self.step`` steps (rank 0 writes; see :mod:`isoflop.checkpoint`)."""
-        if self.context.is_main:
-            checkpoint.save(self.run_dir.path, self.step, self.spec.run_id, self.state_dict())
+        """Checkpoint after ``self.step`` steps, once per step (rank 0 writes; with FSDP every
+        rank writes its shards; see :mod:`isoflop.checkpoint`)."""
+        if self.saved_step == self.step:
+            return
+        checkpoint.save(self.run_dir.path, self.step, self.spec.run_id, self.state_dict(), self.context,
+                        sharded=self.sharded)
+        self.saved_step = self.step
+
+    def step_boundary_handler(self, preemption: Preemption) -> Callable[[], None]:
+        """What the loop calls between steps: hand held preemption signals on. With FSDP the
+        ranks first agree whether any of them holds one, and all checkpoint together at that
+        boundary (the save is collective; SLURM's handler runs on rank 0 only)."""
+        if not self.sharded:
+            return preemption.at_step_boundary
+
+        def agree_then_hand_on() -> None:
+            if self.context.any_rank(preemption.holds_signal()):
+                self.save_checkpoint()
+            preemption.at_step_boundary()
+
+        return agree_then_hand_on
+
+    def optimizer_state_templates(self) -> dict:
+        """Per optimizer, the parameter that each state entry (by index) is shaped like: where
+        a resumed checkpoint's optimizer moments are allocated (device and sharding)."""
+        return {name: {"state": dict(enumerate(parameter for group in optimizer.param_groups
+                                               for parameter in group["params"]))}
+                for name, optimizer in (("dense_optimizer", self.dense_optimizer),
+                                        ("sparse_optimizer", self.sparse_optimizer)) if optimizer is not None}
 
     def state_dict(self) -> dict:
         """Everything exact resume needs; the learning rate is a function of the step."""
@@ -327,11 +381,14 @@ def micro_batching(batch_size: int, micro_batch_size: int, world_size: int) -> t
 
 
 def wrapped_for_training(model: torch.nn.Module, sparse_parameters: list[torch.nn.Parameter],
-                         context: DistributedContext, compile_model: bool) -> torch.nn.Module:
-    """The module the loop calls: DDP with several processes (the sparse tables left
-    to :func:`all_reduce_sparse_gradients`), compiled if asked."""
+                         context: DistributedContext, compile_model: bool,
+                         sharded: bool = False) -> torch.nn.Module:
+    """The module the loop calls: with several processes DDP (the sparse tables left to
+    :func:`all_reduce_sparse_gradients`) or, when ``sharded``, the model itself (sharded
+    in place by :func:`isoflop.distributed.shard_for_training` before its optimizers
+    were built), compiled if asked."""
     forward_model = model
-    if context.world_size > 1:
+    if context.world_size > 1 and not sharded:
         from torch.nn.parallel import DistributedDataParallel
 
         if sparse_parameters:

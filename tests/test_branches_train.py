@@ -14,7 +14,7 @@ import torch
 
 from conftest import metrics
 from isoflop import checkpoint
-from isoflop.distributed import setup_distributed, teardown_distributed
+from isoflop.distributed import DistributedContext, setup_distributed, teardown_distributed
 from isoflop.errors import UserError
 from isoflop.forks import ForkRecord
 from isoflop.sweep_dir import RunDir
@@ -79,15 +79,18 @@ def test_a_branch_from_its_trunk_equals_the_same_run_trained_straight_through(tm
 
 
 def test_the_fork_checkpoint_is_handed_over_by_hard_links(tmp_path: Path) -> None:
-    state = {"step": 3, "weights": torch.arange(4.0)}
-    source = checkpoint.save(tmp_path / "trunk", 3, "trunk-id", state)
+    state = {"step": 3, "weights": torch.arange(4.0), "table": torch.rand(512, 1024)}
+    context = DistributedContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    source = checkpoint.save(tmp_path / "trunk", 3, "trunk-id", state, context)
     adopted = checkpoint.adopt(source, "trunk-id", tmp_path / "branch", "branch-id")
     assert adopted == checkpoint.step_folder(tmp_path / "branch", 3)
     assert checkpoint.verify(adopted, "branch-id") is None and checkpoint.verify(source, "trunk-id") is None
     assert json.loads((adopted / "manifest.json").read_text())["adopted_from"] == "trunk-id"
-    assert os.stat(adopted / "state.pt").st_ino == os.stat(source / "state.pt").st_ino  # no copy
-    assert torch.equal(checkpoint.load_latest(tmp_path / "branch", "branch-id")["weights"], state["weights"])
-    (source / "state.pt").write_bytes(b"torn")
+    (table_file,) = [path.name for path in source.glob("*.distcp") if path.stat().st_size > 1 << 20]
+    assert os.stat(adopted / table_file).st_ino == os.stat(source / table_file).st_ino  # no copy
+    loaded = checkpoint.load(checkpoint.newest_good(tmp_path / "branch", "branch-id"))
+    assert torch.equal(loaded["weights"], state["weights"]) and torch.equal(loaded["table"], state["table"])
+    (source / table_file).write_bytes(b"torn")
     with pytest.raises(UserError, match="cannot be handed on"):
         checkpoint.adopt(source, "trunk-id", tmp_path / "other", "other-id")
 

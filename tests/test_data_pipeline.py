@@ -141,11 +141,22 @@ def test_packed_positions_restore_exactly_and_ranks_split_the_batch() -> None:
     assert all(np.array_equal(row[1:], row[:-1] + 1) for row in first)  # targets = inputs shifted
 
 
+def stream_of(documents: list[str]):
+    """An opener of ``documents`` as a sharded ``datasets`` stream of {"text": ...} rows."""
+    import datasets
+
+    if not documents:
+        features = datasets.Features({"text": datasets.Value("string")})
+        return lambda: datasets.IterableDataset.from_generator(lambda: iter(()), features=features)
+    dataset = datasets.Dataset.from_dict({"text": documents})
+    return lambda: dataset.to_iterable_dataset(num_shards=min(4, len(documents)))
+
+
 def test_streaming_positions_restore_exactly() -> None:
     documents = [f"streamed document {index} " * (index % 5 + 1) for index in range(300)]
 
     def make() -> StreamingCorpus:
-        return StreamingCorpus(lambda: iter(documents), ByteTokenizer(), seq_len=16,
+        return StreamingCorpus(stream_of(documents), "text", ByteTokenizer(), seq_len=16,
                                validation_fraction=0.1, allow_multiple_epochs=True)
 
     corpus = make()
@@ -157,18 +168,18 @@ def test_streaming_positions_restore_exactly() -> None:
     restored.load_state_dict(state)
     assert all(np.array_equal(a, restored.next_batch(4)) for a in expected)
     with pytest.raises(UserError, match="allow_multiple_epochs"):
-        once = StreamingCorpus(lambda: iter(documents[:3]), ByteTokenizer(), 16, None, False)
+        once = StreamingCorpus(stream_of(documents[:3]), "text", ByteTokenizer(), 16, None, False)
         for _ in range(100):
             once.next_batch(4)
 
 
 def test_streaming_corpus_without_training_documents_fails() -> None:
     documents = [f"held-out document {index}" for index in range(20)]
-    all_validation = StreamingCorpus(lambda: iter(documents), ByteTokenizer(), 16, validation_fraction=1.0,
+    all_validation = StreamingCorpus(stream_of(documents), "text", ByteTokenizer(), 16, validation_fraction=1.0,
                                      allow_multiple_epochs=True)
     with pytest.raises(UserError, match="no documents outside the validation split"):
         all_validation.next_batch(4)  # used to start pass after pass forever
-    empty = StreamingCorpus(lambda: iter([]), ByteTokenizer(), 16, None, allow_multiple_epochs=True)
+    empty = StreamingCorpus(stream_of([]), "text", ByteTokenizer(), 16, None, allow_multiple_epochs=True)
     with pytest.raises(UserError, match="has no documents; check data.name/split"):
         empty.next_batch(4)
 

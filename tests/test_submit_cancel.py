@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SWEEP, isoflop, metrics, status_rows, wait_until
+from conftest import SWEEP, events, isoflop, metrics, status_rows, wait_until
 
 # One run of 5770 steps: long enough (seconds, even on a fast machine) to be cancelled mid-run.
 CANCELLABLE_RUN = ("--budget", "1e11", "ladder.shapes=[[1,32,2]]")
@@ -24,6 +24,8 @@ def test_cancel_a_live_local_run_and_retry_it(tmp_path: Path, capsys: pytest.Cap
     assert "cancelled 1 run(s)" in capsys.readouterr().err
     wait_until(lambda: status_rows(sweep, capsys)[0]["state"] == "cancelled", 60, "the run to show cancelled")
     assert not (run_dir / "result.json").exists()
+    # the job's own record of the interruption is not a failure: submitted, started, cancelled
+    assert [event["event"] for event in events(run_dir)] == ["submitted", "started", "cancelled"]
     assert isoflop("submit", "--sweep", SWEEP, "--root", tmp_path, *CANCELLABLE_RUN, "cluster=local",
                    "--retry-failed") == 0
     assert isoflop("wait", sweep, "--interval", "0.5", "--timeout", "240") == 0

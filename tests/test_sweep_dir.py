@@ -46,11 +46,18 @@ def test_run_state_from_files_and_scheduler_view(tmp_path: Path) -> None:
     run = RunDir(tmp_path / "run")
     assert run_state(run.result(), run.events(), None, None, now=0) == "planned"
     submission = JobEvent(event="submitted", job_id="7_0", executor="slurm", time=100.0)
-    assert run_state(run.result(), run.events(), submission, "unknown", now=110) == "pending"  # sacct lags
-    assert run_state(run.result(), run.events(), submission, "unknown", now=1000) == "failed"
+    # the scheduler answered and does not know the job: pending while accounting lags, then gone
+    assert run_state(run.result(), run.events(), submission, "absent", now=110) == "pending"
+    assert run_state(run.result(), run.events(), submission, "absent", now=1000) == "failed"
+    # the scheduler could not be asked: unknown however long ago it was submitted (may be running)
+    assert run_state(run.result(), run.events(), submission, "unknown", now=110) == "unknown"
+    assert run_state(run.result(), run.events(), submission, "unknown", now=10**6) == "unknown"
     run.record_event(JobEvent(event="started", job_id="7_0", time=150.0))
     run.record_event(JobEvent(event="checkpointed", job_id="7_0", time=160.0, saved=True))
     assert run_state(run.result(), run.events(), submission, "pending", now=200) == "preempted"
     assert run_state(run.result(), run.events(), submission, "cancelled", now=200) == "cancelled"
+    assert run_state(run.result(), run.events(), submission, "unknown", now=200) == "unknown"
+    run.record_event(JobEvent(event="failed", job_id="7_0", time=170.0, error="RuntimeError: x"))
+    assert run_state(run.result(), run.events(), submission, "unknown", now=200) == "failed"  # its own record
     run_result(status="completed").write(run.result_json)
     assert run_state(run.result(), run.events(), submission, "running", now=200) == "completed"

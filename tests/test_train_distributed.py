@@ -8,31 +8,13 @@ running statistics)."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from isoflop.study_config import DataConfig
 from isoflop.train import run
-from conftest import metrics
-from train_support import PEER_TINY, tiny_spec, write_corpus, write_run
-
-REPOSITORY = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def losses(run_dir: Path) -> list[float]:
-    return [record["loss"] for record in metrics(run_dir) if "loss" in record and record.get("kind") is None]
-
+from train_support import PEER_TINY, logged_losses, tiny_spec, train_in_processes, write_corpus, write_run
 
 EXPERT_CHOICE_TINY = {"family": "expert_choice_moe", "n_experts": 4, "routing_group": 2}
 PKM_TINY = {"family": "pkm", "n_experts": 256, "n_heads": 2, "top_k": 4, "d_key": 16}
@@ -50,20 +32,8 @@ def test_two_processes_match_one(tmp_path: Path, ffw, sparse) -> None:
     single = run(spec, tmp_path / "single")
 
     run_dir = write_run(tmp_path / "ddp", spec)
-    port = free_port()
-    processes = []
-    for rank in range(2):
-        environment = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
-                       "PYTHONPATH": str(REPOSITORY)}
-        processes.append(subprocess.Popen(
-            [sys.executable, "-c", "import sys; from isoflop.cli import main; sys.exit(main(sys.argv[1:]))",
-             "train", str(run_dir)], env=environment, cwd=tmp_path,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    for process in processes:
-        _, stderr = process.communicate(timeout=240)
-        assert process.returncode == 0, stderr[-3000:]
+    train_in_processes(run_dir, 2, tmp_path)
     distributed = json.loads((run_dir / "result.json").read_text())
     assert distributed["world_size"] == 2
-    assert losses(run_dir) == pytest.approx(losses(tmp_path / "single"), rel=1e-5, abs=1e-6)
+    assert logged_losses(run_dir) == pytest.approx(logged_losses(tmp_path / "single"), rel=1e-5, abs=1e-6)
     assert distributed["eval"]["validation"]["loss"] == pytest.approx(single.eval["validation"].loss, rel=1e-5)

@@ -88,7 +88,7 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_good_one(tmp_path: Path) 
     reference = run(spec, tmp_path / "reference")
     run_dir = tmp_path / "run"
     shutil.copytree(tmp_path / "reference" / "checkpoints", run_dir / "checkpoints")  # steps 2 and 4
-    newest = run_dir / "checkpoints" / "step_000004" / "state.pt"
+    newest = max((run_dir / "checkpoints" / "step_000004").glob("*.distcp"), key=lambda path: path.stat().st_size)
     newest.write_bytes(newest.read_bytes()[:1000])  # a partial write
     result = run(spec, run_dir)
     assert result.final_train_loss == reference.final_train_loss
@@ -102,5 +102,5 @@ def test_only_corrupt_checkpoints_is_a_user_error(tmp_path: Path) -> None:
     (state_dir / "state.pt").write_bytes(b"garbage")
     (state_dir / "manifest.json").write_text(json.dumps({"run_id": spec.run_id, "sha256": "0", "bytes": 7}))
     with pytest.raises(UserError, match="unusable"):
-        checkpoint.load_latest(tmp_path, spec.run_id)
+        checkpoint.newest_good(tmp_path, spec.run_id)
     assert state_dir.is_dir()  # left untouched for the user

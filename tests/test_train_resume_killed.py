@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from conftest import REPOSITORY, metrics
+from isoflop import checkpoint
 from isoflop.atomic_files import read_json
 from isoflop.run_spec import RunSpec
 from isoflop.study_config import DataConfig
@@ -146,5 +147,5 @@ def test_run_killed_twice_resumes_bitwise_in_new_processes(tmp_path: Path, kille
     assert kept == sorted(path.name for path in (killed / "checkpoints").iterdir()) == ["step_000004",
                                                                                          "step_000006"]
     for name in kept:
-        assert_bitwise_equal(torch.load(killed / "checkpoints" / name / "state.pt", weights_only=False),
-                             torch.load(reference / "checkpoints" / name / "state.pt", weights_only=False), name)
+        assert_bitwise_equal(checkpoint.load(killed / "checkpoints" / name),
+                             checkpoint.load(reference / "checkpoints" / name), name)

@@ -46,3 +46,50 @@ def write_run(run_dir: Path, spec: RunSpec) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "run.json").write_text(json.dumps(spec.to_dict()))
     return run_dir
+
+
+def training_records(run_dir: Path) -> list[dict]:
+    """The per-step training lines of ``run_dir``'s metrics.jsonl (no resume or evaluation records)."""
+    from conftest import metrics
+
+    return [record for record in metrics(run_dir) if "loss" in record and record.get("kind") is None]
+
+
+def logged_losses(run_dir: Path) -> list[float]:
+    """The training loss of every logged step, in log order."""
+    return [record["loss"] for record in training_records(run_dir)]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a process group's rendezvous)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def train_in_processes(run_dir: Path, world_size: int, cwd: Path, timeout_s: float = 240) -> list[str]:
+    """Run ``isoflop train run_dir`` as ``world_size`` gloo processes (one thread each);
+    returns their stderr. Fails the test when one of them fails."""
+    import os
+    import subprocess
+    import sys
+
+    repository = Path(__file__).resolve().parents[1]
+    port = free_port()
+    processes = []
+    for rank in range(world_size):
+        environment = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
+                       "PYTHONPATH": str(repository)}
+        processes.append(subprocess.Popen(
+            [sys.executable, "-c", "import sys; from isoflop.cli import main; sys.exit(main(sys.argv[1:]))",
+             "train", str(run_dir)], env=environment, cwd=cwd,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    errors = []
+    for process in processes:
+        _, stderr = process.communicate(timeout=timeout_s)
+        assert process.returncode == 0, stderr[-3000:]
+        errors.append(stderr)
+    return errors

@@ -1,9 +1,10 @@
-"""``isoflop bench kernels|layers [ARGS...]``: speed and memory benchmarks.
+"""``isoflop bench kernels|layers|checkpoint [ARGS...]``: speed and memory benchmarks.
 
 ``kernels``: the fused PEER and CVMM kernels against their references
 (``kernels/bench.py``). ``layers``: the PEER layer against a dense FFW
-(``models/bench.py``). Benchmarks report ratios measured side by side in one
-run; they are not tests.
+(``models/bench.py``). ``checkpoint``: saving and loading a large training
+state, streamed against whole in memory (``isoflop/checkpoint_bench.py``).
+Benchmarks report ratios measured side by side in one run; they are not tests.
 
 Each benchmark module defines ``add_arguments(parser)`` and ``run(args)`` like
 a command; its arguments are parsed here by the same one-line parser as every
@@ -18,7 +19,7 @@ from types import ModuleType
 
 from isoflop.commands.common import OneLineArgumentParser, parse_command_line
 
-TARGETS = {"kernels": "kernels.bench", "layers": "models.bench"}
+TARGETS = {"kernels": "kernels.bench", "layers": "models.bench", "checkpoint": "isoflop.checkpoint_bench"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -53,11 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from isoflop.errors import UserError
     from isoflop.run_records import JobEvent
-    from isoflop.scheduler_state import LIVE, sweep_status
+    from isoflop.scheduler_state import LIVE, UNKNOWN, sweep_status
     from isoflop.sweep_dir import SweepDir
 
     sweep = SweepDir.open(args.sweep_dir)
-    rows = {row.run_id: row for row in sweep_status(sweep)}
+    status = sweep_status(sweep)
+    rows = {row.run_id: row for row in status.runs}
     unknown = [run_id for run_id in args.run_ids or [] if run_id not in rows]
     if unknown:
         raise UserError(f"--run {unknown[0]}: no such run in {sweep.path}; see `isoflop status {sweep.path}`")
@@ -79,4 +80,8 @@ def run(args: argparse.Namespace) -> int:
         cancelled += 1
     print(f"cancelled {cancelled} run(s)" + (f" ({len(slurm_ids)} SLURM jobs)" if slurm_ids else ""),
           file=sys.stderr)
+    unknown = [row for row in rows.values() if row.state == UNKNOWN and row.run_id in (args.run_ids or rows)]
+    if unknown:
+        print(f"left alone {len(unknown)} run(s) whose state is unknown ({'; '.join(status.problems)}); "
+              "cancel them again once the scheduler answers", file=sys.stderr)
     return 0

@@ -4,7 +4,9 @@ With cooldown branches the trunks come first (``trunk`` in the budget column)
 and a line per waiting or blocked branch says what it waits for.
 
 The scheduler is asked once per call (one ``sacct`` for every SLURM job id);
-everything else comes from the sweep directory's files.
+everything else comes from the sweep directory's files. When the scheduler
+cannot be asked, the runs it would have told about are ``unknown`` and one
+warning line on stderr says why (``--format json``: ``scheduler_problems``).
 """
 
 from __future__ import annotations
@@ -54,11 +56,20 @@ def render_table(rows: list[Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render(rows: list[Any], output_format: str) -> str:
+def render(status: Any, output_format: str) -> str:
+    """A :class:`~isoflop.scheduler_state.SweepStatus` as a table or JSON."""
     if output_format == "json":
-        return json.dumps({"runs": [row.to_dict() for row in rows], "summary": summary_line(rows)},
-                          indent=2) + "\n"
-    return render_table(rows)
+        return json.dumps({"runs": [row.to_dict() for row in status.runs], "summary": summary_line(status.runs),
+                           "scheduler_problems": list(status.problems)}, indent=2) + "\n"
+    return render_table(status.runs)
+
+
+def scheduler_warning(problems: tuple[str, ...]) -> str | None:
+    """One line saying why the scheduler could not be asked, or None when it answered."""
+    if not problems:
+        return None
+    return (f"warning: the scheduler could not be asked: {'; '.join(problems)}; runs shown as unknown may "
+            "still be running and are not resubmitted until it answers")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,5 +81,9 @@ def run(args: argparse.Namespace) -> int:
         from isoflop.commands.wait import follow
 
         return follow(sweep, args.interval, args.format)
-    sys.stdout.write(render(sweep_status(sweep), args.format))
+    status = sweep_status(sweep)
+    sys.stdout.write(render(status, args.format))
+    warning = scheduler_warning(status.problems)
+    if warning:
+        print(f"isoflop status: {warning}", file=sys.stderr)
     return 0

@@ -14,15 +14,18 @@ differences, unless ``--new`` (a fresh sweep beside it) or ``--name``.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from isoflop.commands.common import add_study_arguments, human_count
-from isoflop.errors import UserError
+from isoflop.errors import UserError, file_system_error, is_user_file_system_error
 
 SHOWN_CHANGES = 5
+CHECKPOINT_BYTES_PER_PARAMETER = 12
+"""fp32 parameter + AdamW's (or SparseAdam's) two fp32 moments (:mod:`isoflop.optimization`)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,17 +57,64 @@ def cost_estimate(job_flops: tuple[float, ...], cluster: Any) -> str:
             f"longest job {longest / devices * 60:.3g} min on {devices} device(s)")
 
 
+def checkpoint_bytes(spec: Any) -> int:
+    """Bytes of a run's checkpoint: ``n_params_total`` x :data:`CHECKPOINT_BYTES_PER_PARAMETER`
+    (the rest of the state, RNG states and the data position, is a few kB)."""
+    return int(spec.costs["n_params_total"]) * CHECKPOINT_BYTES_PER_PARAMETER
+
+
+def checkpoint_estimate(runs: Any, cluster: Any) -> tuple[list[str], str | None]:
+    """Each run's checkpoint size and save time (size / ``cluster.checkpoint_write_gbps``), and
+    a warning when some would not be saved within the time-limit signal's lead time."""
+    from isoflop.submission import SIGNAL_DELAY_S
+
+    bandwidth = cluster.checkpoint_write_gbps * 1e9
+    lines = [(f"checkpoints (parameters + Adam moments, fp32; saved at cluster.checkpoint_write_gbps="
+              f"{cluster.checkpoint_write_gbps:g} GB/s):")]
+    too_slow: list[tuple[float, str]] = []
+    for spec in runs:
+        size = checkpoint_bytes(spec)
+        seconds = size / bandwidth
+        if seconds > SIGNAL_DELAY_S:
+            too_slow.append((seconds, spec.run_id))
+        lines.append(f"  {spec.run_id}  {size / 1e9:.3g} GB  {seconds:.3g} s"
+                     + ("  (longer than the signal's lead time)" if seconds > SIGNAL_DELAY_S else ""))
+    if not too_slow:
+        return lines, None
+    seconds, run_id = max(too_slow)
+    return lines, (f"isoflop submit: warning: {len(too_slow)} run(s) take longer to checkpoint than the "
+                   f"{SIGNAL_DELAY_S} s between the time-limit signal and the kill (longest: {run_id}, "
+                   f"{seconds:.0f} s), so at a time limit they lose the steps since their last periodic "
+                   f"checkpoint; raise cluster.timeout_min so they end before it, or set "
+                   f"cluster.checkpoint_write_gbps to the file system's measured speed (isoflop bench checkpoint)")
+
+
+def recorded_study_changes(sweep: Any, resolved_yaml: str) -> list[str]:
+    """:func:`~isoflop.sweep_dir.study_changes` between the sweep's study.yaml and ``resolved_yaml``;
+    a study.yaml that cannot be read or parsed is a :class:`UserError` (it is never overwritten)."""
+    import yaml
+
+    from isoflop.sweep_dir import study_changes
+
+    try:
+        recorded = sweep.study_yaml.read_text() if sweep.study_yaml.exists() else ""
+        return study_changes(recorded, resolved_yaml)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError) as error:
+        reason = getattr(error, "strerror", None) or " ".join(str(error).split())[:120]
+        raise UserError(f"{sweep.study_yaml}: cannot read the study this sweep was created with ({reason}); "
+                        "restore the file, or pass --new (or --name NAME) for a fresh sweep") from None
+
+
 def choose_sweep_path(root: Path, name: str, resolved_yaml: str, explicit_name: bool, new: bool) -> Path:
     """The sweep folder to use: ``root/name`` unless it holds a different study."""
-    from isoflop.sweep_dir import SweepDir, study_changes
+    from isoflop.sweep_dir import SweepDir
 
     candidate, suffix = root / name, 1
     while True:
         sweep = SweepDir(candidate)
         if not sweep.exists():
             return candidate
-        changes = study_changes(sweep.study_yaml.read_text() if sweep.study_yaml.is_file() else "",
-                                resolved_yaml)
+        changes = recorded_study_changes(sweep, resolved_yaml)
         if not changes:
             return candidate
         if not new:
@@ -84,16 +134,43 @@ def submittable(state: str, retry_failed: bool) -> bool:
     return state == "planned" or (retry_failed and state in ("failed", "cancelled"))
 
 
-def select_runs(sweep: Any, retry_failed: bool) -> tuple[list[Any], dict[str, int]]:
-    """Run folders to submit now, and how many runs are in each state."""
+def select_runs(sweep: Any, retry_failed: bool) -> tuple[list[Any], dict[str, int], tuple[str, ...]]:
+    """Run folders to submit now, how many runs are in each state, and why the
+    scheduler could not be asked (runs it would tell about are ``unknown``: left alone)."""
     from isoflop.scheduler_state import sweep_status
 
     chosen, counts = [], {}
-    for status in sweep_status(sweep):
-        counts[status.state] = counts.get(status.state, 0) + 1
-        if submittable(status.state, retry_failed):
-            chosen.append(sweep.run(status.run_id))
-    return chosen, counts
+    status = sweep_status(sweep)
+    for row in status.runs:
+        counts[row.state] = counts.get(row.state, 0) + 1
+        if submittable(row.state, retry_failed):
+            chosen.append(sweep.run(row.run_id))
+    return chosen, counts, status.problems
+
+
+def submission_in_progress(sweep: Any) -> bool:
+    """Whether an ``isoflop submit`` of ``sweep`` holds its submit lock now."""
+    try:
+        handle = open(sweep.submit_lock)  # noqa: SIM115 - closed below
+    except OSError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def write_run_specs(sweep: Any, specs: dict[str, Any]) -> None:
+    """``runs/<run_id>/run.json`` of every planned run that has none yet."""
+    for run_id, spec in specs.items():
+        run_dir = sweep.run(run_id)
+        if run_dir.path.exists() and not run_dir.path.is_dir():
+            raise UserError(f"{run_dir.path} is a file, where the run's folder belongs; move it aside")
+        if not run_dir.run_json.is_file():
+            spec.write(run_dir.run_json)
 
 
 def submit_study(composed: Any, root: Path, name: str | None, retry_failed: bool, new: bool) -> Any:
@@ -102,6 +179,7 @@ def submit_study(composed: Any, root: Path, name: str | None, retry_failed: bool
     from isoflop.commands.plan import plan_rows
     from isoflop.forks import write_trunks
     from isoflop.planner import plan
+    from isoflop.scheduler_state import sweep_status
     from isoflop.submission import package_version
     from isoflop.sweep_dir import SweepDir
 
@@ -109,26 +187,31 @@ def submit_study(composed: Any, root: Path, name: str | None, retry_failed: bool
     study_plan = plan(study)
     rows = plan_rows(study_plan.runs)
     path = choose_sweep_path(root, name or study.name, composed.resolved_yaml, name is not None, new)
-    sweep = SweepDir(path)
-    sweep.create(composed.resolved_yaml, rows, {
-        "sweep": composed.sweep, "study": study.name, "created_at": time.time(),
-        "isoflop_version": package_version(), "runs": len(rows)}, plan_rows(study_plan.trunks))
+    sweep, existed = SweepDir(path), SweepDir(path).exists()
     specs = {spec.run_id: spec for spec in (*study_plan.trunks, *study_plan.runs)}
-    with sweep.submission_lock():  # one submitter per sweep at a time
-        write_trunks(sweep, study_plan.trunks)
-        for spec in study_plan.runs:
-            run_dir = sweep.run(spec.run_id)
-            if not run_dir.run_json.is_file():
-                spec.write(run_dir.run_json)
-        submissions, counts = submit_pending(sweep, cluster, specs, retry_failed)
-    report_submission(submissions, len(specs), counts, cluster.executor, retry_failed)
+    sweep.make_writable_folder()
+    try:
+        with sweep.submission_lock():  # one submitter per sweep at a time
+            if existed:  # a damaged record stops the submit before it writes anything
+                sweep_status(sweep, ask_scheduler=False)
+            sweep.create(composed.resolved_yaml, rows, {
+                "sweep": composed.sweep, "study": study.name, "created_at": time.time(),
+                "isoflop_version": package_version(), "runs": len(rows)}, plan_rows(study_plan.trunks))
+            write_trunks(sweep, study_plan.trunks)
+            write_run_specs(sweep, {spec.run_id: spec for spec in study_plan.runs})
+            submissions, counts, problems = submit_pending(sweep, cluster, specs, retry_failed)
+    except OSError as error:
+        if not is_user_file_system_error(error):
+            raise
+        raise file_system_error(error, f"write the sweep directory {sweep.path}") from None
+    report_submission(submissions, len(specs), counts, cluster.executor, retry_failed, problems)
     return sweep
 
 
 def submit_pending(sweep: Any, cluster: Any, specs: dict[str, Any], retry_failed: bool
-                   ) -> tuple[list[Any], dict[str, int]]:
+                   ) -> tuple[list[Any], dict[str, int], tuple[str, ...]]:
     """Submit every run (and trunk, and ready branch) :func:`submittable` now; returns the
-    submissions and the final count of runs per state.
+    submissions, the final count of runs per state and why the scheduler could not be asked.
 
     The ``debug`` executor trains each job before returning, so a trunk there hands
     its checkpoints to its branches on the way: those are submitted in turn, until
@@ -139,18 +222,20 @@ def submit_pending(sweep: Any, cluster: Any, specs: dict[str, Any], retry_failed
     submissions: list[Any] = []
     submitted: set[str] = set()
     while True:
-        to_submit, counts = select_runs(sweep, retry_failed)
+        to_submit, counts, problems = select_runs(sweep, retry_failed)
         to_submit = [run_dir for run_dir in to_submit if run_dir.run_id not in submitted]
         submissions += submit_runs(cluster, sweep, [(run_dir, specs[run_dir.run_id].to_dict())
                                                     for run_dir in to_submit])
         submitted.update(run_dir.run_id for run_dir in to_submit)
         if not to_submit or cluster.executor != "debug":
-            return submissions, counts
+            return submissions, counts, problems
 
 
 def report_submission(submissions: list[Any], planned: int, counts: dict[str, int], executor: str,
-                      retry_failed: bool) -> None:
-    """``submitted N of M runs ...`` and what was left alone, on stderr."""
+                      retry_failed: bool, problems: tuple[str, ...] = ()) -> None:
+    """``submitted N of M runs ...``, what was left alone and why the scheduler could not be asked, on stderr."""
+    from isoflop.commands.status import scheduler_warning
+
     skipped = ", ".join(f"{count} {state}" for state, count in sorted(counts.items())
                         if not submittable(state, retry_failed))
     jobs = sorted({submission.job_id.split("_")[0] for submission in submissions})
@@ -159,6 +244,9 @@ def report_submission(submissions: list[Any], planned: int, counts: dict[str, in
           f"{'; left alone: ' + skipped if skipped else ''}", file=sys.stderr)
     if not retry_failed and counts.get("failed", 0) + counts.get("cancelled", 0):
         print("some runs failed or were cancelled: pass --retry-failed to resubmit them", file=sys.stderr)
+    warning = scheduler_warning(problems)
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -177,6 +265,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"would submit {len(study_plan.runs)} runs{trunks} with cluster.executor="
               f"{composed.study.cluster.executor} to {args.root / (args.name or composed.study.name)}")
         print(cost_estimate(training_cost(study_plan).job_flops, composed.study.cluster))
+        checkpoint_lines, checkpoint_warning = checkpoint_estimate(study_plan.runs, composed.study.cluster)
+        print("\n".join(checkpoint_lines))
+        if checkpoint_warning:
+            print(checkpoint_warning, file=sys.stderr)
         return 0
     sweep = submit_study(composed, args.root, args.name, args.retry_failed, args.new)
     print(sweep.path)

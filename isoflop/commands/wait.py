@@ -5,6 +5,13 @@ On a terminal the status table is redrawn in place (rich) every
 summary line is printed per change, and the table once at the end. Exit
 status 0 if every run completed, 1 if any failed, diverged or was cancelled,
 2 for a bad sweep directory, 3 after ``--timeout``.
+
+A run that is planned but was never submitted will not start by waiting for
+it, so ``wait`` ends (status 1) with a line saying how many and how to
+submit them, unless an ``isoflop submit`` of this sweep is in progress (it
+holds the sweep's submit lock; the ``debug`` executor trains while holding
+it). Runs whose scheduler could not be asked (``unknown``) are waited for,
+with a warning line whenever the reason changes.
 """
 
 from __future__ import annotations
@@ -52,24 +59,37 @@ class LiveTable:
 
 def follow(sweep: Any, interval: float, output_format: str = "table", timeout: float | None = None) -> int:
     """Poll ``sweep`` until no run is planned or live; returns the exit status."""
-    from isoflop.commands.status import render, summary_line
+    from isoflop.commands.status import render, scheduler_warning, summary_line
+    from isoflop.commands.submit import submission_in_progress
     from isoflop.scheduler_state import TERMINAL, sweep_status
 
     interactive = sys.stdout.isatty() and output_format == "table"
-    started, last_summary = time.monotonic(), None
+    started, last_summary, last_warning = time.monotonic(), None, None
     with LiveTable() if interactive else contextlib.nullcontext() as live:
         while True:
-            rows = sweep_status(sweep)
+            status = sweep_status(sweep)
+            rows = status.runs
             summary = summary_line(rows)
-            done = all(row.state in TERMINAL for row in rows)
+            warning = scheduler_warning(status.problems)
+            if warning and warning != last_warning:
+                print(warning, file=sys.stderr, flush=True)
+            last_warning = warning
+            never_submitted = [row for row in rows if row.state == "planned"]
+            if never_submitted and submission_in_progress(sweep):
+                never_submitted = []  # being submitted: wait for them
+            done = all(row.state in TERMINAL or row in never_submitted for row in rows)
             if live is not None:
-                live.show(render(rows, output_format))
+                live.show(render(status, output_format))
             elif summary != last_summary or done:
                 print(f"[{time.strftime('%H:%M:%S')}] {summary}", flush=True)
             last_summary = summary
             if done:
                 if live is None:
-                    sys.stdout.write(render(rows, output_format))
+                    sys.stdout.write(render(status, output_format))
+                if never_submitted:
+                    print(f"{len(never_submitted)} run(s) are planned but were never submitted, so waiting "
+                          "would not end; submit them with the `isoflop submit` command that created this "
+                          "sweep (or re-run `isoflop study`)", file=sys.stderr)
                 return 0 if all(row.state == "completed" for row in rows) else 1
             if timeout is not None and time.monotonic() - started > timeout:
                 print(f"gave up after {timeout:g} s: {summary}", file=sys.stderr)

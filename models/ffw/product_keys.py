@@ -26,6 +26,9 @@ and raises the share of keys in use), with one of two kinds of statistics:
   token's retrieval then depends on later tokens of its own sequence (and on
   the other sequences): NOT causal, kept to reproduce the paper.
 
+:class:`PrefixQueryNorm` lives in :mod:`models.ffw.prefix_norm` (its forward and
+backward are written by hand) and is imported here with the other norms.
+
 :func:`router_scores` turns the retrieved key scores into the weights both
 layers use (softmax, sigmoid or ReLU over the top-k).
 
@@ -42,31 +45,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-
-class PrefixQueryNorm(nn.Module):
-    """Per-feature normalisation with statistics of the sequence's positions up to t (causal).
-
-    Args:
-        features: F = h·d_key, each normalised on its own (like BatchNorm1d(F)).
-        eps: added to the variance.
-    """
-
-    def __init__(self, features: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(features))
-        self.bias = nn.Parameter(torch.zeros(features))
-
-    def forward(self, query: torch.Tensor) -> torch.Tensor:
-        """Normalised ``query`` (B, T, F); statistics in float32 (or float64 for float64 input)."""
-        dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
-        # (B, F, T), contiguous: running sums along the last axis and every elementwise op on dense memory.
-        by_feature = query.transpose(1, 2).to(dtype).contiguous()
-        count = torch.arange(1, by_feature.shape[-1] + 1, device=query.device, dtype=dtype)  # (T,)
-        mean, mean_square = torch.stack([by_feature, by_feature * by_feature]).cumsum(dim=-1) / count  # (B, F, T)
-        scale = torch.rsqrt((mean_square - mean * mean).clamp_min(0.0) + self.eps)  # variance over positions <= t
-        normalized = (by_feature - mean) * scale * self.weight.view(-1, 1) + self.bias.view(-1, 1)  # (B, F, T)
-        return normalized.transpose(1, 2).to(query.dtype)  # (B, T, F)
+from models.ffw.prefix_norm import PrefixQueryNorm
 
 
 class BatchQueryNorm(nn.BatchNorm1d):
