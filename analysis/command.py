@@ -133,6 +133,8 @@ class Fits:
     power_laws: list
     approach3: list = field(default_factory=list)
     ablations: list = field(default_factory=list)
+    matched_params: object = None
+    """The table of :mod:`analysis.matched_params` (a DataFrame), or None."""
     partial_notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     holdout: list = field(default_factory=list)
@@ -141,6 +143,7 @@ class Fits:
 def _fit(args: argparse.Namespace, collection, options: CheckedOptions) -> Fits:
     from analysis.ablations import detect_ablations
     from analysis.approach3 import fit_all_approach3
+    from analysis.matched_params import matched_parameter_table
     from analysis.diagnostics import off_centre_warnings
     from analysis.fits import fit_all_optima
     from analysis.powerlaw import fit_all_power_laws
@@ -172,13 +175,15 @@ def _fit(args: argparse.Namespace, collection, options: CheckedOptions) -> Fits:
         fits.approach3 = fit_all_approach3(runs, "loss", method=args.approach3_method)
     fits.ablations = detect_ablations(runs, min(args.bootstrap, ABLATION_BOOTSTRAP_CAP), args.seed, args.robust,
                                       options.confidence, args.resample)
+    fits.matched_params = matched_parameter_table(runs)
     return fits
 
 
 def _write_figures(args: argparse.Namespace, collection, fits: Fits, options: CheckedOptions,
                    out_dir: Path) -> dict[str, str]:
     """The isoFLOP, scaling and ablation figures; returns PNG name → caption."""
-    from analysis.ablations import plot_ablations
+    from analysis.ablation_figures import plot_ablations
+    from analysis.comparison_figure import plot_methods
     from analysis.figures import plot_isoflop
     from analysis.records import PowerLawFit
     from analysis.scaling_figure import plot_scaling
@@ -192,7 +197,10 @@ def _write_figures(args: argparse.Namespace, collection, fits: Fits, options: Ch
         plot_scaling(fits.optima, fitted_laws, out_dir / "scaling", labels.params_kind, options.predict_budgets,
                      options.confidence)
         figures["scaling.png"] = "Compute-optimal parameters N*(C) and tokens D*(C), with the fitted power laws"
-    figures.update(plot_ablations(fits.ablations, out_dir, labels.value, labels.params, options.confidence))
+    if fits.matched_params is not None:  # the layers compared on shared backbones: every method in one panel
+        figures.update(plot_methods(collection.runs, fits.optima, out_dir, labels.value, labels.params))
+    dataset = args.eval_dataset or DEFAULT_EVAL_DATASET
+    figures.update(plot_ablations(fits.ablations, out_dir, f"Perplexity on {dataset}", labels.params))
     if args.sweep_dir is not None:
         from analysis.training_curves import plot_training_curves
 
@@ -200,9 +208,10 @@ def _write_figures(args: argparse.Namespace, collection, fits: Fits, options: Ch
     return figures
 
 
-def _write_tables(collection, optima: list, out_dir: Path) -> dict:
-    """He 2024 Tables 1 and 2 (a loss table instead of perplexities when the loss unit is unknown)."""
-    from analysis.tables import optimal_run_table, perplexity_columns, usage_table, write_table
+def _write_tables(collection, fits: Fits, out_dir: Path) -> dict:
+    """He 2024 Tables 1 and 2 (a loss table instead of perplexities when the loss unit is unknown), Table 2 in
+    the paper's layout where runs vary N or the query norm, and the matched-parameter table."""
+    from analysis.tables import expert_usage_grid, optimal_run_table, perplexity_columns, usage_table, write_table
 
     runs = collection.runs
     tables = {}
@@ -210,15 +219,23 @@ def _write_tables(collection, optima: list, out_dir: Path) -> dict:
     group_header = "group" if collection.kind == "csv" else "method"
     if value_columns:
         tables["table_perplexity"] = (f"Perplexity of the compute-optimal run per {group_header} and budget (He 2024, Table 1)",
-                                      optimal_run_table(runs, optima, value_columns, group_header))
+                                      optimal_run_table(runs, fits.optima, value_columns, group_header))
     else:
         tables["table_loss"] = ("Loss of the compute-optimal run per group and budget (loss unit unknown: no perplexity)",
-                                optimal_run_table(runs, optima, {"loss": "loss"}, group_header))
+                                optimal_run_table(runs, fits.optima, {"loss": "loss"}, group_header))
     usage = usage_table(runs)
     if usage is not None:
         tables["table_usage"] = ("Expert usage (percent) and unevenness per configuration and budget (He 2024, Table 2)", usage)
+    tidy_tables = {}
+    for family, (grid, tidy) in expert_usage_grid(runs).items():
+        tables[f"table2_{family}"] = (f"{family}: perplexity, expert usage and unevenness by number of experts and "
+                                      "query normalisation (He 2024, Table 2 layout)", grid)
+        tidy_tables[f"table2_{family}"] = tidy
+    if fits.matched_params is not None:
+        tables["table_matched_params"] = ("Perplexity at equal total parameters and equal compute, one column per "
+                                          "method (Csordas et al. 2023)", fits.matched_params)
     for stem, (caption, table) in tables.items():
-        write_table(table, out_dir / stem, caption)
+        write_table(table, out_dir / stem, caption, tidy_tables.get(stem))
     return tables
 
 
@@ -258,7 +275,7 @@ def _write(args: argparse.Namespace, collection, fits: Fits, options: CheckedOpt
                                  options.confidence))
     result = AnalysisResult(collection=collection, settings=_settings(args, collection, options), optima=fits.optima,
                             optima_table=optima_frame, power_laws=fits.power_laws, approach3=fits.approach3,
-                            figures=figures, tables=_write_tables(collection, fits.optima, out_dir),
+                            figures=figures, tables=_write_tables(collection, fits, out_dir),
                             partial_notes=fits.partial_notes, warnings=fits.warnings, holdout=fits.holdout)
     render_report(result, out_dir)
     return result

@@ -14,6 +14,14 @@ token) and unevenness (KL divergence of the routing distribution to uniform),
 as in He 2024 Table 2, per configuration and budget: the mean over the
 configuration's completed runs, with ``n_runs``.
 
+``expert_usage_grid``: He 2024 Table 2 in the paper's layout, per routed
+family whose runs vary the number of experts N or the query normalisation:
+a row per (budget, N), and for each query normalisation the columns expert
+usage (%), unevenness and perplexity. A cell holds one run: the only one (a fixed
+backbone, as in the paper) or, over a ladder, the one of lowest perplexity.
+The other settings (heads, top-k) are held as in the ablation figures. Its
+CSV is the same grid as one row per cell.
+
 Tables hold numbers (budgets as floats, counts as integers); the writers
 format them: budgets as ``6e18`` in Markdown and CSV and ``$6\\times10^{18}$``
 in LaTeX (through pandas' ``Styler.to_latex``), counts as integers.
@@ -26,10 +34,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis.ablations import (QUERY_NORM_COLUMN, QUERY_NORM_ORDER, compact_count, hold_other_settings,
+                                varying_settings, with_query_norm)
 from analysis.formatting import MISSING, budget_latex, budget_text, number_text
 from analysis.records import Optimum
 
 CONFIG_COLUMNS = ("ffw_family", "ffw_n_experts", "ffw_n_heads", "ffw_top_k", "ffw_query_batchnorm")
+GRID_QUANTITIES = {"expert_usage_percent": "usage (%)", "unevenness": "unevenness", "perplexity": "perplexity"}
+"""Columns of He 2024 Table 2 per query normalisation, in order: tidy column → label."""
+GRID_NORM_LABELS = {"off": "no norm", "prefix": "causal norm", "batch": "BatchNorm (non-causal)"}
 
 
 def _text_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -64,12 +77,13 @@ def to_latex(table: pd.DataFrame, caption: str) -> str:
                            column_format=alignment, environment="table")
 
 
-def write_table(table: pd.DataFrame, stem: Path, caption: str) -> list[Path]:
-    """Write ``stem``.md, .tex and .csv; returns the paths."""
+def write_table(table: pd.DataFrame, stem: Path, caption: str, tidy: pd.DataFrame | None = None) -> list[Path]:
+    """Write ``stem``.md and .tex of ``table`` and ``stem``.csv of ``tidy`` (default: ``table``); returns the paths."""
     paths = [stem.with_suffix(".md"), stem.with_suffix(".tex"), stem.with_suffix(".csv")]
     paths[0].write_text(to_markdown(table))
     paths[1].write_text(to_latex(table, caption))
-    table.assign(**({"budget": table["budget"].map(budget_text)} if "budget" in table else {})).to_csv(paths[2], index=False)
+    tidy = table if tidy is None else tidy
+    tidy.assign(**({"budget": tidy["budget"].map(budget_text)} if "budget" in tidy else {})).to_csv(paths[2], index=False)
     return paths
 
 
@@ -136,3 +150,47 @@ def usage_table(runs: pd.DataFrame) -> pd.DataFrame | None:
                                   "run_id": "n_runs"})
     table.columns = [str(c).removeprefix("ffw_") for c in table.columns]
     return table
+
+
+def expert_usage_grid(runs: pd.DataFrame) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+    """He 2024 Table 2 (module docstring): family → (the paper's layout, one row per cell)."""
+    if "expert_usage" not in runs.columns or "ffw_n_experts" not in runs.columns:
+        return {}
+    runs = with_query_norm(runs)
+    routed = runs[runs["expert_usage"].notna() & runs["ffw_n_experts"].notna()]
+    grids = {}
+    for family, family_runs in routed.groupby("ffw_family", sort=True):
+        varying = varying_settings(family_runs)
+        if "experts" not in varying and QUERY_NORM_COLUMN not in varying:
+            continue
+        kept = ("ffw_n_experts", QUERY_NORM_COLUMN)
+        selected = hold_other_settings(family_runs, str(family), varying, kept)
+        cells = []
+        for (budget, n_experts, norm), cell in selected.groupby(["budget", *kept], sort=True):
+            best = cell.loc[cell["perplexity"].idxmin()]
+            cells.append({"budget": float(budget), "n_experts": int(n_experts), "query_norm": norm,
+                          "perplexity": float(best["perplexity"]),
+                          "expert_usage_percent": 100.0 * float(best["expert_usage"]),
+                          "unevenness": float(best.get("routing_unevenness", np.nan)),
+                          "n_heads": int(best["ffw_n_heads"]), "top_k": int(best["ffw_top_k"]),
+                          "params_total": float(best["params_total"]), "run_id": best["run_id"], "n_runs": len(cell),
+                          "selection": "the only run" if len(cell) == 1 else f"lowest perplexity of {len(cell)} sizes"})
+        tidy = pd.DataFrame(cells)
+        tidy = tidy.assign(_norm=tidy["query_norm"].map(QUERY_NORM_ORDER.index)).sort_values(
+            ["budget", "n_experts", "_norm"]).drop(columns="_norm").reset_index(drop=True)
+        grids[str(family)] = (_paper_layout(tidy), tidy)
+    return grids
+
+
+def _paper_layout(tidy: pd.DataFrame) -> pd.DataFrame:
+    """A row per (budget, N); columns '<query norm>: <quantity>', the norms in their order (module docstring)."""
+    norms = [norm for norm in QUERY_NORM_ORDER if norm in set(tidy["query_norm"])]
+    columns = [f"{GRID_NORM_LABELS[norm]}: {label}" for norm in norms for label in GRID_QUANTITIES.values()]
+    rows = []
+    for (budget, n_experts), cells in tidy.groupby(["budget", "n_experts"], sort=True):
+        row = {"budget": budget, "N": compact_count(n_experts)}
+        for cell in cells.itertuples():
+            row.update({f"{GRID_NORM_LABELS[cell.query_norm]}: {label}": getattr(cell, quantity)
+                        for quantity, label in GRID_QUANTITIES.items()})
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["budget", "N", *columns])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from isoflop.errors import UserError
@@ -248,6 +248,8 @@ def plan(study: StudyConfig, centre_params: Mapping[tuple[str, float], float] | 
         from isoflop.branch_planner import plan_branches
 
         return plan_branches(study, centre_params)
+    if study.ladder.backbones_from is not None:
+        return plan_on_shared_backbones(study)
     runs: list[RunSpec] = []
     dropped: list[DroppedRun] = []
     notes: list[str] = []
@@ -259,5 +261,37 @@ def plan(study: StudyConfig, centre_params: Mapping[tuple[str, float], float] | 
                                                          (centre_params or {}).get((method, budget_flops)))
             runs.extend(run.with_run_id() for run in kept)
             dropped.extend(dropped_here)
-            notes.extend(notes_here)
+            if not study.model.pins_backbone:  # one fixed backbone: there is no ladder to widen
+                notes.extend(notes_here)
+    return Plan(runs=tuple(runs), dropped=tuple(dropped), notes=tuple(notes))
+
+
+def plan_on_shared_backbones(study: StudyConfig) -> Plan:
+    """Every method on the backbones the ladder picks for ``ladder.backbones_from`` (see LadderConfig).
+
+    The reference method is planned alone, as :func:`plan` would; at each
+    budget every method then trains on the reference's shapes, so a row of
+    equal backbones compares the methods at equal total parameters when their
+    layers are parameter-matched to the dense FFW. A method whose run would
+    train fewer than ``ladder.min_steps`` steps on a shape is dropped there,
+    with the reason.
+    """
+    reference_name = study.ladder.backbones_from
+    reference = plan(replace(study, methods={reference_name: study.methods[reference_name]},
+                             ladder=replace(study.ladder, backbones_from=None)))
+    runs: list[RunSpec] = []
+    dropped = list(reference.dropped)
+    for budget_flops in study.budgets:
+        shapes = [(run.model.backbone.n_layers, run.model.backbone.d_model, run.model.backbone.n_heads)
+                  for run in reference.runs if run.budget_flops == budget_flops]
+        for method, ffw in study.methods.items():
+            for shape in shapes:
+                run = build_run(study, method, budget_flops, build_model_config(study, ffw, shape))
+                if run.steps < study.ladder.min_steps:
+                    dropped.append(DroppedRun(method, budget_flops, shape[0], shape[1],
+                                              f"{run.steps} steps < ladder.min_steps={study.ladder.min_steps} "
+                                              f"on {reference_name}'s backbone"))
+                else:
+                    runs.append(run)
+    notes = [f"every method on the backbones of {reference_name} (ladder.backbones_from)", *reference.notes]
     return Plan(runs=tuple(runs), dropped=tuple(dropped), notes=tuple(notes))

@@ -54,6 +54,12 @@ class ModelTemplate(BackboneConfig):
 
     replace_blocks: Any = "middle"
 
+    @property
+    def pins_backbone(self) -> bool:
+        """True when ``n_layers``, ``d_model`` and ``n_heads`` are all pinned: one
+        backbone for every run (a study that varies only the FFW, He 2024 Fig. 3)."""
+        return None not in (self.n_layers, self.d_model, self.n_heads)
+
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("vocab_size", "max_seq_len"):
@@ -80,6 +86,12 @@ class LadderConfig:
     the previous pick by at least ``size_ratio`` (an isoFLOP parabola needs
     a spread of sizes, not neighbours). Runs with fewer than ``min_steps``
     optimizer steps are dropped (with the reason).
+
+    ``backbones_from`` names a method: the shapes are chosen for that method
+    as above, and every method is planned on those same backbones at each
+    budget (a comparison at equal backbones, hence equal total parameters for
+    layers of the dense FFW's size, as in Csordás et al. 2023). ``None``: each
+    method gets its own ladder.
     """
 
     shapes: list[list[int]] = field(default_factory=list)
@@ -92,6 +104,7 @@ class LadderConfig:
     size_ratio: float = 1.5
     tokens_per_param: float = 20.0
     min_steps: int = 100
+    backbones_from: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("sizes_below", "sizes_above"):
@@ -401,6 +414,8 @@ class StudyConfig:
                 ffw = ffw_config_from_dict(ffw, where=f"methods.{method_name}")
             methods[method_name] = ffw.with_backbone_settings(self.model)
         object.__setattr__(self, "methods", methods)
+        require(self.ladder.backbones_from in (None, *methods), "ladder.backbones_from", self.ladder.backbones_from,
+                "must name a method of the study", f"use one of {', '.join(methods)} or null")
         require_choice("logger", self.logger, ("none", "wandb"))
         require_choice("strategy", self.strategy, STRATEGIES)
         require(self.strategy != "cooldown_branches" or self.train.schedule == "wsd", "strategy", self.strategy,

@@ -130,7 +130,7 @@ def test_report_from_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
                                          "d_opt_lo", "d_opt_hi", "loss_opt", "n_points"]
     assert len(optima) == 4 * 2 + 2
 
-    for stem in ("isoflop", "scaling", "ablation_peer_experts", "ablation_peer_query_batchnorm"):
+    for stem in ("isoflop", "scaling", "ablation_peer_experts", "ablation_peer_query_norm"):
         for suffix in (".png", ".pdf"):
             assert (out_dir / f"{stem}{suffix}").stat().st_size > 1000, stem
     width, height = png_size(out_dir / "isoflop.png")
