@@ -1,6 +1,7 @@
 """``isoflop analyze``: isoFLOP curves, compute-optimal allocations, power laws, figures, tables, report.
 
-    isoflop analyze (SWEEP_DIR | --csv FILE) [--out DIR] [--predict FLOPS]... [--bootstrap N] [--seed S]
+    isoflop analyze (SWEEP_DIR | --csv FILE) [--out DIR] [--predict FLOPS]... [--holdout-budget FLOPS]
+                    [--bootstrap N] [--seed S]
                     [--ci 95|80] [--resample residuals|runs] [--metric loss|perplexity] [--eval-dataset NAME]
                     [--params KIND] [--group-by COLS] [--loss-unit UNIT] [--robust]
                     [--approach3 [--approach3-method vpnls|lbfgs]]
@@ -44,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, metavar="DIR", help="output directory (default: SWEEP_DIR/report, or ./report with --csv)")
     parser.add_argument("--predict", action="append", default=[], metavar="FLOPS",
                         help="predict N* and D* at this budget in FLOPs (repeatable), e.g. --predict 1e21")
+    parser.add_argument("--holdout-budget", metavar="FLOPS", default=None,
+                        help="predict this budget's N*, D*, L* from every other budget and compare with its own fit "
+                             "(report section, holdout.json, holdout.png), e.g. --holdout-budget 1e21")
     parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, metavar="N",
                         help=f"bootstrap replicates for the intervals (default {DEFAULT_BOOTSTRAP}; 0 disables)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed of the bootstrap (default 0)")
@@ -78,7 +82,7 @@ def validate_args(args: argparse.Namespace) -> CheckedOptions:
         for option, value in (("--columns", args.columns), ("--group-by", args.group_by), ("--loss-unit", args.loss_unit)):
             if value is not None:
                 raise UserError(f"{option} applies to --csv input only; drop it or pass --csv FILE")
-    return check_options(args.bootstrap, args.seed, args.predict, args.ci)
+    return check_options(args.bootstrap, args.seed, args.predict, args.ci, args.holdout_budget)
 
 
 def _collect(args: argparse.Namespace):
@@ -131,6 +135,7 @@ class Fits:
     ablations: list = field(default_factory=list)
     partial_notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    holdout: list = field(default_factory=list)
 
 
 def _fit(args: argparse.Namespace, collection, options: CheckedOptions) -> Fits:
@@ -142,6 +147,11 @@ def _fit(args: argparse.Namespace, collection, options: CheckedOptions) -> Fits:
     from analysis.records import PowerLawFit
 
     runs = collection.runs
+    holdout_budget = None
+    if options.holdout_budget is not None:
+        from analysis.holdout import held_out_budget
+
+        holdout_budget = held_out_budget(runs["budget"].tolist(), options.holdout_budget)
     optima = fit_all_optima(runs, "metric", n_bootstrap=args.bootstrap, seed=args.seed, robust=args.robust,
                             confidence=options.confidence, resampling=args.resample)
     power_laws = fit_all_power_laws(optima, options.predict_budgets, options.confidence)
@@ -149,6 +159,13 @@ def _fit(args: argparse.Namespace, collection, options: CheckedOptions) -> Fits:
         raise UserError("--predict needs a power law, i.e. at least 2 budgets with an ok optimum for some method; "
                         "add budgets to the sweep or drop --predict")
     fits = Fits(optima=optima, power_laws=power_laws, warnings=[*collection.warnings, *off_centre_warnings(optima)])
+    if holdout_budget is not None:
+        from analysis.holdout import holdout_verdicts
+
+        fits.holdout = holdout_verdicts(optima, holdout_budget, options.confidence)
+        if all(verdict.prediction is None for verdict in fits.holdout):
+            raise UserError(f"--holdout-budget: no group has 2 other budgets with an ok optimum to predict from "
+                            f"({fits.holdout[0].note}); add budgets or drop --holdout-budget")
     if runs["budget"].nunique() < 2:
         fits.partial_notes.append("a single budget: parabolas and optima only, no power law across budgets (add a second budget)")
     if args.approach3:
@@ -230,14 +247,19 @@ def _write(args: argparse.Namespace, collection, fits: Fits, options: CheckedOpt
     collection.runs.to_csv(out_dir / "runs.csv", index=False)
     if args.parquet:
         to_parquet(collection.runs, out_dir / "runs.parquet")
+    from analysis.holdout_output import with_law_rows, with_optima_rows, write_holdout
+
     optima_frame = optima_table(fits.optima, args.metric)
-    optima_frame.to_csv(out_dir / "optima.csv", index=False)
-    power_law_table(fits.power_laws).to_csv(out_dir / "powerlaws.csv", index=False)
+    with_optima_rows(optima_frame, fits.holdout, args.metric).to_csv(out_dir / "optima.csv", index=False)
+    with_law_rows(power_law_table(fits.power_laws), fits.holdout).to_csv(out_dir / "powerlaws.csv", index=False)
+    figures = _write_figures(args, collection, fits, options, out_dir)
+    labels = axis_labels(args, collection)
+    figures.update(write_holdout(fits.optima, fits.holdout, out_dir, labels.value, labels.params_kind, args.metric,
+                                 options.confidence))
     result = AnalysisResult(collection=collection, settings=_settings(args, collection, options), optima=fits.optima,
                             optima_table=optima_frame, power_laws=fits.power_laws, approach3=fits.approach3,
-                            figures=_write_figures(args, collection, fits, options, out_dir),
-                            tables=_write_tables(collection, fits.optima, out_dir),
-                            partial_notes=fits.partial_notes, warnings=fits.warnings)
+                            figures=figures, tables=_write_tables(collection, fits.optima, out_dir),
+                            partial_notes=fits.partial_notes, warnings=fits.warnings, holdout=fits.holdout)
     render_report(result, out_dir)
     return result
 
@@ -289,6 +311,10 @@ def _print_summary(report_path: Path, result, metric: str) -> None:
                      if interval.printable else " (line through 2 budgets, no interval)" if law.through_two_points else "")
             print(f"  {law.group:<16} {law.quantity}* = {law.coefficient:.3g} C^{law.exponent:.4f}{shown} "
                   f"over {law.n_budgets} budgets")
+    from analysis.holdout_output import summary_lines
+
+    for line in summary_lines(result.holdout):
+        print(line)
     for note in result.partial_notes:
         print(f"  partial report: {note}")
     if any(o.n_interval.status == "unreliable" for o in result.optima) or any(

@@ -76,6 +76,19 @@ def expansion(n_points: int, confidence: float) -> float:
     return float(np.sqrt(n_points / (n_points - 1)) * small_sample_expansion(n_points - 3, confidence))
 
 
+def censored_vertices(fit: ParabolaFit, replicate_log10: np.ndarray,
+                      expansion_factor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Replicate vertices (log10) as :func:`~analysis.intervals.censored_interval` takes them.
+
+    Returns the samples (interior vertices, their deviation from the estimate multiplied by
+    ``expansion_factor``, e.g. :func:`expansion`; NaN elsewhere) and the masks of replicates whose
+    vertex lies below the smallest / above the largest sampled size.
+    """
+    inside = (replicate_log10 >= fit.log10_min) & (replicate_log10 <= fit.log10_max)
+    samples = np.where(inside, fit.vertex_log10 + expansion_factor * (replicate_log10 - fit.vertex_log10), np.nan)
+    return samples, replicate_log10 < fit.log10_min, replicate_log10 > fit.log10_max
+
+
 def axis_interval(fit: ParabolaFit, replicate_log10: np.ndarray, n_sizes: int, confidence: float) -> Interval:
     """Interval of one optimum (N* or D*, linear units) from its replicate vertices (log10)."""
     if fit.status != "ok":
@@ -84,11 +97,8 @@ def axis_interval(fit: ParabolaFit, replicate_log10: np.ndarray, n_sizes: int, c
         return Interval(note=f"only {n_sizes} distinct sizes: a parabola through them leaves no residual, so no "
                              f"interval (needs {MIN_SIZES_FOR_INTERVAL})", confidence=confidence,
                         replicates=replicate_log10.size)
-    inside = (replicate_log10 >= fit.log10_min) & (replicate_log10 <= fit.log10_max)
-    factor = expansion(fit.n_points, confidence)
-    samples = np.where(inside, fit.vertex_log10 + factor * (replicate_log10 - fit.vertex_log10), np.nan)
     support = Support(fit.log10_min, fit.log10_max, "the smallest sampled size", "the largest sampled size")
-    interval = censored_interval(samples, replicate_log10 < fit.log10_min, replicate_log10 > fit.log10_max,
+    interval = censored_interval(*censored_vertices(fit, replicate_log10, expansion(fit.n_points, confidence)),
                                  support, confidence)
     if n_sizes < MIN_SIZES_FOR_RELIABLE_INTERVAL:
         interval = mark_unreliable(interval, f"only {n_sizes} distinct sizes")
@@ -146,7 +156,7 @@ def fit_optimum(group: str, budget: float, points: pd.DataFrame, value_column: s
     return Optimum(**optimum_fields, n_interval=n_interval,
                    d_interval=axis_interval(tokens_fit, log_d_boot, n_sizes, confidence),
                    loss_interval=value_interval(n_interval, params_fit, located, loss_boot, confidence),
-                   log10_n_opt_bootstrap=log_n_boot, log10_d_opt_bootstrap=log_d_boot)
+                   log10_n_opt_bootstrap=log_n_boot, log10_d_opt_bootstrap=log_d_boot, loss_opt_bootstrap=loss_boot)
 
 
 def fit_all_optima(frame: pd.DataFrame, value_column: str, group_column: str = "method", n_bootstrap: int = 1000,

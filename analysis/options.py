@@ -46,24 +46,30 @@ class CheckedOptions:
 
     predict_budgets: tuple[float, ...]
     confidence: float
+    holdout_budget: float | None = None
+    """``--holdout-budget``: the budget (FLOPs) predicted from the others and compared with its own fit."""
 
 
-def parse_budgets(texts: list[str]) -> tuple[float, ...]:
-    """Parse ``--predict`` values as positive, finite FLOP counts."""
+def parse_budgets(texts: list[str], option: str = "--predict") -> tuple[float, ...]:
+    """Parse ``option``'s values as positive, finite FLOP counts."""
     budgets = []
     for text in texts:
         try:
             budget = float(text)
         except ValueError:
-            raise UserError(f"--predict {text!r} is not a number; pass FLOPs such as 1e21") from None
+            raise UserError(f"{option} {text!r} is not a number; pass FLOPs such as 1e21") from None
         if not math.isfinite(budget) or budget <= 0:
-            raise UserError(f"--predict {text!r} must be a positive number of FLOPs, such as 1e21")
+            raise UserError(f"{option} {text!r} must be a positive number of FLOPs, such as 1e21")
         budgets.append(budget)
     return tuple(budgets)
 
 
-def check_options(bootstrap: int, seed: int, predict: list[str], ci: str = DEFAULT_CONFIDENCE) -> CheckedOptions:
+def check_options(bootstrap: int, seed: int, predict: list[str], ci: str = DEFAULT_CONFIDENCE,
+                  holdout: str | None = None) -> CheckedOptions:
     """Validate the options that argparse cannot (ranges); raises UserError naming the option and the fix."""
+    if holdout is not None and bootstrap == 0:
+        raise UserError("--holdout-budget compares intervals, which --bootstrap 0 turns off; drop --bootstrap 0 "
+                        "or --holdout-budget")
     if bootstrap < 0:
         raise UserError(f"--bootstrap {bootstrap} must be 0 or more (0 disables intervals), e.g. --bootstrap 1000")
     if bootstrap > MAX_BOOTSTRAP:
@@ -72,4 +78,6 @@ def check_options(bootstrap: int, seed: int, predict: list[str], ci: str = DEFAU
         raise UserError(f"--seed {seed} must be 0 or more, e.g. --seed 0")
     if ci not in CONFIDENCE_LEVELS:
         raise UserError(f"--ci {ci!r} is not offered; choose {' or '.join(CONFIDENCE_LEVELS)}")
-    return CheckedOptions(predict_budgets=parse_budgets(predict), confidence=CONFIDENCE_LEVELS[ci])
+    holdout_budget = parse_budgets([holdout], "--holdout-budget")[0] if holdout is not None else None
+    return CheckedOptions(predict_budgets=parse_budgets(predict), confidence=CONFIDENCE_LEVELS[ci],
+                          holdout_budget=holdout_budget)

@@ -166,6 +166,8 @@ class Optimum:
     loss_interval: Interval = NO_INTERVAL
     log10_n_opt_bootstrap: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0))
     log10_d_opt_bootstrap: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0))
+    loss_opt_bootstrap: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0))
+    """The metric at each replicate's N* vertex (NaN without a minimum; interior or not: see ``log10_n_opt_bootstrap``)."""
 
     @property
     def n_opt_lo(self) -> float:

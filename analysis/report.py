@@ -15,6 +15,7 @@ import pandas as pd
 
 from analysis.collect import Collection
 from analysis.formatting import budget_text, interval_text
+from analysis.holdout_output import holdout_section
 from analysis.intervals import MIN_SIZES_FOR_INTERVAL, MIN_SIZES_FOR_RELIABLE_INTERVAL, MIN_TAIL_REPLICATES
 from analysis.records import Approach3Fit, Interval, Optimum, PowerLawFit, PowerLawSkipped
 from analysis.tables import to_markdown
@@ -48,6 +49,7 @@ class AnalysisResult:
     tables: dict[str, tuple[str, pd.DataFrame]] = field(default_factory=dict)  # stem → (caption, table)
     partial_notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    holdout: list = field(default_factory=list)  # analysis.holdout.HoldoutVerdict per group, with --holdout-budget
 
 
 def _interval_cell(interval: Interval) -> str:
@@ -174,7 +176,7 @@ def _approach3_section(result: AnalysisResult) -> list[str]:
 def render_report(result: AnalysisResult, out_dir: Path) -> Path:
     """Write ``report.md`` into ``out_dir`` and return its path."""
     lines = _header(result) + _excluded_section(result) + _non_ok_section(result) + _optima_section(result)
-    lines += _power_law_section(result) + _approach3_section(result)
+    lines += _power_law_section(result) + holdout_section(result.holdout) + _approach3_section(result)
     if result.figures:
         lines += ["## Figures", ""]
         for name, caption in result.figures.items():
