@@ -39,9 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from isoflop.atomic_files import append_jsonl, read_jsonl
+from isoflop.atomic_files import append_jsonl
 from isoflop.errors import UserError
-from isoflop.record_format import check_version, record_from_mapping
+from isoflop.record_format import records_from_jsonl
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -101,15 +101,8 @@ class LadderRecord:
         Raises:
             RecordError: for a line of an unknown version or one that is no ladder record.
         """
-        records = []
-        for number, values in enumerate(read_jsonl(path), start=1):
-            source = f"{path} record {number}"
-            if isinstance(values, dict):
-                check_version(values, cls.KIND, cls.VERSION, source)
-            records.append(record_from_mapping(cls, values, cls.KIND, source,
-                                               fix="restore the file or delete the sweep's ladders.jsonl "
-                                                   "and the runs of the budgets it placed"))
-        return records
+        return records_from_jsonl(cls, path, cls.KIND, cls.VERSION,
+                                  fix="restore the file, or delete it with the runs of the budgets it placed")
 
     def describe(self) -> str:
         """One line for the study's progress output."""
@@ -164,8 +157,13 @@ def place_budget(study: StudyConfig, budget: float, trained: pd.DataFrame | None
         located = sum(optimum.params_fit.status == "ok" for optimum in method_optima)
         prediction = predict_optimum(method_optima, budget, confidence) if method_optima else None
         if prediction is None or prediction.params.value is None:
-            reason = (f"{located} trained budget(s) with a located optimum; a prediction needs "
-                      f"{MIN_BUDGETS_TO_PREDICT}" if prediction is None else prediction.params.note)
+            if len(budgets_trained) < MIN_BUDGETS_TO_PREDICT:
+                reason = f"{len(budgets_trained)} budget(s) trained; a prediction needs {MIN_BUDGETS_TO_PREDICT}"
+            elif prediction is None:
+                reason = (f"{located} trained budget(s) with a located optimum; a prediction needs "
+                          f"{MIN_BUDGETS_TO_PREDICT}")
+            else:
+                reason = prediction.params.note
             records.append(LadderRecord(method, budget, "rule", None, None, None, budgets_trained, reason, now))
             continue
         interval = prediction.params.interval
@@ -220,15 +218,16 @@ def trained_runs(sweep_path: Path) -> pd.DataFrame | None:
     return collect_sweep(sweep_path, PARAMS_KIND).runs
 
 
-def analysis_arguments(study: StudyConfig, all_completed: bool) -> list[str]:
+def analysis_arguments(study: StudyConfig, all_completed: bool, bootstrap: int) -> list[str]:
     """``isoflop analyze`` options after an adaptive study: N counted as the ladder was placed
     (:data:`PARAMS_KIND`) and, once every budget has trained, the largest held out
     (``--holdout-budget``: its prediction from the others, the one that placed its ladder, checked
-    against its own fit) when enough others remain for a prediction interval."""
+    against its own fit) when enough others remain for a prediction interval and the bootstrap
+    that gives it is on."""
     from analysis.holdout import MIN_BUDGETS_FOR_VERDICT
 
     arguments = ["--params", PARAMS_KIND]
-    if all_completed and len(study.budgets) > MIN_BUDGETS_FOR_VERDICT:
+    if all_completed and bootstrap > 0 and len(study.budgets) > MIN_BUDGETS_FOR_VERDICT:
         arguments += ["--holdout-budget", repr(max(study.budgets))]
     return arguments
 

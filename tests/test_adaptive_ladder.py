@@ -3,6 +3,7 @@ ladder records, trunk extension, and the study's bad inputs."""
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -113,3 +114,70 @@ def test_adaptive_needs_three_budgets(tmp_path, budgets: list[str]) -> None:
     assert completed.returncode == 2
     assert completed.stderr.count("\n") == 1 and "--adaptive needs at least 3 budgets" in completed.stderr
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+ADAPTIVE_SMOKE = ("--sweep", "smoke_wsd", "--adaptive", "--interval", "1", "--bootstrap", "20", "--budget", "1e10",
+                  "--budget", "2e10", "--budget", "4e10", "~methods.peer",
+                  "ladder.shapes=[[1,8,2],[1,12,2],[1,16,2],[1,24,2]]")
+
+
+def start_study(root, *overrides: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "isoflop.cli", "study", *ADAPTIVE_SMOKE, "--root", str(root),
+                             *overrides], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def check_resumed_adaptive_study(root, overrides: tuple[str, ...] = ()) -> None:
+    """Run the adaptive smoke study, kill it once the second budget is placed (its runs submitted
+    or not), run it again: nothing placed twice, no job duplicated, no trunk step trained twice."""
+    import signal
+
+    from conftest import events, metrics, wait_until
+
+    sweep = root / "smoke_wsd"
+    first = start_study(root, *overrides)
+    try:
+        wait_until(lambda: len(LadderRecord.read_all(ladders_path(sweep))) >= 2 or first.poll() is not None,
+                   600, "the second budget to be placed", interval=0.5)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    placed_before = LadderRecord.read_all(ladders_path(sweep))
+    assert [record.budget for record in placed_before] == [1e10, 2e10]
+    second = start_study(root, *overrides)
+    output, _ = second.communicate(timeout=900)
+    assert second.returncode == 0, output[-3000:]
+
+    records = LadderRecord.read_all(ladders_path(sweep))
+    assert records[:2] == placed_before and [record.budget for record in records] == [1e10, 2e10, 4e10]
+    assert records[2].budgets_given == (1e10, 2e10)
+    branches, trunks = sorted((sweep / "runs").iterdir()), sorted((sweep / "trunks").iterdir())
+    assert {json.loads((run / "run.json").read_text())["budget_flops"] for run in branches} == {1e10, 2e10, 4e10}
+    for run in branches:
+        assert json.loads((run / "result.json").read_text())["status"] == "completed", run.name
+        assert sum(event["event"] == "submitted" for event in events(run)) == 1, run.name
+    forks = {}
+    for run in branches:
+        spec = json.loads((run / "run.json").read_text())
+        forks.setdefault(spec["trunk_id"], []).append(spec["cooldown_start_step"])
+    extended = 0
+    for trunk in trunks:
+        spec, result = json.loads((trunk / "run.json").read_text()), json.loads((trunk / "result.json").read_text())
+        assert spec["steps"] == result["steps"] == max(forks[trunk.name]), trunk.name
+        steps = [record["step"] for record in metrics(trunk) if "loss" in record and "kind" not in record]
+        assert steps == sorted(set(steps)), trunk.name  # no step trained twice
+        extended += len(list(trunk.glob("result.step_*.json")))
+    assert extended >= 1  # some shape served two budgets: its trunk continued to the later fork
+    assert (sweep / "report" / "report.md").is_file()
+
+
+@pytest.mark.slow
+def test_adaptive_study_interrupted_and_resumed_on_local_processes(tmp_path) -> None:
+    check_resumed_adaptive_study(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_adaptive_study_interrupted_and_resumed_on_slurm(tmp_path, slurm_cluster: str) -> None:
+    from test_slurm_sweep import slurm_overrides
+
+    check_resumed_adaptive_study(tmp_path, slurm_overrides(slurm_cluster))

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         from isoflop.adaptive_ladder import analysis_arguments, run_adaptive
 
         sweep, all_completed = run_adaptive(composed, args.root, args.name, args.interval, args.bootstrap)
-        extra_analysis = analysis_arguments(composed.study, all_completed)
+        extra_analysis = analysis_arguments(composed.study, all_completed, args.bootstrap)
     else:
         sweep = submit_study(composed, args.root, args.name, retry_failed=True, new=False)
         print(f"sweep: {sweep.path}", file=sys.stderr)
