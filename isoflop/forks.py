@@ -47,13 +47,15 @@ resubmits the trunk). This module imports torch only inside :func:`hand_off`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
 from isoflop.atomic_files import write_atomic
 from isoflop.errors import UserError
@@ -171,6 +173,19 @@ def seed_branch(branch: RunDir, source: Path, trunk_id: str, step: int) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def without_array_task_environment() -> Iterator[None]:
+    """Hide the ``SLURM_ARRAY_*`` variables of the SLURM array task this process runs in (a trunk)
+    while it submits: ``sbatch`` passes the submitter's environment on, SLURM sets them again only
+    for array jobs, and submitit takes its job id from them, so a branch submitted as a single job
+    would otherwise load the trunk's pickle and train the trunk instead."""
+    hidden = {name: os.environ.pop(name) for name in list(os.environ) if name.startswith("SLURM_ARRAY_")}
+    try:
+        yield
+    finally:
+        os.environ.update(hidden)
+
+
 def submit_ready_branches(sweep: SweepDir, cluster: ClusterConfig) -> list[str]:
     """Submit every ready branch that is neither live nor finished; returns their run ids.
 
@@ -186,7 +201,8 @@ def submit_ready_branches(sweep: SweepDir, cluster: ClusterConfig) -> list[str]:
         ready = [sweep.run(row.run_id) for row in sweep_status(sweep).runs
                  if row.role == "branch" and row.state == "planned"]
         try:
-            submit_runs(cluster, sweep, [(run, RunSpec.read(run.run_json).to_dict()) for run in ready])
+            with without_array_task_environment():
+                submit_runs(cluster, sweep, [(run, RunSpec.read(run.run_json).to_dict()) for run in ready])
         except UserError as error:
             print(f"isoflop: warning: ready branches not submitted ({error.message}); `isoflop submit` on "
                   f"{sweep.path} submits them", file=sys.stderr)

@@ -28,8 +28,10 @@ import dataclasses
 import types
 import typing
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TypeVar, Union
 
+from isoflop.atomic_files import read_jsonl
 from isoflop.errors import UserError
 
 RecordT = TypeVar("RecordT")
@@ -106,6 +108,32 @@ def record_from_mapping(record_type: type[RecordT], values: Any, kind: str, sour
         except (TypeError, ValueError) as error:
             raise RecordError(f"{source}: not a valid {kind} ({field.name!r}: {error}); {fix}") from None
     return record_type(**arguments)
+
+
+def records_from_jsonl(record_type: type[RecordT], path: Path, kind: str, current: int, fix: str,
+                       unreadable_fix: str = "move it aside") -> list[RecordT]:
+    """Every line of the JSON-lines file ``path`` as a ``record_type`` ([] without the file), oldest
+    first; a torn line (a crash mid-write) is skipped.
+
+    Raises:
+        RecordError: for a line of a version newer than ``current``, or one that is no valid
+            ``kind`` (its fields, or the record's own ``__post_init__`` check), naming the line and ``fix``;
+            for a file that cannot be read, naming it and ``unreadable_fix``.
+    """
+    try:
+        lines = read_jsonl(path)
+    except OSError as error:
+        raise RecordError(f"{path}: cannot read the {kind}s ({error.strerror}); {unreadable_fix}") from None
+    records = []
+    for number, values in enumerate(lines, start=1):
+        source = f"{path} record {number}"
+        if isinstance(values, dict):
+            check_version(values, kind, current, source)
+        try:
+            records.append(record_from_mapping(record_type, values, kind, source, fix=fix))
+        except ValueError as error:  # the record's __post_init__
+            raise RecordError(f"{source}: not a valid {kind} ({error}); {fix}") from None
+    return records
 
 
 def _typed(value: Any, hint: Any, kind: str, source: str) -> Any:

@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from isoflop.atomic_files import append_jsonl, csv_text, finite_or_null, read_jsonl, write_atomic
+from isoflop.atomic_files import append_jsonl, csv_text, finite_or_null, write_atomic
 from isoflop.record_format import (
-    RecordError, check_version, optional_field, record_from_mapping, without_unused_optional_fields,
+    RecordError, check_version, optional_field, record_from_mapping, records_from_jsonl, without_unused_optional_fields,
 )
 
 if TYPE_CHECKING:
@@ -223,21 +223,8 @@ class JobEvent:
         Raises:
             RecordError: for a line of an unknown version or one that is no job event.
         """
-        events = []
-        try:
-            lines = read_jsonl(path)
-        except OSError as error:
-            raise RecordError(f"{path}: cannot read the job events ({error.strerror}); move it aside "
-                              "(the run's scheduler history is then forgotten)") from None
-        for number, values in enumerate(lines, start=1):
-            source = f"{path} record {number}"
-            if isinstance(values, dict):
-                check_version(values, cls.KIND, cls.VERSION, source)
-            try:
-                events.append(record_from_mapping(cls, values, cls.KIND, source, fix="remove that line"))
-            except ValueError as error:  # __post_init__
-                raise RecordError(f"{source}: not a valid {cls.KIND} ({error}); remove that line") from None
-        return events
+        return records_from_jsonl(cls, path, cls.KIND, cls.VERSION, fix="remove that line",
+                                  unreadable_fix="move it aside (the run's scheduler history is then forgotten)")
 
 
 # ---- result.json -----------------------------------------------------------------------------

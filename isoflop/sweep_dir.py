@@ -6,6 +6,7 @@
     study.yaml               the resolved study config (compared on resubmit)
     plan.csv                 the plan, one row per run (schema of `isoflop plan --format csv`)
     trunks.csv               strategy cooldown_branches: the trunks, in plan.csv's schema
+    ladders.jsonl            `isoflop study --adaptive`: how each budget's ladder was placed (isoflop.adaptive_ladder)
     code/<hash>/             snapshot of the packages the jobs import (isoflop, models, kernels)
     submitit/                submitit's pickles and raw stdout/stderr, named by job id
     runs/<run_id>/

@@ -173,9 +173,11 @@ def write_run_specs(sweep: Any, specs: dict[str, Any]) -> None:
             spec.write(run_dir.run_json)
 
 
-def submit_study(composed: Any, root: Path, name: str | None, retry_failed: bool, new: bool) -> Any:
+def submit_study(composed: Any, root: Path, name: str | None, retry_failed: bool, new: bool,
+                 study_plan: Any = None) -> Any:
     """Write (or reuse) the sweep directory of ``composed`` under ``root`` and submit
-    every pending run; returns the :class:`~isoflop.sweep_dir.SweepDir`."""
+    every pending run of ``study_plan`` (default: the study's plan); returns the
+    :class:`~isoflop.sweep_dir.SweepDir`."""
     from isoflop.commands.plan import plan_rows
     from isoflop.forks import write_trunks
     from isoflop.planner import plan
@@ -184,7 +186,7 @@ def submit_study(composed: Any, root: Path, name: str | None, retry_failed: bool
     from isoflop.sweep_dir import SweepDir
 
     study, cluster = composed.study, composed.study.cluster
-    study_plan = plan(study)
+    study_plan = plan(study) if study_plan is None else study_plan
     rows = plan_rows(study_plan.runs)
     path = choose_sweep_path(root, name or study.name, composed.resolved_yaml, name is not None, new)
     sweep, existed = SweepDir(path), SweepDir(path).exists()
