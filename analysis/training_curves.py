@@ -106,7 +106,7 @@ def plot_training_curves(sweep_dir: Path, out_dir: Path) -> dict[str, str]:
                             label=f"end of a run at {budget:.0e} FLOPs") for index, budget in enumerate(budgets))]
         figure.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), frameon=False)
         figure.subplots_adjust(bottom=(0.45 + 0.25 * (len(handles) > 4)) / figure.get_figheight() + 0.06,
-                               right=0.86, hspace=0.35)
+                               top=1.0 - 0.35 / figure.get_figheight(), right=0.86, hspace=0.35)
         colorbar_axes = figure.add_axes((0.89, axes_list[-1, 0].get_position().y0, 0.015,
                                          axes_list[0, 0].get_position().y1 - axes_list[-1, 0].get_position().y0))
         figure.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=colors), cax=colorbar_axes,
