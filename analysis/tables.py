@@ -160,6 +160,8 @@ def expert_usage_grid(runs: pd.DataFrame) -> dict[str, tuple[pd.DataFrame, pd.Da
     routed = runs[runs["expert_usage"].notna() & runs["ffw_n_experts"].notna()]
     grids = {}
     for family, family_runs in routed.groupby("ffw_family", sort=True):
+        if QUERY_NORM_COLUMN not in family_runs.columns or family_runs[QUERY_NORM_COLUMN].isna().any():
+            continue  # Table 2 is of product-key layers, which have a query normalisation setting
         varying = varying_settings(family_runs)
         if "experts" not in varying and QUERY_NORM_COLUMN not in varying:
             continue

@@ -166,13 +166,19 @@ def test_figure_4_puts_the_query_norms_of_a_ladder_in_one_panel(tmp_path: Path) 
 def matched_sweep(root: Path) -> Path:
     """dense, a parameter-matched MoE and a top-K activation on the same three backbones at one budget."""
     runs_dir = root / "runs"
-    methods = {"dense": ({"family": "dense"}, 1.0, 0.0), "sigma_moe": ({"family": "token_choice_moe"}, 1.003, -0.2),
+    methods = {"dense": ({"family": "dense"}, 1.0, 0.0),
+               "sigma_moe": ({"family": "token_choice_moe"}, 1.003, -0.2),
                "topk_activation": ({"family": "topk_activation", "k": 12}, 1.0, 0.3)}
     for size_index, params_total in enumerate((2e4, 4e4, 8e4)):
         for method, (ffw, params_ratio, shift) in methods.items():
             perplexity = 8.0 + 0.5 * (size_index - 1) ** 2 + shift
+            routed = method == "sigma_moe"  # an MoE records its expert usage, as a real run does
+            if routed:  # and its expert count grows with the backbone (Csordás et al. keep the expert size)
+                ffw = {**ffw, "n_experts": 4 * 2 ** size_index}
             write_run(runs_dir, f"{method}-{size_index}", method, ffw, perplexity, params_total * params_ratio,
-                      params_active=params_total * (0.7 if method == "sigma_moe" else 1.0))
+                      params_active=params_total * (0.7 if routed else 1.0),
+                      usage=0.9 if routed else None, unevenness=0.1 if routed else None,
+                      backbone={**BACKBONE, "d_model": 16 * 2 ** size_index})
     return root
 
 
@@ -187,6 +193,7 @@ def test_matched_parameter_table_has_a_row_per_backbone_and_a_column_per_method(
     assert analyze(str(tmp_path / "sweep"), "--bootstrap", "0") == 0
     report = tmp_path / "sweep" / "report"
     assert pd.read_csv(report / "table_matched_params.csv").shape == (3, 6)
+    assert not list(report.glob("table2_*")), "Table 2 is of product-key layers with a query norm setting"
     assert (report / "isoflop_methods.png").stat().st_size > 1000
     assert "| budget | params_total | dense | sigma_moe | topk_activation | best |" in (
         report / "table_matched_params.md").read_text()
