@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from isoflop.flops import model_costs
 from models import build_ffw, build_model
 from models.builder import ffw_module_class
-from models.config import FFW_FAMILIES, ModelConfig
+from models.config import FFW_FAMILIES
 from models.verify import measure_ffw_forward_flops_per_token, measure_forward_flops_per_token
 from model_support import BATCH, SEQ, TINY_BACKBONE, TINY_FFW, tiny_model_config
 

@@ -45,7 +45,6 @@ class PKMFFW(FFWLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, T, d)
-        tokens = x.reshape(-1, self.d_model)  # (M, d)
         key_scores, value_index = self.retrieval(x)  # (M, h, k) each
         scores = router_scores(key_scores, self.config.score)  # (M, h, k)
         self.record_routing(value_index, scores)
