@@ -8,7 +8,7 @@ status 0 if every run completed, 1 if any failed, diverged or was cancelled,
 
 A run that is planned but was never submitted will not start by waiting for
 it, so ``wait`` ends (status 1) with a line saying how many and how to
-submit them, unless an ``isoflop submit`` of this sweep is in progress (it
+submit them once the same runs are planned on two polls in a row, unless an ``isoflop submit`` of this sweep is in progress (it
 holds the sweep's submit lock; the ``debug`` executor trains while holding
 it). Runs whose scheduler could not be asked (``unknown``) are waited for,
 with a warning line whenever the reason changes.
@@ -65,6 +65,7 @@ def follow(sweep: Any, interval: float, output_format: str = "table", timeout: f
 
     interactive = sys.stdout.isatty() and output_format == "table"
     started, last_summary, last_warning = time.monotonic(), None, None
+    seen_planned: set[str] = set()  # run ids that were planned (and not being submitted) at the last poll
     with LiveTable() if interactive else contextlib.nullcontext() as live:
         while True:
             status = sweep_status(sweep)
@@ -77,7 +78,13 @@ def follow(sweep: Any, interval: float, output_format: str = "table", timeout: f
             never_submitted = [row for row in rows if row.state == "planned"]
             if never_submitted and submission_in_progress(sweep):
                 never_submitted = []  # being submitted: wait for them
-            done = all(row.state in TERMINAL or row in never_submitted for row in rows)
+            # One poll reads the files of many runs one after another, so a trunk can look finished while
+            # the branch it has just submitted still looks planned: only the same planned runs on two
+            # polls in a row are taken as never submitted.
+            confirmed = {row.run_id for row in never_submitted} <= seen_planned
+            seen_planned = {row.run_id for row in never_submitted}
+            done = all(row.state in TERMINAL or row in never_submitted for row in rows) and (
+                not never_submitted or confirmed)
             if live is not None:
                 live.show(render(status, output_format))
             elif summary != last_summary or done:
