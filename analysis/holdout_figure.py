@@ -211,7 +211,10 @@ def _draw_zoom(panel: plt.Axes, quantity: str, verdicts: list[HoldoutVerdict], c
                 kinds.add("clipped")
     panel.set_ylim(*window)
     if log_scale:
-        panel.yaxis.set_major_locator(LogLocator(subs=(1.0, 1.25, 1.6, 2.0, 2.5, 3.2, 4.0, 5.0, 6.3, 8.0)))
+        decades = float(np.log10(window[1] / window[0]))  # fewer ticks per decade the more decades: no overlap
+        subs = (1.0, 1.25, 1.6, 2.0, 2.5, 3.2, 4.0, 5.0, 6.3, 8.0) if decades < 0.6 else (
+            (1.0, 2.0, 5.0) if decades < 1.5 else (1.0, 3.0) if decades < 3.0 else (1.0,))
+        panel.yaxis.set_major_locator(LogLocator(subs=subs))
         panel.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
         panel.yaxis.set_minor_formatter(NullFormatter())
     panel.set_xlim(-0.6, len(verdicts_here) - 0.4)
