@@ -42,14 +42,16 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from isoflop.data_sources import (
     NEAR_DUPLICATE_JACCARD, document_is_validation, file_documents, held_out_documents, hub_documents,
-    offline_corpus, resolve_paths,
+    offline_corpus, offline_corpus_files, resolve_paths,
 )
+from isoflop import token_cache
 from isoflop.errors import UserError
 from isoflop.streaming_corpus import StreamingCorpus
 from isoflop.study_config import DataConfig, EvalDatasetConfig
@@ -145,7 +147,28 @@ def _tokenized_split(source: str, paths: tuple[str, ...], text_field: str, token
                      vocab_size: int | None, validation_fraction: float
                      ) -> tuple[np.ndarray, np.ndarray, int, str, ValidationSet]:
     """(train tokens, validation tokens, n_documents, content hash, validation set)
-    of an in-memory corpus; cached per process (tests and sweeps reuse it)."""
+    of an in-memory corpus; cached per process (tests and sweeps reuse it) and on disk
+    for the machine's other processes (:mod:`isoflop.token_cache`)."""
+    files = offline_corpus_files() if source == "offline" else tuple(Path(path) for path in paths)
+    key = token_cache.entry_key({"source": source, "files": token_cache.files_fingerprint(files),
+                                 "text_field": text_field, "tokenizer": tokenizer_name, "vocab_size": vocab_size,
+                                 "validation_fraction": validation_fraction,
+                                 "near_duplicate_jaccard": NEAR_DUPLICATE_JACCARD})
+    cached = token_cache.load(key)
+    if cached is not None:
+        train, validation, split = cached
+        return train, validation, split["n_documents"], split["content_hash"], ValidationSet(**split["validation"])
+    train, validation, n_documents, content_hash, validation_set = _split_corpus(
+        source, paths, text_field, tokenizer_name, vocab_size, validation_fraction)
+    token_cache.store(key, train, validation, {"n_documents": n_documents, "content_hash": content_hash,
+                                               "validation": asdict(validation_set)})
+    return train, validation, n_documents, content_hash, validation_set
+
+
+def _split_corpus(source: str, paths: tuple[str, ...], text_field: str, tokenizer_name: str,
+                  vocab_size: int | None, validation_fraction: float
+                  ) -> tuple[np.ndarray, np.ndarray, int, str, ValidationSet]:
+    """:func:`_tokenized_split` computed: read, tokenize, and split by near-duplicate clusters."""
     tokenizer = build_tokenizer(tokenizer_name, vocab_size)
     if source == "offline":
         texts, corpus_hash = offline_corpus()

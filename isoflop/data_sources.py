@@ -36,18 +36,28 @@ FILE_BUILDERS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "js
 
 
 @lru_cache(maxsize=1)
+def offline_corpus_files() -> tuple[Path, ...]:
+    """The standard library's ``.py`` files of the running interpreter, sorted (no
+    site-packages, dist-packages or __pycache__)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    excluded = {"site-packages", "dist-packages", "__pycache__"}
+    files = []
+    for folder, subfolders, names in os.walk(root):  # pruned: site-packages is not walked at all
+        subfolders[:] = [name for name in subfolders if name not in excluded]
+        files.extend(Path(folder) / name for name in names if name.endswith(".py"))
+    return tuple(sorted(files))
+
+
+@lru_cache(maxsize=1)
 def offline_corpus() -> tuple[tuple[str, ...], str]:
     """The standard library sources: (documents in sorted path order, content hash).
 
     Cached per process (~0.6 s to read and hash).
     """
     root = Path(sysconfig.get_paths()["stdlib"])
-    excluded = {"site-packages", "dist-packages", "__pycache__"}
-    files = sorted(path for path in root.rglob("*.py")
-                   if not excluded.intersection(path.relative_to(root).parts))
     digest = hashlib.sha256()
     documents = []
-    for path in files:
+    for path in offline_corpus_files():
         raw = path.read_bytes()
         digest.update(str(path.relative_to(root)).encode() + b"\0" + raw + b"\0")
         text = raw.decode("utf-8", errors="replace")

@@ -14,6 +14,12 @@ import os
 for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")
 
+# The tokenized-corpus cache (isoflop.token_cache) of the suite's own: shared by the suite's
+# training processes, never the user's ~/.cache.
+import tempfile  # noqa: E402
+
+os.environ.setdefault("ISOFLOP_CACHE_DIR", tempfile.mkdtemp(prefix="isoflop-test-cache-"))
+
 # Triton kernels run on the CPU interpreter when there is no GPU; the variable
 # must be set before anything imports triton (see tests/kernel_support.py).
 import kernel_support  # noqa: E402,F401
