@@ -9,6 +9,8 @@
   2022, approach 2); :mod:`analysis.intervals`: the one rule for their intervals.
 - :mod:`analysis.powerlaw`: N*(C) = G·C^a, D*(C) = H·C^b across budgets, predictions.
 - :mod:`analysis.diagnostics`: where each optimum sits in its sampled sizes.
+- :mod:`analysis.fixed_backbone`: studies on one pinned backbone (one model per method and budget),
+  reported by their runs' losses instead of parabolas.
 - :mod:`analysis.vpnls`, :mod:`analysis.approach3`: L(N, D) = E + A/N^alpha + B/D^beta
   (approach 3) by variable projection, or by L-BFGS.
 - :mod:`analysis.figures`, :mod:`analysis.scaling_figure`, :mod:`analysis.ablations`

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.fixed_backbone import StudyLayout, read_study_layout
 from analysis.formatting import budget_text
 from analysis.options import DEFAULT_EVAL_DATASET, DEFAULT_PARAMS_KIND, METRICS, PARAMS_KINDS, SWEEP_LOSS_UNIT
 from analysis.records import ExcludedRun
@@ -51,7 +52,9 @@ class Collection:
     (a CSV without parameter counts) rather than read. ``loss_unit`` is None when
     unknown (a CSV without ``--loss-unit``). ``group_columns`` are the CSV columns
     that define the groups (the ``method`` column holds their labels);
-    ``warnings`` are printed on stderr and listed in the report.
+    ``warnings`` are printed on stderr and listed in the report. ``layout`` is
+    what the sweep's study.yaml records about its models (None for CSV input or
+    a sweep without one).
     """
 
     runs: pd.DataFrame
@@ -63,6 +66,7 @@ class Collection:
     loss_unit: str | None = SWEEP_LOSS_UNIT
     group_columns: tuple[str, ...] = ()
     warnings: list[str] = field(default_factory=list)
+    layout: StudyLayout | None = None
 
 
 def count_problem(value: float) -> str | None:
@@ -260,7 +264,12 @@ def collect_sweep(sweep_dir: Path | str, params_kind: str = DEFAULT_PARAMS_KIND,
     runs = pd.DataFrame(rows).sort_values(["method", "budget", "params"], ignore_index=True)
     notes = [f"params kind: {params_kind}", f"metric: {metric} on eval dataset {eval_dataset!r}",
              *(note for outcome in outcomes for note in outcome.notes)]
-    return Collection(runs=runs, excluded=excluded, notes=notes, source=str(sweep_dir))
+    try:
+        layout = read_study_layout(sweep_dir)
+    except ValueError as error:
+        layout = None
+        notes.append(f"study.yaml not read ({error}); whether the study pins its backbone is judged from the runs")
+    return Collection(runs=runs, excluded=excluded, notes=notes, source=str(sweep_dir), layout=layout)
 
 
 def to_parquet(frame: pd.DataFrame, path: Path | str) -> Path:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from analysis.options import (ABLATION_BOOTSTRAP_CAP, APPROACH3_METHODS, CONFIDENCE_LEVELS, DEFAULT_BOOTSTRAP,
@@ -135,6 +135,8 @@ class Fits:
     ablations: list = field(default_factory=list)
     matched_params: object = None
     """The table of :mod:`analysis.matched_params` (a DataFrame), or None."""
+    fixed_backbone: object = None
+    """A :class:`analysis.fixed_backbone.FixedBackbone` when the study has one model per method and budget."""
     partial_notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     holdout: list = field(default_factory=list)
@@ -146,6 +148,7 @@ def _fit(args: argparse.Namespace, collection, options: CheckedOptions) -> Fits:
     from analysis.matched_params import matched_parameter_table
     from analysis.diagnostics import off_centre_warnings
     from analysis.fits import fit_all_optima
+    from analysis.fixed_backbone import detect_fixed_backbone
     from analysis.powerlaw import fit_all_power_laws
     from analysis.records import PowerLawFit
 
@@ -161,7 +164,8 @@ def _fit(args: argparse.Namespace, collection, options: CheckedOptions) -> Fits:
     if options.predict_budgets and not any(isinstance(law, PowerLawFit) for law in power_laws):
         raise UserError("--predict needs a power law, i.e. at least 2 budgets with an ok optimum for some method; "
                         "add budgets to the sweep or drop --predict")
-    fits = Fits(optima=optima, power_laws=power_laws, warnings=[*collection.warnings, *off_centre_warnings(optima)])
+    fits = Fits(optima=optima, power_laws=power_laws, warnings=[*collection.warnings, *off_centre_warnings(optima)],
+                fixed_backbone=detect_fixed_backbone(runs, collection.layout))
     if holdout_budget is not None:
         from analysis.holdout import holdout_verdicts
 
@@ -169,7 +173,7 @@ def _fit(args: argparse.Namespace, collection, options: CheckedOptions) -> Fits:
         if all(verdict.prediction is None for verdict in fits.holdout):
             raise UserError(f"--holdout-budget: no group has 2 other budgets with an ok optimum to predict from "
                             f"({fits.holdout[0].note}); add budgets or drop --holdout-budget")
-    if runs["budget"].nunique() < 2:
+    if runs["budget"].nunique() < 2 and fits.fixed_backbone is None:  # a fixed backbone has no power law to miss
         fits.partial_notes.append("a single budget: parabolas and optima only, no power law across budgets (add a second budget)")
     if args.approach3:
         fits.approach3 = fit_all_approach3(runs, "loss", method=args.approach3_method)
@@ -181,7 +185,8 @@ def _fit(args: argparse.Namespace, collection, options: CheckedOptions) -> Fits:
 
 def _write_figures(args: argparse.Namespace, collection, fits: Fits, options: CheckedOptions,
                    out_dir: Path) -> dict[str, str]:
-    """The isoFLOP, scaling and ablation figures; returns PNG name → caption."""
+    """The isoFLOP, scaling and ablation figures; returns PNG name → caption. A fixed backbone has no isoFLOP
+    curves (one size per method and budget): no isoflop.png; its ablation figures are named in ``fits``."""
     from analysis.ablation_figures import plot_ablations
     from analysis.comparison_figure import plot_methods
     from analysis.figures import plot_isoflop
@@ -189,9 +194,11 @@ def _write_figures(args: argparse.Namespace, collection, fits: Fits, options: Ch
     from analysis.scaling_figure import plot_scaling
 
     labels = axis_labels(args, collection)
-    plot_isoflop(collection.runs, fits.optima, out_dir / "isoflop", "metric", labels.value, labels.params,
-                 confidence=options.confidence)
-    figures = {"isoflop.png": "IsoFLOP curves: the fitted metric against model size, one curve per budget"}
+    figures = {}
+    if fits.fixed_backbone is None:
+        plot_isoflop(collection.runs, fits.optima, out_dir / "isoflop", "metric", labels.value, labels.params,
+                     confidence=options.confidence)
+        figures["isoflop.png"] = "IsoFLOP curves: the fitted metric against model size, one curve per budget"
     fitted_laws = [law for law in fits.power_laws if isinstance(law, PowerLawFit)]
     if fitted_laws or any(o.n_opt is not None for o in fits.optima):
         plot_scaling(fits.optima, fitted_laws, out_dir / "scaling", labels.params_kind, options.predict_budgets,
@@ -200,7 +207,10 @@ def _write_figures(args: argparse.Namespace, collection, fits: Fits, options: Ch
     if fits.matched_params is not None:  # the layers compared on shared backbones: every method in one panel
         figures.update(plot_methods(collection.runs, fits.optima, out_dir, labels.value, labels.params))
     dataset = args.eval_dataset or DEFAULT_EVAL_DATASET
-    figures.update(plot_ablations(fits.ablations, out_dir, f"Perplexity on {dataset}", labels.params))
+    ablation_figures = plot_ablations(fits.ablations, out_dir, f"Perplexity on {dataset}", labels.params)
+    figures.update(ablation_figures)
+    if fits.fixed_backbone is not None:
+        fits.fixed_backbone = replace(fits.fixed_backbone, see=tuple(ablation_figures))
     if args.sweep_dir is not None:
         from analysis.training_curves import plot_training_curves
 
@@ -210,19 +220,23 @@ def _write_figures(args: argparse.Namespace, collection, fits: Fits, options: Ch
 
 def _write_tables(collection, fits: Fits, out_dir: Path) -> dict:
     """He 2024 Tables 1 and 2 (a loss table instead of perplexities when the loss unit is unknown), Table 2 in
-    the paper's layout where runs vary N or the query norm, and the matched-parameter table."""
+    the paper's layout where runs vary N or the query norm, and the matched-parameter table. On a fixed backbone,
+    Table 2's files join the ones ``fits.fixed_backbone`` names."""
     from analysis.tables import expert_usage_grid, optimal_run_table, perplexity_columns, usage_table, write_table
 
     runs = collection.runs
     tables = {}
     value_columns = perplexity_columns(runs)
     group_header = "group" if collection.kind == "csv" else "method"
+    fixed = fits.fixed_backbone is not None
+    which_run = (f"each {group_header}'s one run per budget, fixed backbone" if fixed else
+                 f"the compute-optimal run per {group_header} and budget")
     if value_columns:
-        tables["table_perplexity"] = (f"Perplexity of the compute-optimal run per {group_header} and budget (He 2024, Table 1)",
-                                      optimal_run_table(runs, fits.optima, value_columns, group_header))
+        tables["table_perplexity"] = (f"Perplexity of {which_run} (He 2024, Table 1)",
+                                      optimal_run_table(runs, fits.optima, value_columns, group_header, fixed))
     else:
-        tables["table_loss"] = ("Loss of the compute-optimal run per group and budget (loss unit unknown: no perplexity)",
-                                optimal_run_table(runs, fits.optima, {"loss": "loss"}, group_header))
+        tables["table_loss"] = (f"Loss of {which_run} (loss unit unknown: no perplexity)",
+                                optimal_run_table(runs, fits.optima, {"loss": "loss"}, group_header, fixed))
     usage = usage_table(runs)
     if usage is not None:
         tables["table_usage"] = ("Expert usage (percent) and unevenness per configuration and budget (He 2024, Table 2)", usage)
@@ -231,6 +245,9 @@ def _write_tables(collection, fits: Fits, out_dir: Path) -> dict:
         tables[f"table2_{family}"] = (f"{family}: perplexity, expert usage and unevenness by number of experts and "
                                       "query normalisation (He 2024, Table 2 layout)", grid)
         tidy_tables[f"table2_{family}"] = tidy
+    if fits.fixed_backbone is not None:  # Table 2 is the other place a fixed-backbone comparison is made
+        fits.fixed_backbone = replace(fits.fixed_backbone, see=(*fits.fixed_backbone.see,
+                                                                *(f"{stem}.md" for stem in tidy_tables)))
     if fits.matched_params is not None:
         tables["table_matched_params"] = ("Perplexity at equal total parameters and equal compute, one column per "
                                           "method (Csordas et al. 2023)", fits.matched_params)
@@ -273,10 +290,12 @@ def _write(args: argparse.Namespace, collection, fits: Fits, options: CheckedOpt
     labels = axis_labels(args, collection)
     figures.update(write_holdout(fits.optima, fits.holdout, out_dir, labels.value, labels.params_kind, args.metric,
                                  options.confidence))
+    tables = _write_tables(collection, fits, out_dir)  # completes fits.fixed_backbone.see
     result = AnalysisResult(collection=collection, settings=_settings(args, collection, options), optima=fits.optima,
                             optima_table=optima_frame, power_laws=fits.power_laws, approach3=fits.approach3,
-                            figures=figures, tables=_write_tables(collection, fits, out_dir),
-                            partial_notes=fits.partial_notes, warnings=fits.warnings, holdout=fits.holdout)
+                            figures=figures, tables=tables,
+                            partial_notes=fits.partial_notes, warnings=fits.warnings, holdout=fits.holdout,
+                            fixed_backbone=fits.fixed_backbone, value_label=labels.value)
     render_report(result, out_dir)
     return result
 
@@ -310,7 +329,13 @@ def _print_summary(report_path: Path, result, metric: str) -> None:
     unit = "rows" if result.collection.kind == "csv" else "runs"
     print(f"isoflop analyze: {len(result.collection.runs)} {unit} analysed, {len(result.collection.excluded)} excluded; "
           f"report: {report_path}")
-    for optimum in result.optima:
+    if result.fixed_backbone is not None:
+        print(f"  fixed backbone: one model per {'group' if unit == 'rows' else 'method'} and budget, no parabolas to fit")
+        values = result.collection.runs.groupby(["method", "budget"])["metric"].mean()
+        for group in result.fixed_backbone.methods:
+            for budget, value in values[group].items():
+                print(f"  {group:<16} C={budget_text(budget)}  {metric}={value:.4g}")
+    for optimum in result.optima if result.fixed_backbone is None else []:
         budget = budget_text(optimum.budget)
         if optimum.n_opt is None:
             print(f"  {optimum.group:<16} C={budget}  {optimum.status}: no optimum")

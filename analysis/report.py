@@ -3,7 +3,10 @@
 Every excluded run, every fit whose status is not ``ok`` and every interval
 that is not reliable is listed with its reason, so nothing is dropped
 silently. For CSV input the report speaks of rows and groups, not of run
-directories.
+directories. A study on one fixed backbone (:mod:`analysis.fixed_backbone`)
+has no parabolas to fit: the report says so once, in the header, and shows
+each run's metric by method and budget in place of the fits, optima and
+power laws.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.collect import Collection
+from analysis.fixed_backbone import FixedBackbone, value_table
 from analysis.formatting import budget_text, interval_text
 from analysis.holdout_output import holdout_section
 from analysis.intervals import MIN_SIZES_FOR_INTERVAL, MIN_SIZES_FOR_RELIABLE_INTERVAL, MIN_TAIL_REPLICATES
@@ -50,6 +54,8 @@ class AnalysisResult:
     partial_notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     holdout: list = field(default_factory=list)  # analysis.holdout.HoldoutVerdict per group, with --holdout-budget
+    fixed_backbone: FixedBackbone | None = None
+    value_label: str = "Metric"  # what the ``metric`` column holds, with its unit when known
 
 
 def _interval_cell(interval: Interval) -> str:
@@ -66,6 +72,8 @@ def _header(result: AnalysisResult) -> list[str]:
     else:
         lines.append(f"- Runs analysed: {len(runs)} ({runs['method'].nunique()} method(s), {runs['budget'].nunique()} budget(s))")
     lines += [f"- Note: {note}" for note in collection.notes]
+    if result.fixed_backbone is not None:
+        lines.append(f"- **Fixed backbone**: {result.fixed_backbone.sentence(_group_word(result))}.")
     lines += [f"- **Warning**: {warning}" for warning in result.warnings]
     lines += [f"- **Partial report**: {note}" for note in result.partial_notes]
     return lines + [""]
@@ -80,6 +88,20 @@ def _excluded_section(result: AnalysisResult) -> list[str]:
         return lines + ["None: every run directory held a completed result.", ""]
     table = pd.DataFrame([{"run_id": run.run_id, "reason": run.reason} for run in excluded])
     return lines + [f"{len(excluded)} run(s) did not enter the fits:", "", to_markdown(table)]
+
+
+def _group_word(result: AnalysisResult) -> str:
+    return "group" if result.collection.kind == "csv" else "method"
+
+
+def _fixed_backbone_section(result: AnalysisResult) -> list[str]:
+    """Each run's fitted metric by method and budget: the numbers a fixed-backbone study is read for."""
+    word = _group_word(result)
+    table = value_table(result.collection.runs, result.fixed_backbone, "metric", word)
+    order = "in the study's order" if result.fixed_backbone.pinned else "sorted by name"
+    return [f"## {result.value_label} by {word} and budget (fixed backbone)", "",
+            f"One model per {word} ({order}): each cell is its run at that budget (the mean of repeated runs).", "",
+            to_markdown(table)]
 
 
 def _non_ok_section(result: AnalysisResult) -> list[str]:
@@ -175,8 +197,12 @@ def _approach3_section(result: AnalysisResult) -> list[str]:
 
 def render_report(result: AnalysisResult, out_dir: Path) -> Path:
     """Write ``report.md`` into ``out_dir`` and return its path."""
-    lines = _header(result) + _excluded_section(result) + _non_ok_section(result) + _optima_section(result)
-    lines += _power_law_section(result) + holdout_section(result.holdout) + _approach3_section(result)
+    lines = _header(result) + _excluded_section(result)
+    if result.fixed_backbone is not None:
+        lines += _fixed_backbone_section(result)
+    else:
+        lines += _non_ok_section(result) + _optima_section(result) + _power_law_section(result)
+    lines += holdout_section(result.holdout) + _approach3_section(result)
     if result.figures:
         lines += ["## Figures", ""]
         for name, caption in result.figures.items():

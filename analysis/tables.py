@@ -6,7 +6,8 @@ nearest in log10(params) to the fitted optimum N* (the table reports measured
 values, so it needs a run that exists); the ``selection`` column says how the
 run was chosen, including when N* was extrapolated past the sampled sizes (the
 nearest run is then at the edge) and when there is no optimum (the run with
-the lowest metric stands in). For a CSV whose loss unit is unknown, the same
+the lowest metric stands in; on a fixed backbone, :mod:`analysis.fixed_backbone`,
+the method's one run). For a CSV whose loss unit is unknown, the same
 table shows the loss (``table_loss``): a perplexity needs a loss in nats.
 
 ``table_usage``: expert usage (%, share of experts that received at least one
@@ -87,6 +88,10 @@ def write_table(table: pd.DataFrame, stem: Path, caption: str, tidy: pd.DataFram
     return paths
 
 
+FIXED_BACKBONE_SELECTION = "the one run (fixed backbone)"
+"""The ``selection`` of a method's run when the study has one model per method (:mod:`analysis.fixed_backbone`)."""
+
+
 def _selection(optimum: Optimum) -> str:
     """How the compute-optimal run was picked, in words."""
     status = optimum.params_fit.status
@@ -98,10 +103,11 @@ def _selection(optimum: Optimum) -> str:
 
 
 def optimal_run_table(runs: pd.DataFrame, optima: list[Optimum], value_columns: dict[str, str],
-                      group_header: str = "method") -> pd.DataFrame:
+                      group_header: str = "method", fixed_backbone: bool = False) -> pd.DataFrame:
     """He 2024 Table 1: per budget and group, ``value_columns`` (table name → runs column) of the compute-optimal run.
 
-    ``group_header`` names the group column (``method`` for a sweep, ``group`` for CSV groups).
+    ``group_header`` names the group column (``method`` for a sweep, ``group`` for CSV groups). With
+    ``fixed_backbone`` each group has one model, so its run (the lowest metric of repeats) is the one shown.
     """
     rows = []
     for optimum in sorted(optima, key=lambda o: (o.budget, o.group)):
@@ -116,7 +122,7 @@ def optimal_run_table(runs: pd.DataFrame, optima: list[Optimum], value_columns: 
         row: dict[str, object] = {"budget": optimum.budget, group_header: optimum.group, "run_id": run["run_id"],
                                   "params": float(run["params"])}
         row.update({name: float(run[column]) for name, column in value_columns.items()})
-        row["selection"] = _selection(optimum)
+        row["selection"] = FIXED_BACKBONE_SELECTION if fixed_backbone else _selection(optimum)
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -3,17 +3,20 @@
 He 2024 Figure 3a (N on a fixed backbone, from the dense backbone), Figure 3b
 (curves per hk over the heads h), Figure 4 (query norms over a ladder, one
 panel), Table 2 (N x query norm, the paper's layout), and the matched-parameter
-table of Csordás et al. 2023.
+table of Csordás et al. 2023; the report of a study on one fixed backbone, and
+of a ladder study with sizes missing.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from analysis.ablation_figures import experts_figure, heads_figure
 from analysis.ablations import detect_ablations
@@ -36,8 +39,6 @@ def write_run(runs_dir: Path, run_id: str, method: str, ffw: dict, perplexity: f
               params_active: float = 3e4, budget: float = BUDGET, backbone: dict | None = None,
               usage: float | None = None, unevenness: float | None = None) -> None:
     """A completed run with the given facts in its run.json and result.json."""
-    import json
-
     run_dir = runs_dir / run_id
     run_dir.mkdir(parents=True)
     backbone = backbone or BACKBONE
@@ -197,3 +198,68 @@ def test_matched_parameter_table_has_a_row_per_backbone_and_a_column_per_method(
     assert (report / "isoflop_methods.png").stat().st_size > 1000
     assert "| budget | params_total | dense | sigma_moe | topk_activation | best |" in (
         report / "table_matched_params.md").read_text()
+
+
+def fixed_backbone_sweep(root: Path, study_model: dict | None) -> Path:
+    """Dense and PEER with N = 1k and 256 on one backbone at two budgets; a study.yaml with ``study_model`` as its
+    ``model`` settings and the methods in the study's order (none when ``study_model`` is None)."""
+    methods = {"dense": ({"family": "dense"}, 9.0, 2.6e4), "peer_1k": ({**PEER, "n_experts": 1024}, 8.0, 7.5e4),
+               "peer_256": ({**PEER, "n_experts": 256}, 8.5, 3.7e4)}
+    for budget, gain in ((1e11, 0.0), (3e11, 0.5)):
+        for method, (ffw, perplexity, params_total) in methods.items():
+            routed = method != "dense"
+            write_run(root / "runs", f"{method}-{budget:.0e}", method, ffw, perplexity - gain, params_total, budget=budget,
+                      usage=0.9 if routed else None, unevenness=0.5 if routed else None)
+    if study_model is not None:
+        (root / "study.yaml").write_text(yaml.safe_dump({"name": "fig3a", "methods": {m: {} for m in methods},
+                                                         "model": study_model}, sort_keys=False))
+    return root
+
+
+def report_text(sweep: Path) -> str:
+    assert analyze(str(sweep), "--bootstrap", "0") == 0
+    return (sweep / "report" / "report.md").read_text()
+
+
+def test_a_fixed_backbone_study_reports_its_losses_not_failed_fits(tmp_path: Path) -> None:
+    sweep = fixed_backbone_sweep(tmp_path / "pinned", BACKBONE)
+    report = report_text(sweep)
+    assert report.count("- **Fixed backbone**: one model per method and budget (the study pins model.n_layers=2, "
+                        "model.d_model=24, model.n_heads=2); the comparison is over the setting — see "
+                        "[ablation_peer_experts.png](ablation_peer_experts.png), [table2_peer.md](table2_peer.md) "
+                        "and the table below.") == 1
+    table = report.split("## Loss on validation (nats/token) by method and budget (fixed backbone)")[1]
+    rows = [line for line in table.split("\n\n")[2].splitlines()]
+    assert rows[0] == "| method | total params | C = 1e11 | C = 3e11 |"
+    assert rows[2:] == [f"| dense | 26000 | {math.log(9.0):.4g} | {math.log(8.5):.4g} |",  # the study's order
+                        f"| peer_1k | 75000 | {math.log(8.0):.4g} | {math.log(7.5):.4g} |",
+                        f"| peer_256 | 37000 | {math.log(8.5):.4g} | {math.log(8.0):.4g} |"]
+    for failed_fit in ("too_few_points", "Fits that are not ok", "No power law", "Partial report", "isoflop.png"):
+        assert failed_fit not in report, failed_fit
+    assert not (sweep / "report" / "isoflop.png").exists()  # one dot per panel: the ablation figure replaces it
+    assert (sweep / "report" / "ablation_peer_experts.png").is_file()
+
+    unrecorded = report_text(fixed_backbone_sweep(tmp_path / "unrecorded", None))  # no study.yaml: the runs show it
+    assert "(every method has a single model size, the same at every budget)" in unrecorded
+    assert "too_few_points" not in unrecorded and "| peer_1k | 75000 |" in unrecorded.split("| dense |")[1]
+
+
+def test_single_sizes_of_a_ladder_study_are_still_failed_fits(tmp_path: Path) -> None:
+    ladder = fixed_backbone_sweep(tmp_path / "ladder", {"n_layers": None, "d_model": None, "n_heads": None})
+    for method in ("dense", "peer_1k", "peer_256"):  # the ladder's other sizes never finished
+        (ladder / "runs" / f"{method}-big").mkdir()
+        (ladder / "runs" / f"{method}-big" / "run.json").write_text(json.dumps({"run_id": f"{method}-big"}))
+    report = report_text(ladder)
+    assert "Fixed backbone" not in report and "3 run(s) did not enter the fits" in report
+    assert report.count("| too_few_points | 1 |") == 2 * 3 * 2  # params and tokens, 3 methods, 2 budgets
+    assert (ladder / "report" / "isoflop.png").is_file()
+
+    mixed = tmp_path / "mixed"  # no study.yaml; dense over a ladder, PEER at one size
+    write_run(mixed / "runs", "peer", "peer", {**PEER, "n_experts": 1024}, 8.0, 7.5e4)
+    for size in (1e4, 2e4, 4e4, 8e4, 1.6e5):
+        write_run(mixed / "runs", f"dense-{size:.0f}", "dense", {"family": "dense"}, 8.0 + math.log10(size / 4e4) ** 2,
+                  size, params_active=size, backbone={**BACKBONE, "d_model": int(size / 1000)})
+    report = report_text(mixed)
+    assert "Fixed backbone" not in report
+    assert "| peer | 3e11 | loss vs log10(params) | too_few_points | 1 |" in report
+    assert "| dense | 3e11 | ok |" in report
