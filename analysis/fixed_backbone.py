@@ -33,9 +33,7 @@ import yaml
 from analysis.formatting import budget_text
 from isoflop.errors import UserError
 from isoflop.study_config import ModelTemplate
-
-STUDY_FILE = "study.yaml"
-"""The resolved study config a sweep directory holds (:mod:`isoflop.sweep_dir`)."""
+from isoflop.sweep_dir import SweepDir
 
 
 @dataclass(frozen=True)
@@ -56,7 +54,7 @@ def read_study_layout(sweep_dir: Path) -> StudyLayout | None:
     Raises:
         ValueError: study.yaml exists but cannot be read as a study (the message says why).
     """
-    path = Path(sweep_dir) / STUDY_FILE
+    path = SweepDir(Path(sweep_dir)).study_yaml
     if not path.is_file():
         return None
     try:
