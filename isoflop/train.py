@@ -61,6 +61,7 @@ from isoflop.run_records import EvalScores, ParamCounts, RunResult
 from isoflop.planner import per_rank_micro_batch_size
 from isoflop.run_spec import RunSpec
 from isoflop.sweep_dir import RunDir
+from kernels.host_memory import keep_freed_memory
 
 
 def run(spec: RunSpec, run_dir: str | Path) -> RunResult:
@@ -69,6 +70,7 @@ def run(spec: RunSpec, run_dir: str | Path) -> RunResult:
     One process trains a run folder at a time (:func:`isoflop.run_lock.exclusive_writer`);
     a full disk or an unwritable folder is a :class:`UserError` naming the folder.
     """
+    keep_freed_memory()  # each step's large tensors reuse the last step's memory (kernels.host_memory)
     run_dir = RunDir(Path(run_dir).resolve())
     finished = run_dir.result()
     if finished is not None and finished.status == "completed":

@@ -42,6 +42,7 @@ from isoflop.commands.common import (
     write_output_file,
 )
 from isoflop.errors import UserError
+from kernels.host_memory import keep_freed_memory
 from models.builder import build_ffw
 from models.ffw.base import FFWLayer
 from models.ffw.config_base import QUERY_NORM_STATISTICS
@@ -258,6 +259,7 @@ def validate_arguments(args: argparse.Namespace) -> torch.device:
 
 def run(args: argparse.Namespace) -> int:
     device = validate_arguments(args)
+    keep_freed_memory()  # as a training process does (isoflop.train.run)
     print(f"device={device} threads={torch.get_num_threads()} d_model={args.d_model} tokens={args.tokens} "
           f"PEER N={args.n_experts} h={args.heads} k={args.top_k} d_key={args.d_key}", flush=True)
     comparison = compare_peer_to_dense(args, device)

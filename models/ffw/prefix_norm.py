@@ -19,6 +19,7 @@ No matmul: ``FlopCounterMode`` sees none of it, as the accounting assumes.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 from typing import Any
 
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from kernels import compiled
 from kernels.host_memory import empty_on_huge_pages
 
 
@@ -93,6 +95,11 @@ class PrefixNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, query: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                 eps: float) -> torch.Tensor:
+        if compiled_pass(query):
+            out, mean, scale, clamped = compiled_forward(query, weight, bias, eps)
+            ctx.save_for_backward(query, weight, mean, scale, clamped)
+            ctx.bias_dtype = bias.dtype
+            return out
         dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
         x = query.to(dtype)
         batch, length, width = x.shape
@@ -115,6 +122,10 @@ class PrefixNormFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
         query, weight, mean, scale, clamped = ctx.saved_tensors
+        if compiled_pass(query) and mean.is_contiguous():
+            grad_query, weighted = compiled_backward(query, grad_output, weight, mean, scale, clamped)
+            grad_bias = grad_output.sum((0, 1))
+            return grad_query, weighted.sum((0, 1)), grad_bias.to(ctx.bias_dtype), None
         dtype = mean.dtype
         x, grad = query.to(dtype), grad_output.to(dtype)
         batch, length, width = x.shape
@@ -131,6 +142,60 @@ class PrefixNormFunction(torch.autograd.Function):
         scan_(sums, reverse=True)
         grad_query = direct.add_(grad_first).addcmul_(x, grad_second, value=2)
         return grad_query.to(query.dtype), grad_weight.to(weight.dtype), grad_bias.to(ctx.bias_dtype), None
+
+
+@functools.cache
+def _compiled_functions() -> tuple[Any, Any] | None:
+    """``prefix_norm_forward`` and ``prefix_norm_backward`` of ``kernels/prefix_norm.c``, or None."""
+    library = compiled.load("prefix_norm")
+    if library is None:
+        return None
+    sizes = [ctypes.c_int64] * 4  # batch, length, width, block
+    forward, backward = library.prefix_norm_forward, library.prefix_norm_backward
+    forward.argtypes = [ctypes.c_void_p, *sizes, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float,
+                        *[ctypes.c_void_p] * 4]
+    backward.argtypes = [ctypes.c_void_p] * 6 + sizes + [ctypes.c_void_p] * 2
+    forward.restype = backward.restype = ctypes.c_int
+    return forward, backward
+
+
+def compiled_pass(query: torch.Tensor) -> bool:
+    """Whether the C pass (:mod:`kernels.compiled`) computes this query's normalisation: float32 on the CPU."""
+    return (query.device.type == "cpu" and query.dtype == torch.float32 and query.numel() > 0
+            and compiled.enabled() and _compiled_functions() is not None)
+
+
+def compiled_forward(query: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(output, m, r, clamped) of :class:`PrefixNormFunction`'s forward from ``kernels/prefix_norm.c``:
+    one pass over T, bit-identical to the torch path (same blocked sums, same roundings)."""
+    x = query.contiguous()
+    batch, length, width = x.shape
+    weight, bias = (parameter.detach().float().contiguous() for parameter in (weight, bias))
+    output, mean, scale = (torch.empty_like(x) for _ in range(3))
+    clamped = torch.empty(x.shape, dtype=torch.bool)
+    failed = _compiled_functions()[0](x.data_ptr(), batch, length, width, scan_block(length), weight.data_ptr(),
+                                      bias.data_ptr(), eps, output.data_ptr(), mean.data_ptr(), scale.data_ptr(),
+                                      clamped.data_ptr())
+    if failed:
+        raise MemoryError("prefix_norm_forward could not allocate its work memory")
+    return output, mean, scale, clamped
+
+
+def compiled_backward(query: torch.Tensor, grad_output: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor,
+                      scale: torch.Tensor, clamped: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """dL/dquery and x̂·g (to be summed over B, T for dL/dw) from ``kernels/prefix_norm.c``, bit-identical
+    to the torch path of :meth:`PrefixNormFunction.backward`."""
+    x, grad = query.contiguous(), grad_output.float().contiguous()
+    batch, length, width = x.shape
+    weight = weight.detach().float().contiguous()
+    grad_query, weighted = torch.empty_like(x), torch.empty_like(x)
+    failed = _compiled_functions()[1](x.data_ptr(), grad.data_ptr(), weight.data_ptr(), mean.data_ptr(),
+                                      scale.data_ptr(), clamped.data_ptr(), batch, length, width, scan_block(length),
+                                      grad_query.data_ptr(), weighted.data_ptr())
+    if failed:
+        raise MemoryError("prefix_norm_backward could not allocate its work memory")
+    return grad_query, weighted
 
 
 class PrefixQueryNorm(nn.Module):

@@ -45,6 +45,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from kernels.row_topk import row_topk
 from models.ffw.prefix_norm import PrefixQueryNorm
 
 
@@ -131,7 +132,7 @@ class ProductKeySearch(torch.autograd.Function):
         half_index = torch.empty(half_top.shape, dtype=torch.int64, device=query.device)
         for head in range(heads):
             scores = torch.bmm(query[:, head].transpose(0, 1), sub_keys[head].transpose(1, 2))  # (2, M, n)
-            torch.topk(scores, top_k, dim=-1, out=(half_top[head], half_index[head]))
+            row_topk(scores, top_k, out=(half_top[head], half_index[head]))
         best_scores, best_index, best_ranks = best_pairs(half_top, half_index, top_k, sub_keys.shape[2], half_dim=1)
         ctx.save_for_backward(query, sub_keys, half_index, best_ranks)
         ctx.mark_non_differentiable(best_index)
@@ -195,7 +196,7 @@ def best_pairs(half_top: torch.Tensor, half_index: torch.Tensor, top_k: int, n_k
     first_top, second_top = half_top.unbind(half_dim)
     first_rank, second_rank = candidate_pairs(top_k, half_top.device)  # (C,)
     candidate_scores = first_top.index_select(-1, first_rank) + second_top.index_select(-1, second_rank)  # (..., C)
-    best_scores, best = candidate_scores.topk(top_k, dim=-1)  # (..., k)
+    best_scores, best = row_topk(candidate_scores, top_k)  # (..., k)
     best_ranks = torch.stack([first_rank[best], second_rank[best]], dim=half_dim)  # as half_top
     first_index, second_index = half_index.gather(-1, best_ranks).unbind(half_dim)
     return best_scores, first_index * n_keys + second_index, best_ranks
@@ -212,7 +213,7 @@ def product_key_top_k(half_scores: torch.Tensor, top_k: int, half_dim: int = -2)
         scores (k sorted descending) and ids i·n + j, shaped as half_scores without
         ``half_dim`` and with k in place of n. Among exactly tied sums the choice is arbitrary.
     """
-    half_top, half_index = half_scores.topk(top_k, dim=-1)  # (..., k) each, one call for both halves
+    half_top, half_index = row_topk(half_scores, top_k)  # (..., k) each, one call for both halves
     best_scores, best_index, _ = best_pairs(half_top, half_index, top_k, half_scores.shape[-1], half_dim)
     return best_scores, best_index
 
