@@ -39,6 +39,7 @@ from isoflop.study_config import ClusterConfig
 from isoflop.sweep_dir import RunDir, SweepDir
 
 SNAPSHOT_PACKAGES = ("isoflop", "models", "kernels")
+SNAPSHOT_SUFFIXES = (".py", ".c")  # the C kernels are built from the snapshot (kernels/compiled.py)
 SLOT_POLL_SECONDS = 0.5
 SIGNAL_DELAY_S = 120  # SIGUSR2 this long before the time limit: time to checkpoint
 
@@ -52,12 +53,13 @@ def package_version() -> str:
 def snapshot_code(sweep: SweepDir) -> tuple[str, Path]:
     """Copy the packages jobs import into ``code/<hash>/``; returns (hash, folder).
 
-    The hash covers every ``.py`` file's path and bytes, so an unchanged
+    The hash covers every ``.py`` and ``.c`` file's path and bytes, so an unchanged
     checkout reuses its snapshot.
     """
     source_root = Path(__file__).resolve().parents[1]
     files = sorted(path for package in SNAPSHOT_PACKAGES if (source_root / package).is_dir()
-                   for path in (source_root / package).rglob("*.py") if "__pycache__" not in path.parts)
+                   for path in (source_root / package).rglob("*")
+                   if path.suffix in SNAPSHOT_SUFFIXES and "__pycache__" not in path.parts)
     digest = hashlib.sha256()
     for path in files:
         digest.update(str(path.relative_to(source_root)).encode() + b"\0" + path.read_bytes() + b"\0")

@@ -83,6 +83,8 @@ def load(name: str) -> ctypes.CDLL | None:
     source = Path(__file__).with_name(f"{name}.c")
     compiler = shutil.which(os.environ.get("CC", "cc"))
     problem = "no C compiler found ($CC or cc)"
+    if not source.is_file():
+        compiler, problem = None, f"its source {source} is missing"
     if compiler is not None:
         key = hashlib.sha256(source.read_bytes() + repr((FLAGS, platform.machine(), platform.system())).encode())
         target = _folder() / f"{name}-{key.hexdigest()[:16]}.so"

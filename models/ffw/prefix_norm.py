@@ -14,6 +14,13 @@ are blocked scans (:func:`scan_`) of whole rows, so no transposing copy is made 
 2-core test machine a (2048, 2048) transposing copy took ~55 ms, a whole forward+backward
 of this Function ~100 ms, and the (B, F, T) layout needs four such copies).
 
+For float32 on the CPU, forward and backward run instead as one C pass over T each
+(``kernels/prefix_norm.c``, built by :mod:`kernels.compiled`), which adds in the blocked
+scan's order and rounds as the torch ops do (fused multiply-adds exactly where torch's
+``addcmul`` fuses them): its outputs and gradients equal the torch path's bit for bit, in
+about 24 ms instead of 38 ms at (1, 2048, 2048) on the 2-core machine. Other dtypes, other
+devices, ``ISOFLOP_COMPILED_KERNELS=off`` or no C compiler: the torch path below.
+
 No matmul: ``FlopCounterMode`` sees none of it, as the accounting assumes.
 """
 

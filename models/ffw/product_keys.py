@@ -110,7 +110,8 @@ class ProductKeySearch(torch.autograd.Function):
 
     Forward, head by head: the head's sub-key scores q_s·c (2, M, n) come from one batched
     matmul (FLOPs 2·n·d_key per token and head, as counted) and its per-half top-k is taken
-    while they are in cache; no (h, 2, M, n) tensor is kept or allocated. Backward: the
+    while they are in cache (:func:`kernels.row_topk.row_topk`: ``torch.topk``'s exact result,
+    from a C kernel on the CPU); no (h, 2, M, n) tensor is kept or allocated. Backward: the
     gradient of the k best sums goes to the two per-half ranks they came from, is scattered
     into one reused (2, M, n) buffer per head, and the two matmuls of the scores' gradient
     follow (dq = dS c, dc = dS^T q), so the maths is the plain autograd one, in the same
