@@ -236,7 +236,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=count, default=16, help="PEER experts per head k")
     parser.add_argument("--d-key", type=count, default=128, help="PEER query/key width")
     parser.add_argument("--tokens", type=count, default=2048, help="tokens per forward+backward")
-    parser.add_argument("--repeats", type=count, default=5, help="timed repetitions (median reported)")
+    parser.add_argument("--repeats", type=count, default=9, help="timed repetitions, interleaved across the layers (median reported)")
     parser.add_argument("--large-tokens", type=count, default=128, help="tokens for the N = 1024² run")
     parser.add_argument("--skip-large", action="store_true", help="skip the N = 1024² run")
     parser.add_argument("--skip-reference", action="store_true", help="skip the materialising reference backend")
