@@ -24,11 +24,21 @@
 #endif
 
 /* to[f] = first[f] + second[f], or a copy of first when second is null. */
-static inline void add_or_copy(float *restrict to, const float *first, const float *second, int64_t width) {
+static inline void add_or_copy(float *restrict to, const float *restrict first, const float *restrict second,
+                               int64_t width) {
     if (second == 0) {
-        memmove(to, first, sizeof(float) * (size_t)width);
+        memcpy(to, first, sizeof(float) * (size_t)width);
     } else {
         for (int64_t f = 0; f < width; ++f) to[f] = first[f] + second[f];
+    }
+}
+
+/* to[f] = first[f] + to[f] (a running sum), or a copy of first when starting. */
+static inline void accumulate(float *restrict to, const float *restrict first, int starting, int64_t width) {
+    if (starting) {
+        memcpy(to, first, sizeof(float) * (size_t)width);
+    } else {
+        for (int64_t f = 0; f < width; ++f) to[f] = first[f] + to[f];
     }
 }
 
@@ -48,8 +58,8 @@ static void forward_sequence(const float *restrict x, int64_t length, int64_t wi
         if (t < blocked_rows) {
             /* S_t = (sum of the block's rows up to t) + S at the previous block's last row */
             const int first_of_block = t % block == 0;
-            add_or_copy(within_first, row, first_of_block ? 0 : within_first, width);
-            add_or_copy(within_second, square, first_of_block ? 0 : within_second, width);
+            accumulate(within_first, row, first_of_block, width);
+            accumulate(within_second, square, first_of_block, width);
             add_or_copy(sum_first, within_first, t < block ? 0 : work + 5 * width, width);
             add_or_copy(sum_second, within_second, t < block ? 0 : work + 6 * width, width);
             if (t % block == block - 1) {  /* the carry for the next block */
@@ -57,8 +67,8 @@ static void forward_sequence(const float *restrict x, int64_t length, int64_t wi
                 memcpy(work + 6 * width, sum_second, sizeof(float) * (size_t)width);
             }
         } else {
-            add_or_copy(sum_first, row, sum_first, width);
-            add_or_copy(sum_second, square, sum_second, width);
+            accumulate(sum_first, row, 0, width);
+            accumulate(sum_second, square, 0, width);
         }
         float *restrict out_row = out + t * stride, *restrict mean_row = mean + t * stride;
         float *restrict scale_row = scale + t * stride;
@@ -103,8 +113,8 @@ static void backward_sequence(const float *restrict x, const float *restrict gra
         }
         /* R_t = sum_{s>=t} dS_s, formed as scan_(reverse=True) forms it */
         if (t >= blocked_rows) {  /* the last T mod C rows: v + R_{t+1}, v alone at T-1 */
-            add_or_copy(later_first, own_first, t == length - 1 ? 0 : later_first, width);
-            add_or_copy(later_second, own_second, t == length - 1 ? 0 : later_second, width);
+            accumulate(later_first, own_first, t == length - 1, width);
+            accumulate(later_second, own_second, t == length - 1, width);
         } else {
             const int last_of_block = t % block == block - 1, last_block = t / block == blocks - 1;
             if (last_of_block && !last_block) {  /* the later block's first row, fully carried */
@@ -113,8 +123,13 @@ static void backward_sequence(const float *restrict x, const float *restrict gra
             }
             /* the suffix within the block; the last block's last row takes the rest's total */
             const int alone = last_of_block && !(last_block && blocked_rows < length);
-            add_or_copy(within_first, own_first, alone ? 0 : last_of_block ? later_first : within_first, width);
-            add_or_copy(within_second, own_second, alone ? 0 : last_of_block ? later_second : within_second, width);
+            if (last_of_block && !alone) {
+                add_or_copy(within_first, own_first, later_first, width);
+                add_or_copy(within_second, own_second, later_second, width);
+            } else {
+                accumulate(within_first, own_first, alone, width);
+                accumulate(within_second, own_second, alone, width);
+            }
             add_or_copy(later_first, within_first, last_block ? 0 : carry_first, width);
             add_or_copy(later_second, within_second, last_block ? 0 : carry_second, width);
         }
@@ -139,32 +154,19 @@ static int64_t piece_start(int64_t piece, int64_t pieces, int64_t width) {
     return piece == pieces ? width : width / 64 * piece / pieces * 64;
 }
 
-/* Returns 0, or 1 when work memory could not be allocated (the outputs are then incomplete). */
-int prefix_norm_forward(const float *x, int64_t batch, int64_t length, int64_t width, int64_t block,
-                        const float *weight, const float *bias, float eps, float *out, float *mean, float *scale,
-                        uint8_t *clamped) {
-    const int64_t pieces = column_pieces(width);
-    int failed = 0;
-#pragma omp parallel for schedule(static) reduction(|| : failed)
-    for (int64_t task = 0; task < batch * pieces; ++task) {
-        const int64_t b = task / pieces, piece = task % pieces;
-        const int64_t start = piece_start(piece, pieces, width), end = piece_start(piece + 1, pieces, width);
-        float *work = malloc(sizeof(float) * 7 * (size_t)(end - start));
-        if (work == 0) {
-            failed = 1;
-            continue;
-        }
-        const int64_t offset = b * length * width + start;
-        forward_sequence(x + offset, length, end - start, width, block, weight + start, bias + start, eps,
-                         out + offset, mean + offset, scale + offset, clamped + offset, work);
-        free(work);
-    }
-    return failed;
-}
+/* The arrays of one pass: inputs and outputs of forward (x, weight, bias -> out, mean, scale,
+ * clamped) or of backward (x, grad, weight, mean, scale, clamped -> grad_query, weighted). */
+typedef struct {
+    const float *x, *grad, *weight, *bias;
+    float *out, *mean, *scale, *grad_query, *weighted;
+    uint8_t *clamped;
+    float eps;
+} Arrays;
 
-int prefix_norm_backward(const float *x, const float *grad, const float *weight, const float *mean,
-                         const float *scale, const uint8_t *clamped, int64_t batch, int64_t length, int64_t width,
-                         int64_t block, float *grad_query, float *weighted) {
+/* Runs forward or backward over every (sequence, column range) piece on the OpenMP threads.
+ * Returns 0, or 1 when work memory could not be allocated (the outputs are then incomplete). */
+static int run_pieces(const Arrays *arrays, int backward, int64_t batch, int64_t length, int64_t width,
+                      int64_t block) {
     const int64_t pieces = column_pieces(width);
     int failed = 0;
 #pragma omp parallel for schedule(static) reduction(|| : failed)
@@ -176,10 +178,34 @@ int prefix_norm_backward(const float *x, const float *grad, const float *weight,
             failed = 1;
             continue;
         }
-        const int64_t offset = b * length * width + start;
-        backward_sequence(x + offset, grad + offset, weight + start, mean + offset, scale + offset, clamped + offset,
-                          length, end - start, width, block, grad_query + offset, weighted + offset, work);
+        const int64_t at = b * length * width + start;
+        const Arrays *a = arrays;
+        if (backward) {
+            backward_sequence(a->x + at, a->grad + at, a->weight + start, a->mean + at, a->scale + at,
+                              a->clamped + at, length, end - start, width, block, a->grad_query + at,
+                              a->weighted + at, work);
+        } else {
+            forward_sequence(a->x + at, length, end - start, width, block, a->weight + start, a->bias + start,
+                             a->eps, a->out + at, a->mean + at, a->scale + at, a->clamped + at, work);
+        }
         free(work);
     }
     return failed;
+}
+
+/* Returns 0, or 1 when work memory could not be allocated (the outputs are then incomplete). */
+int prefix_norm_forward(const float *x, int64_t batch, int64_t length, int64_t width, int64_t block,
+                        const float *weight, const float *bias, float eps, float *out, float *mean, float *scale,
+                        uint8_t *clamped) {
+    const Arrays arrays = {x, 0, weight, bias, out, mean, scale, 0, 0, clamped, eps};
+    return run_pieces(&arrays, 0, batch, length, width, block);
+}
+
+/* Returns 0, or 1 when work memory could not be allocated (the outputs are then incomplete). */
+int prefix_norm_backward(const float *x, const float *grad, const float *weight, const float *mean,
+                         const float *scale, const uint8_t *clamped, int64_t batch, int64_t length, int64_t width,
+                         int64_t block, float *grad_query, float *weighted) {
+    const Arrays arrays = {x, grad, weight, 0, 0, (float *)mean, (float *)scale, grad_query, weighted,
+                           (uint8_t *)clamped, 0.0f};
+    return run_pieces(&arrays, 1, batch, length, width, block);
 }
