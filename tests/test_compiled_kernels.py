@@ -154,7 +154,11 @@ def test_product_key_layers_train_the_same_with_and_without_the_kernels(monkeypa
 def test_a_corrupt_library_is_built_again(fresh_build_folder) -> None:
     assert compiled.load("row_topk") is not None
     (library,) = compiled._folder().glob("row_topk-*.so")
-    library.write_bytes(b"not a shared library")  # e.g. cut short by a full disk
+    # e.g. cut short by a full disk; written beside and renamed, as truncating the file this
+    # process has mapped would crash it
+    corrupt = library.with_name("corrupt.tmp")
+    corrupt.write_bytes(b"not a shared library")
+    os.replace(corrupt, library)
     # a new process (this one keeps the first library loaded under that path)
     check = "import torch; from kernels import compiled; assert compiled.load('row_topk') is not None"
     subprocess.run([sys.executable, "-c", check], check=True, env=os.environ.copy())

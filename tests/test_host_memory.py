@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import resource
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,18 +16,47 @@ THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 PAGES = 64 * 2**20 // 4096  # 4 KiB pages in 64 MiB
 
 
-def faults_to_fill(make: object) -> int:
+FAULTS_SCRIPT = """
+import resource, sys, torch
+from kernels.host_memory import empty_on_huge_pages, keep_freed_memory
+
+def faults_to_fill(make):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    make().fill_(1.0)  # type: ignore[operator]
+    make().fill_(1.0)
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+    faults_to_fill(lambda: torch.empty(16 * 2**20))  # made and freed once
+print(faults_to_fill(lambda: torch.empty(16 * 2**20)), faults_to_fill(lambda: empty_on_huge_pages(16 * 2**20)))
+"""
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or not THP_SETTING.exists()
-                    or "[never]" in THP_SETTING.read_text(), reason="needs Linux transparent huge pages")
+needs_huge_pages = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not THP_SETTING.exists() or "[never]" in THP_SETTING.read_text(),
+    reason="needs Linux transparent huge pages")
+
+
+def faults_in_fresh_process(mode: str) -> tuple[int, int]:
+    """Minor page faults to fill a fresh 64 MiB tensor: plain, then on huge pages, in a new process
+    (this one's malloc has been through earlier tests, perhaps with :func:`keep_freed_memory`)."""
+    environment = {name: value for name, value in os.environ.items() if name != "THP_MEM_ALLOC_ENABLE"}
+    output = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT, mode], capture_output=True, text=True,
+                            check=True, env=environment).stdout
+    plain, huge = output.split()
+    return int(plain), int(huge)
+
+
+@needs_huge_pages
 def test_a_fresh_64_mib_tensor_on_huge_pages_faults_in_2_mib_pages() -> None:
-    if not os.environ.get("THP_MEM_ALLOC_ENABLE"):  # else PyTorch advises every large tensor itself
-        assert faults_to_fill(lambda: torch.empty(16 * 2**20)) > PAGES // 2, "glibc maps 64 MiB afresh, 4 KiB a time"
-    assert faults_to_fill(lambda: empty_on_huge_pages(16 * 2**20)) < PAGES // 16
+    plain, huge = faults_in_fresh_process("fresh")
+    assert plain > PAGES // 2, "glibc maps 64 MiB afresh, 4 KiB a time"
+    assert huge < PAGES // 16
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_kept_freed_memory_is_reused_without_faulting_it_in_again() -> None:
+    plain, _ = faults_in_fresh_process("keep")
+    assert plain < PAGES // 16  # the freed 64 MiB, still mapped
 
 
 def test_small_and_non_cpu_tensors_are_plain_empty_tensors() -> None:
