@@ -73,12 +73,15 @@ def keep_freed_memory() -> bool:
     A training step makes and frees the same large tensors every step (a PEER layer's table
     gradients, its query-sized buffers). Above malloc's mmap threshold each is a fresh mapping,
     faulted in again every step (see the module docstring); with the threshold and the trim
-    threshold at 1 GiB, a freed block stays in the heap and the next step's tensor reuses it,
-    already mapped. Measured on the 2-core test machine, PEER layer forward+backward at
-    d = 256, N = 256², 2048 tokens: 192–205 ms before, 176–185 ms after, and the spread of
-    repeated steps shrinks. Results are unchanged (only where memory comes from changes); a
-    process keeps up to 1 GiB of freed memory. Call it once, early; returns whether glibc
-    took both settings (False elsewhere, e.g. macOS or musl, where nothing changes).
+    threshold at 1 GiB, freed blocks stay in the heap, which grows to a step's working size and
+    is then reused, already mapped (a single block is not always reused at once: small
+    allocations can split it). Measured: 20 steps each making three 64 MiB tensors fault in
+    60 x 64 MiB before and 8–9 x 64 MiB after (tests/test_host_memory.py); a PEER layer's
+    forward+backward at d = 256, N = 256², 2048 tokens on the 2-core test machine: 192–205 ms
+    before, 176–185 ms after, with a smaller spread between repeated steps. Results are
+    unchanged (only where memory comes from changes); a process keeps up to 1 GiB of freed
+    memory. Call it once, early; returns whether glibc took both settings (False elsewhere,
+    e.g. macOS or musl, where nothing changes).
     """
     if not sys.platform.startswith("linux"):
         return False
