@@ -2,20 +2,27 @@
 
 A few CPU hot spots of the product-key layers are loops that PyTorch runs as many
 small or unfused ops (``row_topk.c``: top-k of short rows; ``prefix_norm.c``: the
-causal query normalisation); each is a plain C file with no Python or torch headers,
-so it builds in well under a second with the system's C compiler (``$CC``, else
-``cc``): ``-O3 -fno-math-errno -ffp-contract=off`` (a product and a sum are rounded each on its own, as
-PyTorch's elementwise ops round them, unless the C asks for ``fmaf``), with Haswell
-(AVX2 + FMA) and generic clones on x86-64, chosen when loaded, and ``-fopenmp`` where the
-compiler has it. The library then shares PyTorch's OpenMP runtime and its threads: PyTorch's
-Linux wheels load their ``libgomp.so.1`` into the global namespace, and the loader gives
-this library the one already loaded under that name. (Threads of its own would compete with
-PyTorch's, which keep spinning for a while after each parallel op; on the 2-core machine two
-such threads made a PEER step slower than one.) The library goes to ``<cache>/compiled/<name>-<hash>.so``, the cache folder of
-:mod:`isoflop.token_cache` (``$ISOFLOP_CACHE_DIR`` or ``~/.cache/isoflop``; a private
-temporary folder when that is off or not writable). The hash covers the source, the
-flags and the machine type; the file is renamed into place whole, so processes that
-compile at once never load half a library, and one that does not load is built again.
+causal query normalisation). Each is a plain C file with no Python or torch
+headers, so it builds in about a second with the system's C compiler (``$CC``,
+else ``cc``) and these flags:
+
+- ``-O3 -fno-math-errno -ffp-contract=off``: a product and a sum are rounded each
+  on its own, as PyTorch's elementwise ops round them, unless the C asks for
+  ``fmaf``;
+- Haswell (AVX2 + FMA) and generic clones on x86-64, chosen when loaded;
+- ``-fopenmp`` where the compiler has it. The library then shares PyTorch's OpenMP
+  runtime and threads: PyTorch's Linux wheels load their ``libgomp.so.1`` into the
+  global namespace, and the loader gives this library the one already loaded under
+  that name. (Threads of its own would compete with PyTorch's, which keep spinning
+  for a while after each parallel op; on the 2-core machine two such threads made a
+  PEER step slower than one.)
+
+The library goes to ``<cache>/compiled/<name>-<hash>.so`` in the cache folder of
+:mod:`isoflop.token_cache` (``$ISOFLOP_CACHE_DIR`` or ``~/.cache/isoflop``; a
+private temporary folder, removed at exit, when that is off or not writable). The
+hash covers the source, the flags and the machine type; the file is renamed into
+place whole, so processes that compile at once never load half a library, and one
+that does not load is built again.
 
 Where a library cannot be built or loaded (no compiler), :func:`load` warns once and
 returns None, and its callers run their PyTorch path (same results, slower).
@@ -24,6 +31,7 @@ returns None, and its callers run their PyTorch path (same results, slower).
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import functools
 import hashlib
@@ -59,7 +67,9 @@ def _folder() -> Path:
                 return folder
         except OSError:
             pass
-    return Path(tempfile.mkdtemp(prefix="isoflop-compiled-"))
+    folder = Path(tempfile.mkdtemp(prefix="isoflop-compiled-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # a loaded library stays mapped when unlinked
+    return folder
 
 
 def _build(compiler: str, source: Path, target: Path) -> None:
