@@ -81,7 +81,9 @@ def _build(compiler: str, source: Path, target: Path) -> None:
                                     capture_output=True, timeout=120)
             if result.returncode == 0:
                 break
-        result.check_returncode()
+        if result.returncode != 0:
+            message = result.stderr.decode(errors="replace").strip().splitlines()
+            raise subprocess.SubprocessError(f"{compiler} failed: {message[-1] if message else result.returncode}")
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)

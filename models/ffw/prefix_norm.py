@@ -131,8 +131,8 @@ class PrefixNormFunction(torch.autograd.Function):
         query, weight, mean, scale, clamped = ctx.saved_tensors
         if compiled_pass(query) and mean.is_contiguous():
             grad_query, weighted = compiled_backward(query, grad_output, weight, mean, scale, clamped)
-            grad_bias = grad_output.sum((0, 1))
-            return grad_query, weighted.sum((0, 1)), grad_bias.to(ctx.bias_dtype), None
+            grad_weight, grad_bias = weighted.sum((0, 1)), grad_output.float().sum((0, 1))
+            return grad_query, grad_weight.to(weight.dtype), grad_bias.to(ctx.bias_dtype), None
         dtype = mean.dtype
         x, grad = query.to(dtype), grad_output.to(dtype)
         batch, length, width = x.shape
