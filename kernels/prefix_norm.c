@@ -49,7 +49,8 @@ static void forward_sequence(const float *restrict x, int64_t length, int64_t wi
                              const float *restrict weight, const float *restrict bias, float eps, float *restrict out,
                              float *restrict mean, float *restrict scale, uint8_t *restrict clamped, float *work) {
     float *within_first = work, *within_second = work + width, *sum_first = work + 2 * width,
-          *sum_second = work + 3 * width, *square = work + 4 * width;
+          *sum_second = work + 3 * width, *square = work + 4 * width, *carry_first = work + 5 * width,
+          *carry_second = work + 6 * width;
     const int64_t blocked_rows = length / block * block;
     for (int64_t t = 0; t < length; ++t) {
         const float *restrict row = x + t * stride;
@@ -60,11 +61,11 @@ static void forward_sequence(const float *restrict x, int64_t length, int64_t wi
             const int first_of_block = t % block == 0;
             accumulate(within_first, row, first_of_block, width);
             accumulate(within_second, square, first_of_block, width);
-            add_or_copy(sum_first, within_first, t < block ? 0 : work + 5 * width, width);
-            add_or_copy(sum_second, within_second, t < block ? 0 : work + 6 * width, width);
+            add_or_copy(sum_first, within_first, t < block ? 0 : carry_first, width);
+            add_or_copy(sum_second, within_second, t < block ? 0 : carry_second, width);
             if (t % block == block - 1) {  /* the carry for the next block */
-                memcpy(work + 5 * width, sum_first, sizeof(float) * (size_t)width);
-                memcpy(work + 6 * width, sum_second, sizeof(float) * (size_t)width);
+                memcpy(carry_first, sum_first, sizeof(float) * (size_t)width);
+                memcpy(carry_second, sum_second, sizeof(float) * (size_t)width);
             }
         } else {
             accumulate(sum_first, row, 0, width);

@@ -20,11 +20,8 @@
 #define VECTOR_CLONES
 #endif
 
-static inline int beats(float candidate, float incumbent) {
-    return candidate > incumbent || (candidate != candidate && incumbent == incumbent);
-}
-
-/* Insertion into a sorted buffer of k: the path for short rows. */
+/* Insertion into a sorted buffer of k: the path for short rows (a row holding a NaN comes out
+ * in no particular order; has_tie flags it). */
 static void insertion_top_k(const float *scores, int64_t columns, int64_t k, float *values, int64_t *indices) {
     int64_t filled = 0;
     for (int64_t column = 0; column < columns; ++column) {
@@ -32,12 +29,12 @@ static void insertion_top_k(const float *scores, int64_t columns, int64_t k, flo
         int64_t slot;
         if (filled < k) {
             slot = filled++;
-        } else if (beats(score, values[k - 1])) {
+        } else if (score > values[k - 1]) {
             slot = k - 1;
         } else {
             continue;
         }
-        while (slot > 0 && beats(score, values[slot - 1])) {
+        while (slot > 0 && score > values[slot - 1]) {
             values[slot] = values[slot - 1];
             indices[slot] = indices[slot - 1];
             --slot;
