@@ -39,7 +39,7 @@ from isoflop.study_config import ClusterConfig
 from isoflop.sweep_dir import RunDir, SweepDir
 
 SNAPSHOT_PACKAGES = ("isoflop", "models", "kernels")
-SNAPSHOT_SUFFIXES = (".py", ".c")  # the C kernels are built from the snapshot (kernels/compiled.py)
+SNAPSHOT_SUFFIXES = (".py", ".c", ".h")  # the C kernels are built from the snapshot (kernels/compiled.py)
 SLOT_POLL_SECONDS = 0.5
 SIGNAL_DELAY_S = 120  # SIGUSR2 this long before the time limit: time to checkpoint
 
@@ -53,7 +53,7 @@ def package_version() -> str:
 def snapshot_code(sweep: SweepDir) -> tuple[str, Path]:
     """Copy the packages jobs import into ``code/<hash>/``; returns (hash, folder).
 
-    The hash covers every ``.py`` and ``.c`` file's path and bytes, so an unchanged
+    The hash covers every ``.py``, ``.c`` and ``.h`` file's path and bytes, so an unchanged
     checkout reuses its snapshot.
     """
     source_root = Path(__file__).resolve().parents[1]

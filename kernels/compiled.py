@@ -9,7 +9,8 @@ else ``cc``) and these flags:
 - ``-O3 -fno-math-errno -ffp-contract=off``: a product and a sum are rounded each
   on its own, as PyTorch's elementwise ops round them, unless the C asks for
   ``fmaf``;
-- Haswell (AVX2 + FMA) and generic clones on x86-64, chosen when loaded;
+- x86-64-v3 (AVX2 + FMA) and generic clones on x86-64, chosen by the CPU's
+  features when loaded (``vector_clones.h``);
 - ``-fopenmp`` where the compiler has it. The library then shares PyTorch's OpenMP
   runtime and threads: PyTorch's Linux wheels load their ``libgomp.so.1`` into the
   global namespace, and the loader gives this library the one already loaded under
@@ -98,7 +99,9 @@ def load(name: str) -> ctypes.CDLL | None:
     if not source.is_file():
         compiler, problem = None, f"its source {source} is missing"
     if compiler is not None:
-        key = hashlib.sha256(source.read_bytes() + repr((FLAGS, platform.machine(), platform.system())).encode())
+        headers = b"".join(header.read_bytes() for header in sorted(source.parent.glob("*.h")))
+        key = hashlib.sha256(source.read_bytes() + headers
+                             + repr((FLAGS, platform.machine(), platform.system())).encode())
         target = _folder() / f"{name}-{key.hexdigest()[:16]}.so"
         for attempt in range(2):  # a library that does not load (e.g. truncated) is built again once
             try:

@@ -17,11 +17,7 @@
 #include <omp.h>
 #endif
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define VECTOR_CLONES __attribute__((target_clones("arch=haswell", "default")))
-#else
-#define VECTOR_CLONES
-#endif
+#include "vector_clones.h"
 
 /* to[f] = first[f] + second[f], or a copy of first when second is null. */
 static inline void add_or_copy(float *restrict to, const float *restrict first, const float *restrict second,

@@ -14,11 +14,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define VECTOR_CLONES __attribute__((target_clones("arch=haswell", "default")))
-#else
-#define VECTOR_CLONES
-#endif
+#include "vector_clones.h"
 
 /* Insertion into a sorted buffer of k: the path for short rows (a row holding a NaN comes out
  * in no particular order; has_tie flags it). */

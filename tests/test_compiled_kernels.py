@@ -172,3 +172,17 @@ def test_without_a_compiler_everything_falls_back_with_one_warning(fresh_build_f
     with pytest.warns(RuntimeWarning, match="'prefix_norm' unavailable"):
         assert not prefix_norm.compiled_pass(torch.zeros(1, 4, 8))
     assert_same_topk(torch.randn(8, 256), 16)
+
+
+def test_a_changed_header_builds_a_new_library(fresh_build_folder, tmp_path, monkeypatch) -> None:
+    sources = tmp_path / "kernels"
+    sources.mkdir()
+    for name in ("row_topk.c", "vector_clones.h"):
+        shutil.copy(os.path.join(os.path.dirname(compiled.__file__), name), sources / name)
+    monkeypatch.setattr(compiled, "__file__", str(sources / "compiled.py"))
+    assert compiled.load("row_topk") is not None
+    with (sources / "vector_clones.h").open("a") as header:
+        header.write("/* changed */\n")
+    compiled.load.cache_clear()
+    assert compiled.load("row_topk") is not None
+    assert len(list(compiled._folder().glob("row_topk-*.so"))) == 2

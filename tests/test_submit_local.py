@@ -28,7 +28,8 @@ def test_local_sweep_completes_and_resubmitting_submits_nothing(tmp_path: Path, 
         assert {"run.json", "jobs.jsonl", "metrics.jsonl", "result.json"} <= {p.name for p in run_dir.iterdir()}
         submitted = [e for e in events(run_dir) if e["event"] == "submitted"]
         assert len(submitted) == 1 and (sweep / "code" / submitted[0]["code_hash"] / "isoflop").is_dir()
-        assert (sweep / "code" / submitted[0]["code_hash"] / "kernels" / "row_topk.c").is_file()  # C kernels too
+        kernel_sources = sweep / "code" / submitted[0]["code_hash"] / "kernels"
+        assert (kernel_sources / "row_topk.c").is_file() and (kernel_sources / "vector_clones.h").is_file()  # C kernels too
         started = [e for e in events(run_dir) if e["event"] == "started"]
         assert started[0]["code"] == str(sweep / "code" / submitted[0]["code_hash"])  # ran the snapshot
     assert isoflop("submit", "--sweep", SWEEP, "--root", tmp_path, "cluster=local") == 0
