@@ -5,7 +5,9 @@ final norm -> LM head -> logits (B, T, V).
 
 Block: x = x + Attention(Norm(x)); x = x + FFW(Norm(x)). Attention is causal
 multi-head self-attention through ``F.scaled_dot_product_attention`` with
-rotary (Su et al. 2021) or learned absolute positions. No linear layer has a
+rotary (Su et al. 2021) or learned absolute positions; on the CPU in float32,
+the same computation in C, which rotates the queries and keys as it reads them
+(``kernels/causal_attention.py``). No linear layer has a
 bias (the accounting in ``isoflop/flops.py`` assumes none). Norms are RMSNorm
 (weight only, d params) or LayerNorm (weight and bias, 2·d).
 
@@ -17,9 +19,9 @@ the registry (``models/registry.py``).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from kernels.causal_attention import causal_attention
 from models.config import BackboneConfig, ModelConfig
 from models.ffw.base import FFWLayer, residual_std
 
@@ -36,7 +38,8 @@ def rotary_tables(positions: int, head_dim: int, device: torch.device) -> tuple[
     """The angles t·θ_i, θ_i = base^(-2i/D), as float32 tables (T, D) for :func:`apply_rotary`:
     (cos, cos) and (-sin, sin) for each pair (2i, 2i+1) of a head's features.
 
-    Computed once per model forward and shared by every block's :func:`apply_rotary`.
+    Computed once per model forward and shared by every block's attention (:func:`apply_rotary`,
+    or the C attention that applies the same formula as it reads the queries and keys).
     """
     inverse_frequency = ROTARY_BASE ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32)
                                         / head_dim)  # (D/2,)
@@ -80,16 +83,19 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor,
                 rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Attention output (B, T, d) of ``x`` (B, T, d); ``rotary``: the forward's
-        :func:`rotary_tables` (computed here when None and the positions are rotary)."""
+        :func:`rotary_tables` (computed here when None and the positions are rotary), with which
+        ``causal_attention`` applies :func:`apply_rotary` to the queries and keys."""
         batch, positions, d_model = x.shape  # (B, T, d)
         query, key, value = self.qkv(x).split(d_model, dim=-1)  # (B, T, d) each
         shape = (batch, positions, self.n_heads, d_model // self.n_heads)
         query, key, value = (t.view(shape).transpose(1, 2) for t in (query, key, value))  # (B, H, T, D)
-        if self.rotary:
-            if rotary is None:
-                rotary = rotary_tables(positions, d_model // self.n_heads, x.device)
-            query, key = apply_rotary(query, rotary), apply_rotary(key, rotary)
-        attended = F.scaled_dot_product_attention(query, key, value, is_causal=True)  # (B, H, T, D)
+        if not self.rotary:
+            rotary = None
+        elif rotary is None:
+            rotary = rotary_tables(positions, d_model // self.n_heads, x.device)
+        # (B, H, T, D); query and key rotated as apply_rotary rotates them (by the C kernels, which
+        # read them rotated, on the CPU in fp32; by apply_rotary, then SDPA, elsewhere)
+        attended = causal_attention(query, key, value, rotary)
         return self.proj(attended.transpose(1, 2).reshape(batch, positions, d_model))  # (B, T, d)
 
 
