@@ -34,7 +34,7 @@ itself (T²/2 floats per (batch, head)) made backward alone 1.6x faster but whol
 no faster (medians of interleaved steps, one and two threads), so it is not kept.
 
 Rotary positions (``rotary``, the (cos, signed_sin) tables of
-``models.transformer.rotary_tables``): the C rotates the queries and keys as it copies them into
+``kernels.rotary.rotary_tables``): the C rotates the queries and keys as it copies them into
 its work memory, x[d] cos[d] + x[d ^ 1] signed_sin[d], and its backward turns the gradients g of
 the rotated ones into those of the inputs, g[d] cos[d] + g[d ^ 1] signed_sin[d ^ 1]: two
 products and their sum, each rounded, as ``apply_rotary`` and its autograd backward (g * cos
@@ -84,6 +84,7 @@ from torch.autograd.function import once_differentiable
 
 from kernels import compiled
 from kernels.host_memory import empty_on_huge_pages
+from kernels.rotary import apply_rotary
 
 MAX_LENGTH = 1024  # longer sequences take SDPA: the C loops are not blocked for the caches (1.15x at T = 4096)
 
@@ -187,7 +188,7 @@ def causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
 
     Args:
         query, key, value: (B, H, T, D) tensors, any strides.
-        rotary: the (cos, signed_sin) tables of ``models.transformer.rotary_tables`` for (T, D), or None.
+        rotary: the (cos, signed_sin) tables of ``kernels.rotary.rotary_tables`` for (T, D), or None.
     Returns:
         The attention output (B, H, T, D), contiguous: C kernels for CPU float32 (:func:`uses_compiled`), the
         rotation read into them, bit for bit ``causal_attention(apply_rotary(query, rotary),
@@ -196,9 +197,6 @@ def causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     compiled_path = uses_compiled(query, key, value)
     tables = None if rotary is None or not compiled_path else _fused_tables(query, rotary)
     if rotary is not None and tables is None:
-        # imported here: models.transformer imports this module
-        from models.transformer import apply_rotary
-
         query, key = apply_rotary(query, rotary), apply_rotary(key, rotary)
     if not compiled_path:
         return F.scaled_dot_product_attention(query, key, value, is_causal=True)

@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from kernels import causal_attention as attention_module
 from kernels import compiled
 from kernels.causal_attention import causal_attention, uses_compiled
+from kernels.rotary import apply_rotary, rotary_tables
 from models import build_model
 from models.config import BackboneConfig, ModelConfig, ffw_config_from_dict
-from models.transformer import apply_rotary, rotary_tables
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler (cc)")
 

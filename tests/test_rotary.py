@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.transformer import ROTARY_BASE, apply_rotary, rotary_tables
+from kernels.rotary import ROTARY_BASE, apply_rotary, rotary_tables
 
 
 def pairwise_rotation(x: torch.Tensor) -> torch.Tensor:
