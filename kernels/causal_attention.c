@@ -57,7 +57,7 @@ static int64_t round_up(int64_t value, int64_t multiple) { return (value + multi
 /* Row t of one head's (T, D) input (from, at element stride d_stride along D) into to[d * step],
  * rotated where the rotary tables cos and sin ((T, D) rows, D even) are given, else as it is,
  * times factor. Element d of the rotated row is x[d] cos[d] + x[d ^ 1] sin[d], a product, a
- * product and their sum each rounded, as models/transformer.py's apply_rotary computes
+ * product and their sum each rounded, as kernels/rotary.py's apply_rotary computes
  * x * cos + swap(x) * signed_sin (then times factor: 1/sqrt(D) for the queries, or 1). Both
  * elements of a pair are sums, the signs kept in the tables: GCC 12 turned an even element's
  * difference beside an odd one's sum (the "addsub" pattern) into vfmaddsub, a fused
