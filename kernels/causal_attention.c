@@ -40,11 +40,8 @@
 
 #include "vector_clones.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define X86_GCC 1
+#if X86_GCC
 #define WIDE_TARGET __attribute__((target("avx512f")))
-#else
-#define X86_GCC 0
 #endif
 /* Helpers are inlined into each clone (GCC does not otherwise inline across target options). */
 #define INLINE static inline __attribute__((always_inline))
@@ -214,10 +211,8 @@ static int run_heads(const Arrays *a, int backward, int64_t batch, int64_t heads
  * features), else 0: the generic code (SSE2 vectors, or none) is slower than PyTorch's own
  * kernel (3-6x, measured). */
 int causal_attention_vectorised(void) {
-#if X86_GCC && __GNUC__ >= 12
-    return __builtin_cpu_supports("avx512f") || __builtin_cpu_supports("x86-64-v3");
-#elif X86_GCC
-    return __builtin_cpu_supports("avx512f") || __builtin_cpu_supports("avx2");
+#if X86_GCC
+    return __builtin_cpu_supports("avx512f") || __builtin_cpu_supports(VECTOR_CLONE_FEATURE);
 #else
     return 0;
 #endif
