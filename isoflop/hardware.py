@@ -3,16 +3,23 @@
 MFU = achieved training FLOP/s (the accounting's FLOPs per token x tokens/s)
 / the device's peak. GPU peaks are dense (no 2:4 sparsity) bf16 tensor-core
 numbers from the vendors' datasheets; on CPU the peak is measured: a short
-fp32 matmul on this machine with torch's current thread count, cached per
-process. Nothing assumes an A100.
+fp32 matmul on this machine with torch's current thread count
+(:func:`measured_cpu_peak_flops`), once per machine (:func:`cpu_peak_flops`).
+Nothing assumes an A100.
 """
 
 from __future__ import annotations
 
+import json
+import platform
 import time
 from functools import lru_cache
+from pathlib import Path
 
+from isoflop.atomic_files import write_atomic
 from isoflop.errors import UserError
+
+CPU_PEAK_FILE = "cpu_peak_flops.json"
 
 # Lower-case substring of the device name -> dense bf16 peak FLOP/s.
 # Ordered so the more specific name matches first (e.g. "h100 pcie" before "h100").
@@ -81,6 +88,51 @@ def measured_cpu_peak_flops(sizes: tuple[int, ...] = (256, 512, 1024), seconds_p
     return best_rate
 
 
+@lru_cache(maxsize=None)
+def cpu_peak_flops() -> float:
+    """This machine's CPU peak FLOP/s for MFU: :func:`measured_cpu_peak_flops`, measured once per
+    machine and kept in ``cpu_peak_flops.json`` of the cache folder (:mod:`isoflop.token_cache`:
+    ``$ISOFLOP_CACHE_DIR`` or ``~/.cache/isoflop``), keyed by host, CPU model, torch version and
+    thread count. So every run of a study on one machine divides by the same number, and no run
+    after the first spends its ~0.5 s measuring (a `tiny` study's 46 runs each did). Delete the
+    file to measure again. With the cache off (``ISOFLOP_CACHE_DIR=off``), an unreadable file or an
+    unwritable folder, it is measured per process as before."""
+    import torch
+
+    from isoflop.token_cache import cache_root
+
+    key = "|".join((platform.node(), _cpu_model(), torch.__version__, f"threads={torch.get_num_threads()}"))
+    root = cache_root()
+    path = root / CPU_PEAK_FILE if root is not None else None
+    known: dict[str, float] = {}
+    if path is not None:
+        try:
+            loaded = json.loads(path.read_text())
+            known = {name: float(value) for name, value in loaded.items() if float(value) > 0}
+        except (OSError, ValueError, TypeError, AttributeError):
+            known = {}  # missing or corrupt: measured and written again below
+    if key in known:
+        return known[key]
+    peak = measured_cpu_peak_flops()
+    if path is not None:
+        try:
+            write_atomic(path, json.dumps({**known, key: peak}, indent=1, sort_keys=True) + "\n")
+        except OSError:
+            pass
+    return peak
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what ``platform`` says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def current_device_name() -> str:
     """``cpu`` or the CUDA device's name (e.g. ``NVIDIA H100 80GB HBM3``)."""
     import torch
@@ -95,14 +147,14 @@ def peak_flops(accelerator: str | None) -> float:
 
     Args:
         accelerator: a device name (``H100``, ``NVIDIA A100-SXM4-80GB``, ...),
-            ``cpu`` or None (the measured CPU peak), or ``auto`` (this
+            ``cpu`` or None (the measured CPU peak, :func:`cpu_peak_flops`), or ``auto`` (this
             process's device: the CUDA device if there is one, else the CPU).
 
     Raises:
         UserError: for a name not in :data:`ACCELERATOR_PEAK_FLOPS`.
     """
     if accelerator in (None, "", "cpu"):
-        return measured_cpu_peak_flops()
+        return cpu_peak_flops()
     if accelerator == "auto":
         return peak_flops(current_device_name())
     peak = lookup_peak_flops(accelerator)

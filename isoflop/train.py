@@ -50,7 +50,7 @@ from isoflop.distributed import (
 )
 from isoflop.errors import UserError, file_system_error, is_user_file_system_error
 from isoflop.evaluation import evaluate_all, validation_loss
-from isoflop.hardware import current_device_name, lookup_peak_flops, measured_cpu_peak_flops
+from isoflop.hardware import cpu_peak_flops, current_device_name, lookup_peak_flops
 from isoflop.metrics_log import MetricsLogger, Throughput
 from isoflop.optimization import (
     all_reduce_sparse_gradients, build_optimizers, clip_gradients, learning_rate_at, set_learning_rate,
@@ -151,7 +151,7 @@ class Trainer:
                                                   self.sharded)
         self.autocast = autocast_for(spec.train.precision, context.device)
         self.device_name = current_device_name()  # setup_distributed made context.device the current one
-        peak = measured_cpu_peak_flops() if self.device_name == "cpu" else lookup_peak_flops(self.device_name)
+        peak = cpu_peak_flops() if self.device_name == "cpu" else lookup_peak_flops(self.device_name)
         self.throughput = Throughput(spec.batch_size * spec.seq_len, spec.flops_per_token_train, peak,
                                      context.world_size)
         self.step = 0  # optimizer steps done

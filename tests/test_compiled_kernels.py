@@ -19,10 +19,11 @@ import pytest
 import torch
 
 from kernels import compiled, row_topk as row_topk_module
-from kernels.row_topk import row_topk, uses_compiled
+from kernels.row_topk import best_pairs_compiled, row_topk, uses_compiled
 from models.builder import build_ffw
 from models.ffw import prefix_norm
 from models.ffw.peer_config import PEERConfig
+from models.ffw.product_keys import _best_pairs_torch, best_pairs, candidate_pairs
 from models.ffw.pkm_config import PKMConfig
 from models.ffw.prefix_norm import PrefixQueryNorm
 
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C co
 
 def clear_loaded_kernels() -> None:
     """Forget every loaded library and the build folder, so the next call builds or loads afresh."""
-    for cached in (compiled.load, compiled._folder, row_topk_module._function, prefix_norm._compiled_functions):
+    for cached in (compiled.load, compiled._folder, row_topk_module._functions, prefix_norm._compiled_functions):
         cached.cache_clear()
 
 
@@ -52,7 +53,9 @@ def assert_same_topk(scores: torch.Tensor, top_k: int) -> None:
 
 
 @pytest.mark.parametrize("shape,top_k", [((2, 2048, 256), 16), ((5, 300), 7), ((4, 64), 16), ((3, 50), 16),
-                                         ((9, 16), 16), ((7, 33), 1), ((1, 1), 1), ((6, 4, 130), 32)])
+                                         ((9, 16), 16), ((7, 33), 1), ((1, 1), 1), ((6, 4, 130), 32),
+                                         ((2, 2048, 64), 8), ((4096, 20), 8), ((50, 17), 16), ((40, 3), 2),
+                                         ((30, 65), 16), ((30, 64), 17)])
 def test_row_topk_equals_torch_topk_on_random_scores(shape: tuple[int, ...], top_k: int) -> None:
     assert uses_compiled(torch.zeros(shape), top_k)
     assert_same_topk(torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape))), top_k)
@@ -72,7 +75,9 @@ def test_row_topk_takes_torch_topks_choice_among_ties_and_nan() -> None:
     scores[8] = -float("inf")
     for top_k in (1, 16, 64, 256):
         assert_same_topk(scores, top_k)
-    assert_same_topk(scores[:, :48], 16)  # the insertion path, with the same rows
+    for columns, top_k in ((48, 16), (64, 8), (20, 8), (9, 4)):  # rows of at most 64: the vector path
+        assert_same_topk(scores[:, :columns], top_k)
+    assert_same_topk(scores[:, :40], 17)  # the insertion path, with the same rows
 
 
 def test_row_topk_on_strided_input_into_out_and_with_gradients() -> None:
@@ -93,6 +98,44 @@ def test_row_topk_on_strided_input_into_out_and_with_gradients() -> None:
     reference_leaf = scores.detach().clone().requires_grad_(True)
     (torch.topk(reference_leaf, 8).values * torch.arange(8.0)).sum().backward()
     assert torch.equal(leaf.grad, reference_leaf.grad)
+
+
+def sorted_half_top_k(heads: int, tokens: int, top_k: int, n_keys: int, generator: torch.Generator,
+                      integers: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h, 2, M, k) per-half top-k scores, sorted descending, and sub-key ids, as ProductKeySearch makes them."""
+    scores = torch.randn(heads, 2, tokens, n_keys, generator=generator)
+    if integers:  # ties among the candidate sums everywhere
+        scores = (scores * 2).round()
+    return torch.topk(scores, top_k, dim=-1)
+
+
+@pytest.mark.parametrize("top_k,n_keys,integers", [(8, 64, False), (16, 256, False), (32, 128, False),
+                                                   (4, 16, False), (1, 8, False), (8, 64, True), (16, 32, True)])
+def test_compiled_best_pairs_equal_the_torch_ops(top_k: int, n_keys: int, integers: bool) -> None:
+    generator = torch.Generator().manual_seed(top_k + n_keys)
+    half_top, half_index = sorted_half_top_k(3, 700, top_k, n_keys, generator, integers)
+    first_rank, second_rank = candidate_pairs(top_k, half_top.device)
+    compiled = best_pairs_compiled(*half_top.unbind(1), *half_index.unbind(1), first_rank, second_rank, n_keys)
+    assert compiled is not None
+    assert bool(compiled[-1].any()) == integers  # tied rows are flagged for the torch ops to redo
+    expected = _best_pairs_torch(half_top, half_index, top_k, n_keys, half_dim=1)
+    for got, want in zip(best_pairs(half_top, half_index, top_k, n_keys, half_dim=1), expected):
+        assert torch.equal(got, want)
+    moved = (half_top.movedim(1, -2), half_index.movedim(1, -2))  # halves stacked along another dimension
+    for got, want in zip(best_pairs(*moved, top_k, n_keys, half_dim=-2),
+                         _best_pairs_torch(*moved, top_k, n_keys, half_dim=-2)):
+        assert torch.equal(got, want)
+
+
+def test_best_pairs_keeps_the_graph_with_the_torch_ops(monkeypatch) -> None:
+    half_top, half_index = sorted_half_top_k(2, 50, 8, 64, torch.Generator().manual_seed(5))
+    leaf = half_top.clone().requires_grad_(True)
+    scores, _, _ = best_pairs(leaf, half_index, 8, 64, half_dim=1)
+    scores.sum().backward()
+    assert leaf.grad is not None and leaf.grad.sum().item() == 2 * 2 * 50 * 8  # each best sum: one a, one b
+    monkeypatch.setenv(compiled.SWITCH_ENV, "off")
+    assert best_pairs_compiled(*half_top.unbind(1), *half_index.unbind(1), *candidate_pairs(8, half_top.device),
+                               64) is None
 
 
 def test_other_dtypes_and_devices_and_the_switch_use_torch_topk(monkeypatch) -> None:

@@ -45,7 +45,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from kernels.row_topk import row_topk
+from kernels.row_topk import best_pairs_compiled, row_topk
 from models.ffw.prefix_norm import PrefixQueryNorm
 
 
@@ -187,6 +187,11 @@ def best_pairs(half_top: torch.Tensor, half_index: torch.Tensor, top_k: int, n_k
                half_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The k best sums first[a] + second[b] from each half's top-k (sorted descending).
 
+    On the CPU in float32 (without a gradient to keep) one pass of C computes it
+    (:func:`kernels.row_topk.best_pairs_compiled`: the same sums, the same top-k), and the
+    PyTorch ops below redo only the rows whose k best sums are tied, so the result is theirs
+    bit for bit: ``torch.topk``'s choice among ties included.
+
     Args:
         half_top, half_index: (..., k) per-half top-k scores and sub-key ids, the two halves
             stacked along ``half_dim`` (size 2).
@@ -194,6 +199,25 @@ def best_pairs(half_top: torch.Tensor, half_index: torch.Tensor, top_k: int, n_k
         scores (k sorted descending), ids i·n + j, both shaped as half_top without
         ``half_dim``, and the per-half ranks (a, b) of each, shaped as half_top.
     """
+    first_rank, second_rank = candidate_pairs(top_k, half_top.device)  # (C,)
+    keep_graph = half_top.requires_grad and torch.is_grad_enabled()
+    compiled = None if keep_graph else best_pairs_compiled(*half_top.unbind(half_dim), *half_index.unbind(half_dim),
+                                                           first_rank, second_rank, n_keys)
+    if compiled is None:
+        return _best_pairs_torch(half_top, half_index, top_k, n_keys, half_dim)
+    scores, index, best_first, best_second, tied = compiled
+    if tied.any():
+        rows = tied.nonzero(as_tuple=True)
+        redone = _best_pairs_torch(half_top.movedim(half_dim, -2)[rows], half_index.movedim(half_dim, -2)[rows],
+                                   top_k, n_keys, half_dim=-2)
+        scores[rows], index[rows] = redone[0], redone[1]
+        best_first[rows], best_second[rows] = redone[2].unbind(-2)
+    return scores, index, torch.stack([best_first, best_second], dim=half_dim)
+
+
+def _best_pairs_torch(half_top: torch.Tensor, half_index: torch.Tensor, top_k: int, n_keys: int,
+                      half_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`best_pairs` in PyTorch ops (any device and dtype, and with autograd)."""
     first_top, second_top = half_top.unbind(half_dim)
     first_rank, second_rank = candidate_pairs(top_k, half_top.device)  # (C,)
     candidate_scores = first_top.index_select(-1, first_rank) + second_top.index_select(-1, second_rank)  # (..., C)
