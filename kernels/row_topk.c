@@ -9,10 +9,10 @@
  * Rows of at most SMALL_COLUMNS with k <= SMALL_LANES (the product-key layers' rows in the CPU
  * studies: 64 sub-key scores or 20 candidate sums, k = 8) take the same three steps on whole
  * vectors (small_top_k); other rows shorter than 4k take one insertion pass into a sorted buffer
- * instead. A row whose
- * top-k is not unique (equal values among or at the edge of the k, or a NaN) is flagged for
- * the caller, which takes torch.topk's own choice for it. Rows are shared among the OpenMP
- * threads (PyTorch's own team: see kernels/compiled.py).
+ * instead. A row whose top-k is not unique (equal values among or at the edge of the k, or a
+ * NaN) is flagged for the caller, which takes torch.topk's own choice for it. best_pairs is
+ * product keys' second search on top of it. Rows are shared among the OpenMP threads
+ * (PyTorch's own team: see kernels/compiled.py).
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -176,6 +176,7 @@ static int small_top_k(const float *scores, int64_t columns, int64_t k, float *v
         candidate_columns[count] = column;
     }
     const int64_t blocks = (count + WIDTH - 1) / WIDTH;
+    for (int64_t unused = count; unused < blocks * WIDTH; ++unused) candidate_values[unused] = 0.0f;
     Floats candidates[SMALL_BLOCKS];
     Ints ranks[SMALL_BLOCKS], positions[SMALL_BLOCKS];
     for (int64_t block = 0; block < blocks; ++block) {

@@ -109,7 +109,8 @@ def best_pairs_compiled(first_top: torch.Tensor, second_top: torch.Tensor, first
         unique, whose outputs the caller must compute again (torch.topk's choice among ties).
     """
     top_k = first_top.shape[-1]
-    if not (uses_compiled(first_top, top_k) and first_rank.numel() >= top_k):
+    if not (uses_compiled(first_top, top_k) and first_rank.numel() >= top_k
+            and first_index.dtype == second_index.dtype == torch.int64):
         return None
     inputs = [tensor.contiguous() for tensor in (first_top, second_top, first_index, second_index,
                                                  first_rank, second_rank)]
