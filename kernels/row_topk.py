@@ -78,7 +78,7 @@ def row_topk(scores: torch.Tensor, top_k: int,
     row_count = rows.numel() // rows.shape[-1]
     tied = torch.empty(row_count, dtype=torch.bool)
     _functions()[0](rows.data_ptr(), row_count, rows.shape[-1], top_k, values.data_ptr(), indices.data_ptr(),
-                tied.data_ptr())
+                    tied.data_ptr())
     if tied.any():  # torch.topk's own choice among equal values (module docstring)
         redo = tied.nonzero().squeeze(1)
         redone = torch.topk(rows.view(row_count, -1)[redo], top_k, dim=-1)

@@ -118,12 +118,12 @@ def test_compiled_best_pairs_equal_the_torch_ops(top_k: int, n_keys: int, intege
     compiled = best_pairs_compiled(*half_top.unbind(1), *half_index.unbind(1), first_rank, second_rank, n_keys)
     assert compiled is not None
     assert bool(compiled[-1].any()) == integers  # tied rows are flagged for the torch ops to redo
-    expected = _best_pairs_torch(half_top, half_index, top_k, n_keys, half_dim=1)
+    expected = _best_pairs_torch(half_top, half_index, first_rank, second_rank, n_keys, half_dim=1)
     for got, want in zip(best_pairs(half_top, half_index, top_k, n_keys, half_dim=1), expected):
         assert torch.equal(got, want)
     moved = (half_top.movedim(1, -2), half_index.movedim(1, -2))  # halves stacked along another dimension
     for got, want in zip(best_pairs(*moved, top_k, n_keys, half_dim=-2),
-                         _best_pairs_torch(*moved, top_k, n_keys, half_dim=-2)):
+                         _best_pairs_torch(*moved, first_rank, second_rank, n_keys, half_dim=-2)):
         assert torch.equal(got, want)
 
 

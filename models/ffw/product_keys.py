@@ -204,24 +204,25 @@ def best_pairs(half_top: torch.Tensor, half_index: torch.Tensor, top_k: int, n_k
     compiled = None if keep_graph else best_pairs_compiled(*half_top.unbind(half_dim), *half_index.unbind(half_dim),
                                                            first_rank, second_rank, n_keys)
     if compiled is None:
-        return _best_pairs_torch(half_top, half_index, top_k, n_keys, half_dim)
+        return _best_pairs_torch(half_top, half_index, first_rank, second_rank, n_keys, half_dim)
     scores, index, best_first, best_second, tied = compiled
     if tied.any():
         rows = tied.nonzero(as_tuple=True)
         redone = _best_pairs_torch(half_top.movedim(half_dim, -2)[rows], half_index.movedim(half_dim, -2)[rows],
-                                   top_k, n_keys, half_dim=-2)
+                                   first_rank, second_rank, n_keys, half_dim=-2)
         scores[rows], index[rows] = redone[0], redone[1]
         best_first[rows], best_second[rows] = redone[2].unbind(-2)
     return scores, index, torch.stack([best_first, best_second], dim=half_dim)
 
 
-def _best_pairs_torch(half_top: torch.Tensor, half_index: torch.Tensor, top_k: int, n_keys: int,
+def _best_pairs_torch(half_top: torch.Tensor, half_index: torch.Tensor, first_rank: torch.Tensor,
+                      second_rank: torch.Tensor, n_keys: int,
                       half_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`best_pairs` in PyTorch ops (any device and dtype, and with autograd)."""
+    """:func:`best_pairs` in PyTorch ops (any device and dtype, and with autograd), over the
+    candidate pairs of ranks ``first_rank``, ``second_rank`` (C,) of :func:`candidate_pairs`."""
     first_top, second_top = half_top.unbind(half_dim)
-    first_rank, second_rank = candidate_pairs(top_k, half_top.device)  # (C,)
     candidate_scores = first_top.index_select(-1, first_rank) + second_top.index_select(-1, second_rank)  # (..., C)
-    best_scores, best = row_topk(candidate_scores, top_k)  # (..., k)
+    best_scores, best = row_topk(candidate_scores, half_top.shape[-1])  # (..., k)
     best_ranks = torch.stack([first_rank[best], second_rank[best]], dim=half_dim)  # as half_top
     first_index, second_index = half_index.gather(-1, best_ranks).unbind(half_dim)
     return best_scores, first_index * n_keys + second_index, best_ranks
