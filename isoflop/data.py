@@ -55,7 +55,7 @@ from isoflop import token_cache
 from isoflop.errors import UserError
 from isoflop.streaming_corpus import StreamingCorpus
 from isoflop.study_config import DataConfig, EvalDatasetConfig
-from isoflop.tokenizers import Tokenizer, build_tokenizer
+from isoflop.tokenizers import Tokenizer, build_tokenizer, tokenizer_identity
 
 
 class PackedCorpus:
@@ -151,7 +151,8 @@ def _tokenized_split(source: str, paths: tuple[str, ...], text_field: str, token
     for the machine's other processes (:mod:`isoflop.token_cache`)."""
     files = offline_corpus_files() if source == "offline" else tuple(Path(path) for path in paths)
     key = token_cache.entry_key({"source": source, "files": token_cache.files_fingerprint(files),
-                                 "text_field": text_field, "tokenizer": tokenizer_name, "vocab_size": vocab_size,
+                                 "text_field": text_field, "tokenizer": tokenizer_identity(tokenizer_name),
+                                 "vocab_size": vocab_size,
                                  "validation_fraction": validation_fraction,
                                  "near_duplicate_jaccard": NEAR_DUPLICATE_JACCARD})
     cached = token_cache.load(key)

@@ -12,11 +12,13 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from isoflop.errors import UserError
+from isoflop.token_cache import files_fingerprint
 
 BYTE_VOCAB_SIZE = 257
 """256 byte values + the end-of-document id."""
@@ -76,6 +78,18 @@ class HuggingFaceTokenizer:
     def encode_document(self, text: str) -> np.ndarray:
         ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
         return np.asarray(list(ids) + [self.end_of_document], dtype=np.int32)
+
+
+def tokenizer_identity(name: str) -> str:
+    """What a tokenizer's ids depend on, for the keys of cached token ids: its name and, where
+    the name is a local folder (a Hugging Face tokenizer written by ``save_pretrained``), the
+    paths, sizes and modification times of the files in it, so that a tokenizer edited or
+    replaced in place gets new keys instead of another tokenizer's cached ids. A hub name
+    stands for itself."""
+    folder = Path(name).expanduser()
+    if name == "bytes" or not folder.is_dir():
+        return name
+    return f"{name}@{files_fingerprint(sorted(path for path in folder.rglob('*') if path.is_file()))}"
 
 
 @lru_cache(maxsize=8)

@@ -78,6 +78,43 @@ def test_a_changed_corpus_file_is_a_new_entry(cache: Path, tmp_path: Path) -> No
     assert after[0].size + after[1].size > before[0].size + before[1].size
 
 
+class ShiftingTokenizer:
+    """A stand-in for a Hugging Face tokenizer saved in a folder: byte ids shifted by the number
+    written in the folder's ``shift.txt`` (so editing that file changes every id)."""
+
+    vocab_size = 512
+
+    def __init__(self, folder: Path) -> None:
+        self.shift = int((folder / "shift.txt").read_text())
+        self.end_of_document = self.vocab_size - 1
+
+    def encode_document(self, text: str) -> np.ndarray:
+        ids = [byte + self.shift for byte in text.encode()]
+        return np.asarray(ids + [self.end_of_document], dtype=np.int32)
+
+
+def test_a_tokenizer_folder_changed_in_place_is_a_new_entry(cache: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = write_corpus(tmp_path / "corpus")
+    folder = tmp_path / "my-tokenizer"
+    folder.mkdir()
+    (folder / "shift.txt").write_text("0")
+    monkeypatch.setattr("isoflop.data.build_tokenizer", lambda name, vocab_size: ShiftingTokenizer(Path(name)))
+
+    def split_with_the_folder() -> np.ndarray:
+        _tokenized_split.cache_clear()
+        config = DataConfig(source="files", paths=paths, validation_fraction=0.2, tokenizer=str(folder),
+                            vocab_size=512)
+        return np.asarray(load_training_data(config, SEQ_LEN, 0, 0).train.tokens)
+
+    before = split_with_the_folder()
+    (folder / "shift.txt").write_text("100")  # the tokenizer re-saved with other ids, same name
+    os.utime(folder / "shift.txt", ns=(1, 1))
+    after = split_with_the_folder()
+    assert len(entries(cache)) == 2  # not the first tokenizer's ids from the cache
+    np.testing.assert_array_equal(after[after != 511], before[before != 511] + 100)
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip", "meta"])
 def test_a_corrupt_entry_is_ignored_and_rebuilt(cache: Path, tmp_path: Path, damage: str) -> None:
     paths = write_corpus(tmp_path / "corpus")
