@@ -238,13 +238,14 @@ def run_adaptive(composed, root: Path, name: str | None, interval: float, bootst
     Returns (the :class:`~isoflop.sweep_dir.SweepDir`, whether every run completed). Stops at
     the first budget whose runs did not all complete: re-running continues there.
     """
-    from isoflop.commands.submit import choose_sweep_path, submit_study
+    from isoflop.commands.submit import check_ladder_kind, choose_sweep_path, submit_study
     from isoflop.commands.wait import follow
     from isoflop.sweep_dir import SweepDir
 
     study = composed.study
     check_adaptive_study(study)
     path = choose_sweep_path(root, name or study.name, composed.resolved_yaml, name is not None, new=False)
+    check_ladder_kind(path, adaptive=True)
     sweep = SweepDir(path)
     while True:
         records = LadderRecord.read_all(ladders_path(path))

@@ -116,6 +116,35 @@ def test_adaptive_needs_three_budgets(tmp_path, budgets: list[str]) -> None:
     assert not any(tmp_path.iterdir())  # nothing written
 
 
+def sweep_folder_as_submit_writes_it(root, adaptive: bool):
+    """The smoke_wsd study's sweep folder, as a first `isoflop study` (with or without
+    ``--adaptive``) leaves it before training: study.yaml, plan.csv, sweep.json (and ladders.jsonl)."""
+    from isoflop.sweep_dir import SweepDir
+
+    arguments = [argument for argument in ADAPTIVE_SMOKE if argument != "--adaptive"]
+    budgets = [float(value) for flag, value in zip(arguments, arguments[1:]) if flag == "--budget"]
+    composed = load_study("smoke_wsd", [argument for argument in arguments if "=" in argument or
+                                        argument.startswith("~")], budgets)
+    sweep = SweepDir(root / "smoke_wsd")
+    sweep.create(composed.resolved_yaml, [], {"sweep": "smoke_wsd", "study": "smoke_wsd", "runs": 0})
+    if adaptive:
+        ladders_path(sweep.path).write_text('{"placed": "a ladder"}\n')
+    return sweep
+
+
+@pytest.mark.parametrize("adaptive_sweep", [True, False], ids=["adaptive_sweep", "fixed_sweep"])
+def test_a_sweep_is_continued_only_the_way_its_ladders_were_placed(tmp_path, adaptive_sweep: bool) -> None:
+    sweep = sweep_folder_as_submit_writes_it(tmp_path, adaptive_sweep)
+    before = {path.name: path.read_bytes() for path in sweep.path.iterdir()}
+    arguments = [argument for argument in ADAPTIVE_SMOKE if argument != "--adaptive" or not adaptive_sweep]
+    completed = subprocess.run([sys.executable, "-m", "isoflop.cli", "study", *arguments, "--root", str(tmp_path)],
+                               capture_output=True, text=True)
+    assert completed.returncode == 2, completed.stderr[-2000:]
+    assert completed.stderr.count("\n") == 1 and "--name NAME" in completed.stderr
+    assert ("is an --adaptive study" if adaptive_sweep else "was planned without --adaptive") in completed.stderr
+    assert {path.name: path.read_bytes() for path in sweep.path.iterdir()} == before  # nothing written
+
+
 ADAPTIVE_SMOKE = ("--sweep", "smoke_wsd", "--adaptive", "--interval", "1", "--bootstrap", "20", "--budget", "1e10",
                   "--budget", "2e10", "--budget", "4e10", "~methods.peer",
                   "ladder.shapes=[[1,8,2],[1,12,2],[1,16,2],[1,24,2]]")

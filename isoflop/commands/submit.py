@@ -128,6 +128,22 @@ def choose_sweep_path(root: Path, name: str, resolved_yaml: str, explicit_name: 
         candidate = root / f"{name}-{suffix}"
 
 
+def check_ladder_kind(path: Path, adaptive: bool) -> None:
+    """Refuse to continue a sweep whose ladders were placed the other way: submitting the fixed
+    plan into an ``--adaptive`` sweep would replace its plan.csv and train the fixed ladder
+    beside the placed one (and ``--adaptive`` on a fixed sweep would mix them the other way)."""
+    from isoflop.adaptive_ladder import ladders_path
+    from isoflop.sweep_dir import SweepDir
+
+    if not SweepDir(path).exists() or ladders_path(path).is_file() == adaptive:
+        return
+    if adaptive:
+        raise UserError(f"{path} was planned without --adaptive; continue it without --adaptive, or pass "
+                        "--name NAME for an adaptive study beside it")
+    raise UserError(f"{path} is an --adaptive study (its ladders are in {ladders_path(path).name}); continue it "
+                    "with `isoflop study ... --adaptive`, or pass --name NAME for a sweep of the fixed ladder")
+
+
 def submittable(state: str, retry_failed: bool) -> bool:
     """Whether a run in ``state`` is (re)submitted: planned ones always, failed and
     cancelled ones with ``--retry-failed``."""
@@ -186,9 +202,11 @@ def submit_study(composed: Any, root: Path, name: str | None, retry_failed: bool
     from isoflop.sweep_dir import SweepDir
 
     study, cluster = composed.study, composed.study.cluster
+    adaptive = study_plan is not None
     study_plan = plan(study) if study_plan is None else study_plan
     rows = plan_rows(study_plan.runs)
     path = choose_sweep_path(root, name or study.name, composed.resolved_yaml, name is not None, new)
+    check_ladder_kind(path, adaptive)
     sweep, existed = SweepDir(path), SweepDir(path).exists()
     specs = {spec.run_id: spec for spec in (*study_plan.trunks, *study_plan.runs)}
     sweep.make_writable_folder()
