@@ -202,11 +202,12 @@ def submit_study(composed: Any, root: Path, name: str | None, retry_failed: bool
     from isoflop.sweep_dir import SweepDir
 
     study, cluster = composed.study, composed.study.cluster
-    adaptive = study_plan is not None
-    study_plan = plan(study) if study_plan is None else study_plan
+    fixed_ladder = study_plan is None
+    study_plan = plan(study) if fixed_ladder else study_plan
     rows = plan_rows(study_plan.runs)
     path = choose_sweep_path(root, name or study.name, composed.resolved_yaml, name is not None, new)
-    check_ladder_kind(path, adaptive)
+    if fixed_ladder:  # an adaptive study checks its sweep itself (adaptive_ladder.run_adaptive)
+        check_ladder_kind(path, adaptive=False)
     sweep, existed = SweepDir(path), SweepDir(path).exists()
     specs = {spec.run_id: spec for spec in (*study_plan.trunks, *study_plan.runs)}
     sweep.make_writable_folder()
