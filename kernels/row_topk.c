@@ -119,6 +119,13 @@ INLINE float lanes_min(Floats lanes) {
     return lanes[0];
 }
 
+/* Whether two neighbours among the k sorted values are equal (has_tie's first test). */
+INLINE int equal_neighbours(const float *values, int64_t k) {
+    int equal = 0;
+    for (int64_t rank = 0; rank + 1 < k; ++rank) equal |= values[rank] == values[rank + 1];
+    return equal;
+}
+
 /* Bit i set where lane i of a comparison's result (0 or -1 per lane) is set. */
 INLINE uint32_t lane_bits(Ints comparison) {
     Ints bits = comparison & (Ints){1, 2, 4, 8, 16, 32, 64, 128};
@@ -199,8 +206,7 @@ static int small_top_k(const float *scores, int64_t columns, int64_t k, float *v
     }
     /* has_tie's test: every element reaching the k-th value is a candidate */
     const float last = values[k - 1];
-    int tie = 0;
-    for (int64_t rank_index = 0; rank_index + 1 < k; ++rank_index) tie |= values[rank_index] == values[rank_index + 1];
+    int tie = equal_neighbours(values, k);
     for (int64_t candidate = 0; candidate < count; ++candidate) tie |= rank[candidate] >= k && candidate_values[candidate] >= last;
     return tie;
 }
@@ -209,8 +215,7 @@ static int small_top_k(const float *scores, int64_t columns, int64_t k, float *v
  * reaching the k-th value, or a NaN anywhere (torch.topk's order among those is its own). */
 VECTOR_CLONES
 static int has_tie(const float *scores, int64_t columns, int64_t k, const float *values) {
-    int tie = 0;
-    for (int64_t rank = 0; rank + 1 < k; ++rank) tie |= values[rank] == values[rank + 1];
+    const int tie = equal_neighbours(values, k);
     const float last = values[k - 1];
     int64_t reaching = 0;
     int nan_seen = last != last;
