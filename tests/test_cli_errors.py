@@ -147,3 +147,16 @@ def test_console_prints_one_line(argv: list[str], tmp_path: Path) -> None:
     assert completed.returncode == 2
     assert completed.stderr.count("\n") == 1 and "Traceback" not in completed.stderr
     assert f"see 'isoflop {argv[0]}" in completed.stderr
+
+
+@pytest.mark.parametrize("argv", [[name, "--help"] for name in COMMANDS]
+                         + [["bench", target, "--help"] for target in ("kernels", "layers", "checkpoint")]
+                         + [["--help"]])
+def test_every_help_text_prints(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """``--help`` of every command and benchmark prints its usage and exits 0 (a bare ``%`` in a
+    help string would make argparse raise instead)."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    printed = capsys.readouterr()
+    assert exit_.value.code == 0, printed.err
+    assert "usage: isoflop" in printed.out

@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, metavar="PATH", help="write to PATH instead of stdout")
     parser.add_argument("--verify-flops", action="store_true",
                         help="measure every model's FLOPs with FlopCounterMode (imports torch); exit 1 "
-                             f"if any differs from the accounting by more than {VERIFY_TOLERANCE:.0%}")
+                             f"if any differs from the accounting by more than {VERIFY_TOLERANCE:.0%}%")
 
 
 def plan_rows(runs: Any) -> list[PlanRow]:
