@@ -2,9 +2,10 @@
 
 - torchrun (or any ``env://`` launcher): ``RANK``, ``WORLD_SIZE``,
   ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT`` are already set.
-- submitit / SLURM with several tasks: ``SLURM_NTASKS`` > 1; the variables are
-  exported with ``submitit.helpers.TorchDistributedEnvironment`` (master =
-  first host of the job, port derived from the job id).
+- a submitit job with several tasks (local or SLURM), or a bare ``srun`` with
+  ``SLURM_NTASKS`` > 1: the variables are exported with
+  ``submitit.helpers.TorchDistributedEnvironment`` (master = first host of the
+  job, port derived from the job id).
 
 One process (world size 1) needs no process group. Backend: NCCL when the
 process has a CUDA device, gloo otherwise (the CPU tests use gloo).
@@ -81,18 +82,21 @@ class DistributedContext:
         return not self.all_ranks(not condition)
 
 
-def _export_slurm_environment() -> None:
-    """Fill the env:// variables from a multi-task submitit/SLURM job."""
-    if "RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+def _export_job_environment() -> None:
+    """Fill the env:// variables from a multi-task submitit job (local or SLURM) or srun."""
+    if "RANK" in os.environ:
         return
-    from submitit.helpers import TorchDistributedEnvironment
+    import submitit
 
-    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    in_submitit_job = "SUBMITIT_EXECUTOR" in os.environ
+    tasks = submitit.JobEnvironment().num_tasks if in_submitit_job else int(os.environ.get("SLURM_NTASKS", "1"))
+    if tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
 def setup_distributed() -> DistributedContext:
     """Join the process group the environment describes (or run alone)."""
-    _export_slurm_environment()
+    _export_job_environment()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -112,16 +112,16 @@ class RunJob(Checkpointable):
 
     def __call__(self) -> RunResult:
         run = RunDir(Path(self.run_dir))
-        slot = self._acquire_slot()
         rank = _global_rank()
         job_id = _job_id(self.in_process_job_id)
+        slot = self._acquire_slot(job_id) if rank == 0 else None
         if rank == 0:
             run.record_event(JobEvent.now("started", job_id=job_id, host=socket.gethostname(), pid=os.getpid(),
                                           code=str(Path(__file__).resolve().parents[1])))
             self._link_logs(run)
+        else:
+            self._wait_for_slot(job_id)
         try:
-            if _in_submitit_job() and submitit.JobEnvironment().num_tasks > 1:
-                submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
             from isoflop import train
             from isoflop.run_spec import RunSpec
 
@@ -151,8 +151,12 @@ class RunJob(Checkpointable):
                 JobEvent.now("checkpointed", job_id=_job_id(self.in_process_job_id), saved=saved))
         return super().checkpoint(*args, **kwargs)
 
-    def _acquire_slot(self):  # noqa: ANN202 - an open file holding an flock
-        """Block until one of the ``max_parallel`` slot locks is free (local executor)."""
+    def _acquire_slot(self, job_id: str) -> SlotHold | None:
+        """Block until one of the ``max_parallel`` slot locks is free (local executor).
+
+        A job holds one slot whatever its number of tasks: rank 0 takes it and
+        marks it ``<job id>.held``, which the other ranks wait for.
+        """
         if self.slots_dir is None:
             return None
         folder = Path(self.slots_dir)
@@ -162,9 +166,16 @@ class RunJob(Checkpointable):
                 handle = open(folder / f"{index}.lock", "a")  # noqa: SIM115 - held until the run ends
                 try:
                     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    return handle
+                    return SlotHold(handle, folder / f"{job_id}.held")
                 except BlockingIOError:
                     handle.close()
+            time.sleep(SLOT_POLL_SECONDS)
+
+    def _wait_for_slot(self, job_id: str) -> None:
+        """Ranks other than 0 of a local job start training once rank 0 holds the job's slot."""
+        if self.slots_dir is None:
+            return
+        while not (Path(self.slots_dir) / f"{job_id}.held").exists():
             time.sleep(SLOT_POLL_SECONDS)
 
     @staticmethod
@@ -180,6 +191,19 @@ class RunJob(Checkpointable):
                     link.symlink_to(source)
                 except OSError:
                     pass
+
+
+class SlotHold:
+    """A held slot lock of the local executor and its ``<job id>.held`` mark (see
+    :meth:`RunJob._acquire_slot`); :meth:`close` releases both."""
+
+    def __init__(self, handle: Any, mark: Path) -> None:
+        self.handle, self.mark = handle, mark
+        mark.touch()
+
+    def close(self) -> None:
+        self.mark.unlink(missing_ok=True)
+        self.handle.close()
 
 
 def _python_command(snapshot: Path, threads_per_task: int) -> str:

@@ -58,3 +58,18 @@ def test_local_job_killed_mid_run_resumes_from_checkpoint(tmp_path: Path, capsys
     result = json.loads((run_dir / "result.json").read_text())
     assert result["status"] == "completed" and result["steps"] == reference_result["steps"]
     assert result["final_train_loss"] == pytest.approx(reference_result["final_train_loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_local_job_of_two_tasks_trains_once_with_one_slot(tmp_path: Path, capsys) -> None:
+    """A local job of two tasks (DDP in the job) holds one slot: its rank 0 takes it, rank 1
+    waits for it, so even ``max_parallel=1`` trains it as one world of two processes."""
+    assert isoflop("submit", "--sweep", SWEEP, "--root", tmp_path, "--budget", "3e9", "ladder.shapes=[[1,32,2]]",
+                   "cluster=local", "cluster.tasks_per_node=2", "cluster.max_parallel=1") == 0
+    sweep = tmp_path / SWEEP
+    assert isoflop("wait", sweep, "--interval", "0.5", "--timeout", "180") == 0
+    (run_dir,) = (sweep / "runs").iterdir()
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["status"] == "completed" and result["world_size"] == 2
+    assert len([e for e in events(run_dir) if e["event"] == "started"]) == 1  # rank 0 records it
+    assert sorted(path.name for path in (sweep / "slots").iterdir()) == ["0.lock"]  # the mark went with the slot
