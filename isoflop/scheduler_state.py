@@ -66,15 +66,18 @@ def expand_job_ids(job_id: str) -> list[str]:
     return expanded
 
 
-def _parse_states(output: str) -> dict[str, str]:
-    states: dict[str, str] = {}
+def _parse_rows(output: str) -> dict[str, list[str]]:
+    """``JOBID|STATE[|REASON]`` lines of sacct/squeue -> fields after the id, by (expanded) job
+    id; the state is its first word (``CANCELLED by 0`` -> ``CANCELLED``)."""
+    rows: dict[str, list[str]] = {}
     for line in output.splitlines():
         if "|" not in line:
             continue
-        job_id, raw = line.split("|", 1)
+        job_id, *fields = line.split("|")
+        fields[0] = fields[0].split()[0].rstrip("+") if fields[0].strip() else "UNKNOWN"
         for one in expand_job_ids(job_id.strip()):
-            states[one] = raw.split()[0].rstrip("+") if raw.strip() else "UNKNOWN"
-    return states
+            rows[one] = [field.strip() for field in fields]
+    return rows
 
 
 def ask_scheduler(command: list[str]) -> tuple[str | None, str | None]:
@@ -95,30 +98,69 @@ def ask_scheduler(command: list[str]) -> tuple[str | None, str | None]:
     return completed.stdout, None
 
 
-def slurm_states(job_ids: Iterable[str]) -> tuple[dict[str, str], list[str]]:
-    """(raw SLURM state by job id, why some could not be asked): one ``sacct`` call,
-    and one ``squeue`` for the ids it lacks. A job that neither lists although both
-    answered is :data:`ABSENT`; a job missing from the result could not be asked about."""
+def slurm_states(job_ids: Iterable[str]) -> tuple[dict[str, str], dict[str, str], list[str]]:
+    """(raw SLURM state by job id, squeue's reason by pending job id, why some could not be
+    asked): one ``sacct`` call, and one ``squeue`` for the ids it lacks and the reasons of
+    pending jobs (sacct's lag). A job that neither lists although both answered is
+    :data:`ABSENT`; a job missing from the states could not be asked about."""
     job_ids = sorted(set(job_ids))
     if not job_ids:
-        return {}, []
+        return {}, {}, []
     states: dict[str, str] = {}
+    reasons: dict[str, str] = {}
     problems = []
     output, problem = ask_scheduler(["sacct", "--noheader", "--parsable2", "--allocations",
                                      "--format=JobID,State", f"--jobs={','.join(job_ids)}"])
     if problem is None:
-        states.update(_parse_states(output or ""))
+        states.update({job_id: fields[0] for job_id, fields in _parse_rows(output or "").items()})
     else:
         problems.append(problem)
     missing = [job_id for job_id in job_ids if job_id not in states]
-    if missing:
-        output, problem = ask_scheduler(["squeue", "--noheader", "--array", "--format=%i|%T"])
+    if missing or any(states.get(job_id) == "PENDING" for job_id in job_ids):
+        output, problem = ask_scheduler(["squeue", "--noheader", "--array", "--format=%i|%T|%r"])
         if problem is None:
-            live = _parse_states(output or "")
-            states.update({job_id: live.get(job_id, ABSENT) for job_id in missing})
+            queue = _parse_rows(output or "")
+            states.update({job_id: queue[job_id][0] if job_id in queue else ABSENT for job_id in missing})
+            reasons = {job_id: queue[job_id][-1] for job_id in job_ids
+                       if job_id in queue and queue[job_id][0] == "PENDING" and len(queue[job_id]) > 1}
         else:
             problems.append(problem)
-    return {job_id: states[job_id] for job_id in job_ids if job_id in states}, problems
+    return {job_id: states[job_id] for job_id in job_ids if job_id in states}, reasons, problems
+
+
+# squeue's reasons for a pending job that it will not start as it was asked, and the
+# settings that asked it (https://slurm.schedmd.com/job_reason_codes.html)
+NEVER_STARTS = {
+    "PartitionConfig": "it asks for more than the partition's nodes have: cluster.cpus_per_task, "
+                       "tasks_per_node, gpus_per_node, mem_gb",
+    "PartitionNodeLimit": "it asks for more nodes than the partition allows: cluster.nodes",
+    "PartitionTimeLimit": "its time limit is above the partition's: cluster.timeout_min",
+    "BadConstraints": "no node satisfies what it asks: cluster.constraint, gpus_per_node, mem_gb",
+    "AccountNotAllowed": "the partition does not take its account: cluster.account",
+    "InvalidAccount": "its account is not valid: cluster.account",
+    "QOSNotAllowed": "the partition does not take its QOS: cluster.qos",
+    "InvalidQOS": "its QOS is not valid: cluster.qos",
+    "DependencyNeverSatisfied": "it depends on a job that will never end as required",
+}
+
+
+def never_starts_warnings(reasons: dict[str, str], sweep_path: str) -> list[str]:
+    """One line per reason for SLURM jobs pending for a reason that does not pass on its own
+    (:data:`NEVER_STARTS`, a per-job limit of the account or QOS, a hold), naming the fix."""
+    by_reason: dict[str, list[str]] = {}
+    for job_id, reason in sorted(reasons.items(), key=lambda item: [int(n) for n in re.findall(r"\d+", item[0])]):
+        by_reason.setdefault(reason, []).append(job_id)
+    warnings = []
+    for reason, job_ids in by_reason.items():
+        shown = ", ".join(job_ids[:3]) + (f" and {len(job_ids) - 3} more" if len(job_ids) > 3 else "")
+        if reason in NEVER_STARTS or "PerJob" in reason:
+            why = NEVER_STARTS.get(reason, "it is above a per-job limit of its account or QOS (`sacctmgr show qos`)")
+            warnings.append(f"SLURM will not start job(s) {shown} as asked ({reason}: {why}); cancel them "
+                            f"(`isoflop cancel {sweep_path}`), then submit again with --retry-failed and settings the "
+                            "partition allows (`scontrol show partition`)")
+        elif reason.startswith("JobHeld"):
+            warnings.append(f"SLURM job(s) {shown} are held ({reason}); `scontrol release JOB_ID` lets them start")
+    return warnings
 
 
 def local_job_alive(job_id: str) -> bool | None:
@@ -134,8 +176,9 @@ def local_job_alive(job_id: str) -> bool | None:
         return False
 
 
-def scheduler_view(submissions: list[JobEvent]) -> tuple[dict[str, str], list[str]]:
-    """(scheduler view by job id, why some jobs could not be asked about).
+def scheduler_view(submissions: list[JobEvent]) -> tuple[dict[str, str], list[str], dict[str, str]]:
+    """(scheduler view by job id, why some jobs could not be asked about, squeue's reason
+    by pending SLURM job id).
 
     Views: pending/running/preempted/ended/failed/cancelled, ``absent`` (the
     scheduler answered and knows no such job) or ``unknown`` (it could not be
@@ -144,7 +187,7 @@ def scheduler_view(submissions: list[JobEvent]) -> tuple[dict[str, str], list[st
     """
     view: dict[str, str] = {}
     slurm_ids = [record.job_id for record in submissions if record.executor == "slurm"]
-    raw, problems = slurm_states(slurm_ids)
+    raw, reasons, problems = slurm_states(slurm_ids)
     here = socket.gethostname()
     elsewhere = set()
     for record in submissions:
@@ -163,7 +206,7 @@ def scheduler_view(submissions: list[JobEvent]) -> tuple[dict[str, str], list[st
             view[job_id] = "ended"
     problems += [f"local jobs of host {host} cannot be seen from {here}; run `isoflop status` there"
                  for host in sorted(elsewhere)]
-    return view, problems
+    return view, problems, reasons
 
 
 @dataclass(frozen=True)
@@ -265,11 +308,13 @@ def run_status(run: RunDir, planned: PlanRow | None, events: list[JobEvent], sub
 
 @dataclass(frozen=True)
 class SweepStatus:
-    """Every run's row, and why the scheduler could not be asked about some jobs (their
-    runs are ``unknown``); empty when it answered."""
+    """Every run's row; why the scheduler could not be asked about some jobs (their runs are
+    ``unknown``), empty when it answered; and why some pending jobs will not start as they
+    were asked (``stuck``: one line each, naming the fix)."""
 
     runs: list[RunStatus]
     problems: tuple[str, ...] = ()
+    stuck: tuple[str, ...] = ()
 
 
 def sweep_status(sweep: SweepDir, ask_scheduler: bool = True) -> SweepStatus:
@@ -287,8 +332,8 @@ def sweep_status(sweep: SweepDir, ask_scheduler: bool = True) -> SweepStatus:
     runs = [*(sweep.trunk(trunk_id) for trunk_id in trunks), *sweep.runs(plan)]
     events = {run.run_id: run.events() for run in runs}
     submissions = {run_id: last_submission(run_events) for run_id, run_events in events.items()}
-    view, problems = scheduler_view([event for event in submissions.values() if event is not None]) \
-        if ask_scheduler else ({}, [])
+    view, problems, reasons = scheduler_view([event for event in submissions.values() if event is not None]) \
+        if ask_scheduler else ({}, [], {})
     now = time.time()
     rows = []
     for run in runs:
@@ -296,4 +341,5 @@ def sweep_status(sweep: SweepDir, ask_scheduler: bool = True) -> SweepStatus:
         job_view = view.get(submission.job_id) if submission else None
         planned = trunks.get(run.run_id) or plan.get(run.run_id)
         rows.append(run_status(run, planned, events[run.run_id], submission, job_view, now))
-    return SweepStatus(with_branch_states(sweep, rows, plan, trunks), tuple(dict.fromkeys(problems)))
+    return SweepStatus(with_branch_states(sweep, rows, plan, trunks), tuple(dict.fromkeys(problems)),
+                       tuple(never_starts_warnings(reasons, str(sweep.path))))

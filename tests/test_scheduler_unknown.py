@@ -120,3 +120,21 @@ def test_a_running_job_whose_scheduler_cannot_be_asked_is_never_resubmitted(
         subprocess.run(["scancel", job_id], check=False)
     wait_until(lambda: status_rows(sweep, capsys)[0]["state"] in ("cancelled", "failed", "completed"), 120,
                "the job to end")
+
+
+def test_pending_reasons_that_do_not_pass_are_one_line_each() -> None:
+    """squeue's rows of an array are expanded; reasons a job waits out (Priority, Resources) say
+    nothing; each reason that does not pass is one line for all its jobs, naming the setting."""
+    from isoflop.scheduler_state import _parse_rows, never_starts_warnings
+
+    rows = _parse_rows("7_[0-4]|PENDING|PartitionConfig\n8|PENDING|Priority\n9|PENDING|QOSMaxCpuPerJobLimit\n"
+                       "10|PENDING|JobHeldUser\n11|RUNNING|None\n12|CANCELLED by 0\n")
+    assert rows["7_3"] == ["PENDING", "PartitionConfig"] and rows["12"] == ["CANCELLED"]
+    reasons = {job_id: fields[1] for job_id, fields in rows.items() if fields[0] == "PENDING"}
+    lines = never_starts_warnings(reasons, "/sweeps/s")
+    assert len(lines) == 3
+    assert "job(s) 7_0, 7_1, 7_2 and 2 more as asked" in lines[0] and "cluster.cpus_per_task" in lines[0]
+    assert "/sweeps/s" in lines[0] and "--retry-failed" in lines[0]
+    assert "job(s) 9 as asked (QOSMaxCpuPerJobLimit" in lines[1] and "per-job limit" in lines[1]
+    assert "job(s) 10 are held (JobHeldUser)" in lines[2] and "scontrol release" in lines[2]
+    assert not any("Priority" in line for line in lines)

@@ -136,3 +136,33 @@ def test_unknown_partition_is_one_line_from_slurm(tmp_path: Path, capsys, slurm_
     error = capsys.readouterr().err.strip()
     assert status == 2 and len(error.splitlines()) == 1
     assert "invalid partition" in error.lower() and "cluster.partition" in error
+
+
+def test_jobs_slurm_will_never_start_are_named_with_the_fix(tmp_path: Path, capsys, slurm_cluster: str) -> None:
+    """Jobs asking more CPUs than the node has stay pending (PartitionConfig); status and wait say
+    which setting to change, and cancel + --retry-failed with settings that fit completes them."""
+    node_cpus = int(subprocess.run(["sinfo", "--noheader", "--format=%c"], capture_output=True, text=True,
+                                   check=True).stdout.split()[0])
+    one_run = ("--budget", "5e8", "ladder.shapes=[[1,32,2]]")
+    too_big = (*slurm_overrides(slurm_cluster), f"cluster.cpus_per_task={node_cpus + 1}")
+    assert isoflop("submit", "--sweep", SWEEP, "--root", tmp_path, *one_run, *too_big) == 0
+    sweep = tmp_path / SWEEP
+
+    def stuck() -> list[str]:
+        capsys.readouterr()
+        assert isoflop("status", sweep, "--format", "json") == 0
+        return json.loads(capsys.readouterr().out)["stuck_jobs"]
+
+    (line,) = wait_until(stuck, 60, "squeue to give the pending reason")
+    assert "PartitionConfig" in line and "cluster.cpus_per_task" in line and f"isoflop cancel {sweep}" in line
+    assert status_rows(sweep, capsys)[0]["state"] == "pending"
+    assert isoflop("status", sweep) == 0
+    warning = capsys.readouterr().err.strip().splitlines()
+    assert warning == [f"isoflop status: warning: {line}"]
+    assert isoflop("wait", sweep, "--interval", "0.5", "--timeout", "2") == 3
+    assert line in capsys.readouterr().err
+    assert isoflop("cancel", sweep) == 0
+    assert isoflop("submit", "--sweep", SWEEP, "--root", tmp_path, *one_run, *slurm_overrides(slurm_cluster),
+                   "--retry-failed") == 0
+    assert isoflop("wait", sweep, "--interval", "1", "--timeout", "180") == 0
+    assert stuck() == []

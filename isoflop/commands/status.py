@@ -7,6 +7,9 @@ The scheduler is asked once per call (one ``sacct`` for every SLURM job id);
 everything else comes from the sweep directory's files. When the scheduler
 cannot be asked, the runs it would have told about are ``unknown`` and one
 warning line on stderr says why (``--format json``: ``scheduler_problems``).
+A SLURM job that is pending for a reason that does not pass on its own (it asks
+more than the partition has, a per-job limit, a hold) stays ``pending``, and a
+warning line per reason names the setting to change (``stuck_jobs``).
 """
 
 from __future__ import annotations
@@ -60,7 +63,8 @@ def render(status: Any, output_format: str) -> str:
     """A :class:`~isoflop.scheduler_state.SweepStatus` as a table or JSON."""
     if output_format == "json":
         return json.dumps({"runs": [row.to_dict() for row in status.runs], "summary": summary_line(status.runs),
-                           "scheduler_problems": list(status.problems)}, indent=2) + "\n"
+                           "scheduler_problems": list(status.problems), "stuck_jobs": list(status.stuck)},
+                          indent=2) + "\n"
     return render_table(status.runs)
 
 
@@ -70,6 +74,13 @@ def scheduler_warning(problems: tuple[str, ...]) -> str | None:
         return None
     return (f"warning: the scheduler could not be asked: {'; '.join(problems)}; runs shown as unknown may "
             "still be running and are not resubmitted until it answers")
+
+
+def status_warnings(status: Any) -> list[str]:
+    """The warning lines of a :class:`~isoflop.scheduler_state.SweepStatus`: the scheduler
+    could not be asked; some pending jobs will not start as asked."""
+    warning = scheduler_warning(status.problems)
+    return ([warning] if warning else []) + [f"warning: {line}" for line in status.stuck]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,7 +94,6 @@ def run(args: argparse.Namespace) -> int:
         return follow(sweep, args.interval, args.format)
     status = sweep_status(sweep)
     sys.stdout.write(render(status, args.format))
-    warning = scheduler_warning(status.problems)
-    if warning:
+    for warning in status_warnings(status):
         print(f"isoflop status: {warning}", file=sys.stderr)
     return 0

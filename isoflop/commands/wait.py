@@ -11,7 +11,9 @@ it, so ``wait`` ends (status 1) with a line saying how many and how to
 submit them once the same runs are planned on two polls in a row, unless an ``isoflop submit`` of this sweep is in progress (it
 holds the sweep's submit lock; the ``debug`` executor trains while holding
 it). Runs whose scheduler could not be asked (``unknown``) are waited for,
-with a warning line whenever the reason changes.
+with a warning line whenever the reason changes; so are SLURM jobs that are
+pending for a reason that does not pass on its own (a partition can be changed
+by its administrator), with a warning line naming the setting to change.
 """
 
 from __future__ import annotations
@@ -59,22 +61,23 @@ class LiveTable:
 
 def follow(sweep: Any, interval: float, output_format: str = "table", timeout: float | None = None) -> int:
     """Poll ``sweep`` until no run is planned or live; returns the exit status."""
-    from isoflop.commands.status import render, scheduler_warning, summary_line
+    from isoflop.commands.status import render, status_warnings, summary_line
     from isoflop.commands.submit import submission_in_progress
     from isoflop.scheduler_state import TERMINAL, sweep_status
 
     interactive = sys.stdout.isatty() and output_format == "table"
-    started, last_summary, last_warning = time.monotonic(), None, None
+    started, last_summary, last_warnings = time.monotonic(), None, []
     seen_planned: set[str] = set()  # run ids that were planned (and not being submitted) at the last poll
     with LiveTable() if interactive else contextlib.nullcontext() as live:
         while True:
             status = sweep_status(sweep)
             rows = status.runs
             summary = summary_line(rows)
-            warning = scheduler_warning(status.problems)
-            if warning and warning != last_warning:
-                print(warning, file=sys.stderr, flush=True)
-            last_warning = warning
+            warnings = status_warnings(status)
+            for warning in warnings:
+                if warning not in last_warnings:
+                    print(warning, file=sys.stderr, flush=True)
+            last_warnings = warnings
             never_submitted = [row for row in rows if row.state == "planned"]
             if never_submitted and submission_in_progress(sweep):
                 never_submitted = []  # being submitted: wait for them
