@@ -158,10 +158,16 @@ def _loss_and_perplexity(scores: EvalScores) -> tuple[float, float]:
     return loss, float(scores.perplexity) if scores.perplexity is not None else safe_exp(loss)
 
 
+def check_sweep_directory(sweep_dir: Path) -> None:
+    """Raise UserError (one line) unless ``sweep_dir`` is a folder."""
+    if not sweep_dir.is_dir():
+        what = "is not a folder" if sweep_dir.exists() else "does not exist"
+        raise UserError(f"sweep directory {sweep_dir} {what}; pass the directory made by `isoflop submit` or use --csv FILE")
+
+
 def _run_directories(sweep_dir: Path) -> list[Path]:
     runs_dir = sweep_dir / "runs"
-    if not sweep_dir.is_dir():
-        raise UserError(f"sweep directory {sweep_dir} does not exist; pass the directory made by `isoflop submit` or use --csv FILE")
+    check_sweep_directory(sweep_dir)
     base = runs_dir if runs_dir.is_dir() else sweep_dir
     if not os.access(base, os.R_OK | os.X_OK):
         raise UserError(f"cannot list the runs in {base} (permission denied); check its permissions")

@@ -305,8 +305,11 @@ def run(args: argparse.Namespace) -> int:
     options = validate_args(args)
     out_dir = args.out or (args.sweep_dir / "report" if args.sweep_dir is not None else Path("report"))
     inputs = [args.csv] if args.csv is not None else [args.sweep_dir, args.sweep_dir / "runs"]
+    from analysis.collect import check_sweep_directory
     from analysis.output import ReportDirectory
 
+    if args.sweep_dir is not None:
+        check_sweep_directory(args.sweep_dir)  # before the report folder it would hold
     ReportDirectory.check_destination(out_dir, inputs)
     collection = _collect(args)
     fits = _fit(args, collection, options)

@@ -172,6 +172,9 @@ def test_other_params_kind_and_eval_dataset(tmp_path: Path) -> None:
 def test_bad_sweeps_are_user_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="does not exist"):
         analyze(str(tmp_path / "absent"))
+    (tmp_path / "a-file").write_text("not a sweep\n")
+    with pytest.raises(UserError, match="sweep directory .*a-file is not a folder"):  # not "--out ... cannot write"
+        analyze(str(tmp_path / "a-file"))
     (tmp_path / "empty" / "runs").mkdir(parents=True)
     with pytest.raises(UserError, match="no runs found"):
         analyze(str(tmp_path / "empty"))
