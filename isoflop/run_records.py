@@ -19,7 +19,7 @@ import csv
 import json
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -138,21 +138,28 @@ class PlanRow:
             RecordError: for an unreadable file, a row of an unknown version or a malformed row.
         """
         text = _read_text(path, cls.KIND)
-        if text is None:
+        if text is None or not text.strip():  # a plan of no rows is written empty
             return {}
+        fix = f"delete {path.name}, and the `isoflop submit` that made the sweep writes it again"
         rows: dict[str, PlanRow] = {}
         try:
-            for line, values in enumerate(csv.DictReader(text.splitlines()), start=2):
+            reader = csv.DictReader(text.splitlines())
+            required = {column.name for column in fields(cls)
+                        if column.default is MISSING and column.default_factory is MISSING}
+            missing = sorted(required - set(reader.fieldnames or ()))
+            if missing:  # cut short, or not a plan: the rows below could not say so
+                raise RecordError(f"{path}: not a valid plan (its header lacks {', '.join(missing[:3])}"
+                                  f"{', ...' if len(missing) > 3 else ''}); {fix}")
+            for line, values in enumerate(reader, start=2):
                 source = f"{path} line {line}"
                 check_version(values, cls.KIND, cls.VERSION, source)
-                row = record_from_mapping(cls, values, cls.KIND, source,
-                                          fix="re-create it with `isoflop submit` (the same study)")
+                row = record_from_mapping(cls, values, cls.KIND, source, fix=fix)
                 if not is_folder_name(row.run_id):
                     raise RecordError(f"{source}: not a valid plan (run_id {row.run_id!r} is not a folder name); "
-                                      "re-create it with `isoflop submit` (the same study)")
+                                      f"{fix}")
                 rows[row.run_id] = row
         except csv.Error as error:
-            raise RecordError(f"{path}: not a valid plan ({error}); re-create it with `isoflop submit`") from None
+            raise RecordError(f"{path}: not a valid plan ({error}); {fix}") from None
         return rows
 
 

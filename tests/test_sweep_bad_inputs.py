@@ -42,6 +42,14 @@ def write(relative: str, content: str | bytes) -> Damage:
     return damage
 
 
+def cut_short(relative: str, size: int) -> Damage:
+    """The file at ``relative`` cut to its first ``size`` bytes."""
+    def damage(sweep: Path, run: Path) -> None:
+        path = run / relative[4:] if relative.startswith("run/") else sweep / relative
+        path.write_bytes(path.read_bytes()[:size])
+    return damage
+
+
 def folder_instead(relative: str) -> Damage:
     def damage(sweep: Path, run: Path) -> None:
         path = run / relative[4:] if relative.startswith("run/") else sweep / relative
@@ -106,9 +114,11 @@ def metrics_line(text: str) -> Damage:
 
 # (case, damage, text the one line must contain); every one of status, wait, cancel, submit
 SWEEP_RECORDS = [
-    ("plan.csv not CSV", write("plan.csv", 'run_id,method\nx\n"unterminated'), "plan.csv line 2: not a valid plan"),
+    ("plan.csv not a plan", write("plan.csv", 'run_id,method\nx\n"unterminated'), "its header lacks batch_size"),
+    ("plan.csv cut in a row", cut_short("plan.csv", 450), "plan.csv line 2: not a valid plan"),
     ("plan.csv not UTF-8", write("plan.csv", b"\xff\xfe\x00"), "plan.csv: cannot read the plan"),
     ("plan.csv a folder", folder_instead("plan.csv"), "plan.csv: cannot read the plan (Is a directory)"),
+    ("plan.csv cut in its header", cut_short("plan.csv", 100), "plan.csv: not a valid plan (its header lacks"),
     ("plan.csv run_id a path", plan_run_id("../../elsewhere"), "is not a folder name"),
     ("plan.csv and runs/ missing", removed("plan.csv", "runs"), "no plan.csv and no readable runs/ folder"),
     ("runs/ a file, no plan.csv", removed("plan.csv", "runs", then=write("runs", "x")), "no readable runs/"),
@@ -130,6 +140,12 @@ SUBMIT_ONLY = [
     ("study.yaml not UTF-8", write("study.yaml", b"\xff\xfe"), "study.yaml: cannot read the study"),
     ("submit lock a folder", folder_instead(".submit.lock"), "cannot lock the sweep"),
     ("code/ a file", unfinished(removed("code", then=write("code", "x"))), "cannot write the sweep directory"),
+    ("run.json not JSON", unfinished(write("run/run.json", "{oops")), "run.json is not readable JSON"),
+    ("run.json cut short", unfinished(cut_short("run/run.json", 150)), "delete it, and this `isoflop submit` writes"),
+    ("run.json a folder", unfinished(folder_instead("run/run.json")), "run.json is not a file; move it aside"),
+    ('run.json "steps": -5', edited_run_json(steps=-5), "steps=-5 must be a whole number >= 1"),
+    ("run.json edited", edited_run_json(learning_rate=0.5), "run.json is not the run's planned spec"),
+    ("run.json of version 99", edited_run_json(version=99), "newer than this isoflop"),
 ]
 TRAIN = [
     ('"costs": {}', edited_run_json(costs={}), "costs.flops_per_token_train=None must be a finite number > 0"),

@@ -180,13 +180,32 @@ def submission_in_progress(sweep: Any) -> bool:
 
 
 def write_run_specs(sweep: Any, specs: dict[str, Any]) -> None:
-    """``runs/<run_id>/run.json`` of every planned run that has none yet."""
+    """``runs/<run_id>/run.json`` of every planned run that has none yet; one already
+    there must be the planned spec (a damaged or hand-edited one is a UserError naming it,
+    before any run.json is written)."""
+    from isoflop.run_spec import RunSpec
+
     for run_id, spec in specs.items():
         run_dir = sweep.run(run_id)
         if run_dir.path.exists() and not run_dir.path.is_dir():
             raise UserError(f"{run_dir.path} is a file, where the run's folder belongs; move it aside")
-        if not run_dir.run_json.is_file():
-            spec.write(run_dir.run_json)
+        if run_dir.run_json.exists():
+            fix = "delete it, and this `isoflop submit` writes it again from the plan"
+            if not run_dir.run_json.is_file():
+                raise UserError(f"{run_dir.run_json} is not a file; move it aside, and this `isoflop submit` "
+                                "writes it again from the plan")
+            try:
+                written = RunSpec.read(run_dir.run_json)
+            except UserError as error:
+                if "newer than" in error.message:  # written by a later isoflop: not damaged
+                    raise
+                raise UserError(f"{error.message.split(';')[0]}; {fix}") from None
+            if written != spec:
+                raise UserError(f"{run_dir.run_json} is not the run's planned spec (edited or damaged); {fix}")
+    for run_id, spec in specs.items():
+        run_json = sweep.run(run_id).run_json
+        if not run_json.exists():
+            spec.write(run_json)
 
 
 def submit_study(composed: Any, root: Path, name: str | None, retry_failed: bool, new: bool,
