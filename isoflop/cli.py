@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("isoflop.commands.train", "train (or resume) one run from its run.json"),
     "analyze": ("analysis.command", "fit isoFLOP parabolas and power laws; write figures and tables"),
     "study": ("isoflop.commands.study", "plan, train and analyse a whole study, following progress"),
-    "bench": ("isoflop.commands.bench", "benchmarks: kernels, layers"),
+    "bench": ("isoflop.commands.bench", "benchmarks: kernels, layers, checkpoint"),
     "gpu-acceptance": ("isoflop.commands.gpu_acceptance",
                        "check a CUDA machine in minutes: GPU tests, bf16 training, kernel benchmarks"),
 }

@@ -1,7 +1,7 @@
 """Bad command lines: exactly one stderr line naming the problem and the fix, exit 2, no
 traceback, and every file already there byte-identical afterwards.
 
-Covers the benchmarks (`isoflop bench kernels|layers`), `isoflop gpu-acceptance`,
+Covers the benchmarks (`isoflop bench kernels|layers|checkpoint`), `isoflop gpu-acceptance`,
 an unknown flag on every command and bad flag values (intervals, counts).
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -65,10 +66,20 @@ BENCH_LAYERS = [
     ("--n-experts 256 --top-k 64 --skip-large", "top_k=64"),
     ("--d-key 7 --skip-large", "d_key=7"),
 ]
+BENCH_CHECKPOINT = [
+    ("--gb 0", "argument --gb: '0' must be a positive number"),
+    ("--gb nan", "argument --gb: 'nan'"),
+    ("--gb 1e-9", "argument --gb: '1e-9' GB is below the smallest state this benchmark builds (0.015 GB"),
+    ("--gb 0.01", "pass --gb 0.015 or more"),
+    ("--gb 1e6", "--gb 1e+06: the measurement needs about 2x the state in memory"),
+    ("--gb 1e6 --json {tmp}/keep.json", "GB is available; pass --gb "),
+    ("--dir {tmp}/missing", "--dir {tmp}/missing: no such folder"),
+    ("--json {tmp}", "argument --json: cannot write"),
+]
 OTHER = [
     ("--nosuch", "isoflop: error: unrecognized arguments: --nosuch"),
     ("nosuch", "invalid choice: 'nosuch'"),
-    ("bench", "the following arguments are required: target"),
+    ("bench", "name what to benchmark: checkpoint, kernels, layers"),
     ("bench gpus", "argument target: invalid choice: 'gpus'"),
     ("wait {tmp} --interval -1", "argument --interval: '-1' must be a positive number"),
     ("wait {tmp} --interval nan", "argument --interval: 'nan'"),
@@ -99,6 +110,8 @@ CASES = ([pytest.param(f"bench kernels {argv}", expected, id=f"bench-kernels {ar
           for argv, expected in BENCH_KERNELS]
          + [pytest.param(f"bench layers {argv}", expected, id=f"bench-layers {argv}")
             for argv, expected in BENCH_LAYERS]
+         + [pytest.param(f"bench checkpoint {argv}", expected, id=f"bench-checkpoint {argv}")
+            for argv, expected in BENCH_CHECKPOINT]
          + [pytest.param(argv, expected, id=argv) for argv, expected in OTHER]
          + [pytest.param(f"{name} {UNKNOWN_FLAG.get(name, '')} --nosuch", "unrecognized arguments: --nosuch",
                          id=f"{name} --nosuch") for name in COMMANDS]
@@ -137,6 +150,32 @@ def test_bad_command_line_is_one_line_and_changes_nothing(command_line: str, exp
     assert expected.format(tmp=workspace) in lines[0]
     assert "Traceback" not in error
     assert snapshot(workspace) == before
+
+
+@pytest.mark.parametrize("free_gb, fix", [(0.1, "pass --gb 0.05 or less, or --dir on a larger disk"),
+                                          (0.01, "pass --dir on a disk with more space")])
+def test_bench_checkpoint_refuses_a_state_the_disk_cannot_hold(free_gb: float, fix: str, workspace: Path,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from isoflop.bench import checkpoint
+
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage",
+                        lambda folder: SimpleNamespace(total=10e9, used=10e9 - free_gb * 1e9, free=free_gb * 1e9))
+    before = snapshot(workspace)
+    status = main(f"bench checkpoint --gb 0.2 --dir {workspace}".split())
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(lines) == 1, lines
+    assert f"the two checkpoints need about 0.4 GB on disk and {workspace} has {free_gb:.2f} GB free; {fix}" \
+        in lines[0]
+    assert snapshot(workspace) == before
+
+
+def test_bench_help_descriptions_are_plain_text(capsys: pytest.CaptureFixture[str]) -> None:
+    """The description is the docstring's first paragraph: reST ````quotes```` are not shown."""
+    for target in ("kernels", "layers", "checkpoint"):
+        with pytest.raises(SystemExit):
+            main(["bench", target, "--help"])
+        assert "``" not in capsys.readouterr().out, target
 
 
 @pytest.mark.parametrize("argv", [["bench", "kernels", "--nosuch"], ["bench", "layers", "--tokens", "-5"],

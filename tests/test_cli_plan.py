@@ -5,13 +5,18 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from isoflop.cli import main
+from isoflop.commands.common import writable_file, write_output_file
+from isoflop.errors import UserError
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -91,6 +96,78 @@ def test_a_failed_plan_keeps_the_existing_out_file(tmp_path: Path, capsys: pytes
     assert status == 2 and out.read_text() == "keep me"
     status, _, _ = run_cli(capsys, "plan", "--out", str(tmp_path))
     assert status == 2 and out.read_text() == "keep me"
+
+
+def test_out_through_a_symlink_writes_its_target_and_keeps_the_link(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "target.csv"
+    target.write_text("old\n")
+    link = tmp_path / "link.csv"
+    link.symlink_to("target.csv")
+    status, _, err = run_cli(capsys, "plan", "--format", "csv", "--out", str(link))
+    assert status == 0, err
+    assert link.is_symlink() and os.readlink(link) == "target.csv"
+    assert target.read_text().startswith("run_id,method,budget")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["link.csv", "target.csv"]  # no temporary left
+
+
+def test_out_through_a_dangling_symlink_creates_its_target(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    link = tmp_path / "link.csv"
+    link.symlink_to("new.csv")
+    status, _, err = run_cli(capsys, "plan", "--format", "csv", "--out", str(link))
+    assert status == 0, err
+    assert link.is_symlink() and (tmp_path / "new.csv").read_text().startswith("run_id,method,budget")
+
+
+def test_out_through_a_symlink_into_a_missing_folder_is_one_line(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    link = tmp_path / "link.csv"
+    link.symlink_to(tmp_path / "missing" / "plan.csv")
+    status, _, err = run_cli(capsys, "plan", "--format", "csv", "--out", str(link))
+    assert status == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert f"no such directory {tmp_path / 'missing'}" in err
+    assert link.is_symlink() and sorted(path.name for path in tmp_path.iterdir()) == ["link.csv"]
+
+
+def test_out_to_a_symlink_loop_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+    status, _, err = run_cli(capsys, "plan", "--out", str(tmp_path / "a"))
+    assert status == 2 and err.count("\n") == 1 and "cannot write" in err
+    assert (tmp_path / "a").is_symlink() and (tmp_path / "b").is_symlink()
+
+
+def test_out_to_a_fifo_writes_into_it_and_keeps_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fifo = tmp_path / "plan.fifo"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    status, _, err = run_cli(capsys, "plan", "--format", "csv", "--out", str(fifo))
+    reader.join(timeout=60)
+    assert status == 0, err
+    assert not reader.is_alive() and received[0].decode().startswith("run_id,method,budget")
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert [path.name for path in tmp_path.iterdir()] == ["plan.fifo"]
+
+
+def test_write_output_file_to_a_fifo_whose_reader_left_is_one_user_error(tmp_path: Path) -> None:
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    reader = threading.Thread(target=lambda: os.close(os.open(fifo, os.O_RDONLY)), daemon=True)
+    reader.start()  # opens and closes at once: the write gets EPIPE
+    with pytest.raises(UserError, match=r"^--json .*out\.fifo: cannot write \(Broken pipe\)"):
+        write_output_file(fifo, "x" * (1 << 20), "--json")
+    reader.join(timeout=60)
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+
+
+def test_writable_file_accepts_a_fifo_without_opening_it(tmp_path: Path) -> None:
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    assert writable_file(str(fifo)) == fifo  # would block if it opened the FIFO: no reader
+    assert [path.name for path in tmp_path.iterdir()] == ["out.fifo"]
 
 
 def test_console_script_answers_without_traceback() -> None:

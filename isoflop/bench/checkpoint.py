@@ -17,8 +17,11 @@ Each method runs in a fresh process holding the state; its extra host memory
 is the peak resident set size during the operation (Linux ``VmHWM``, reset
 through ``/proc/self/clear_refs`` just before) minus the resident set size
 before it, so the state itself is not counted. Writes are fsynced; the load
-follows the save, so both methods read from the page cache alike. Not a test:
-the numbers are for comparing the two methods in one run on one machine.
+follows the save, so both methods read from the page cache alike. A ``--gb``
+that the free memory (twice the state: ``whole`` holds a serialised copy) or
+the disk (both checkpoints) cannot hold is refused before anything is built.
+Not a test: the numbers are for comparing the two methods in one run on one
+machine.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import io
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,15 +48,22 @@ from isoflop.errors import UserError
 METHODS = ("whole", "streamed")
 BYTES_PER_GB = 1e9
 TABLE_WIDTH = 512  # d of the expert tables: rows of 2 KiB in fp32
+SMALL_LAYERS = {"ffw.query": (TABLE_WIDTH, 256), "embedding": (4096, 256)}
+SMALLEST_STATE_BYTES = 3 * 4 * (sum(math.prod(shape) for shape in SMALL_LAYERS.values()) + 2 * TABLE_WIDTH)
+"""The state with one row per expert table: the small layers, parameters and two Adam moments, fp32."""
+MEMORY_PER_STATE = 2
+"""Peak host memory of a measurement over the state: ``whole`` holds a full serialised copy beside it."""
+DISK_PER_STATE = 2
+"""Disk the checkpoints take over the state: each method's checkpoint stays until both are measured."""
 
 
 def training_state(total_bytes: float) -> dict[str, Any]:
-    """A PEER-like training state of about ``total_bytes`` (parameters and two Adam moments, fp32)."""
-    parameter_bytes = total_bytes / 3
-    rows = max(1, math.ceil(parameter_bytes / 2 / (TABLE_WIDTH * 4)))
+    """A PEER-like training state of about ``total_bytes``, at least :data:`SMALLEST_STATE_BYTES`
+    (parameters and two Adam moments, fp32): the expert tables take what the small layers leave."""
+    table_bytes = max(0.0, total_bytes - SMALLEST_STATE_BYTES) / 3
+    rows = 1 + math.ceil(table_bytes / 2 / (TABLE_WIDTH * 4))
     generator = torch.Generator().manual_seed(0)
-    shapes = {"ffw.experts_down": (rows, TABLE_WIDTH), "ffw.experts_up": (rows, TABLE_WIDTH),
-              "ffw.query": (TABLE_WIDTH, 256), "embedding": (4096, 256)}
+    shapes = {"ffw.experts_down": (rows, TABLE_WIDTH), "ffw.experts_up": (rows, TABLE_WIDTH), **SMALL_LAYERS}
     model = {name: torch.rand(shape, generator=generator) for name, shape in shapes.items()}
     moments = {index: {"step": torch.tensor(10.0), "exp_avg": torch.rand(tensor.shape, generator=generator),
                        "exp_avg_sq": torch.rand(tensor.shape, generator=generator)}
@@ -153,12 +164,57 @@ def _measure_in_fresh_process(method: str, total_bytes: float, folder: Path) -> 
     return json.loads(finished.stdout.strip().splitlines()[-1])
 
 
+def smallest_gb() -> float:
+    """The smallest ``--gb`` accepted: :data:`SMALLEST_STATE_BYTES` in GB, rounded up to 3 decimals."""
+    return math.ceil(SMALLEST_STATE_BYTES / BYTES_PER_GB * 1000) / 1000
+
+
+def state_size(text: str) -> float:
+    """argparse type of ``--gb``: a positive number of GB, at least :func:`smallest_gb`."""
+    gb = positive_number(float, "GB such as 2")(text)
+    if gb < smallest_gb():
+        raise argparse.ArgumentTypeError(f"{text!r} GB is below the smallest state this benchmark builds "
+                                         f"({smallest_gb():g} GB: its small layers and their Adam moments); "
+                                         f"pass --gb {smallest_gb():g} or more")
+    return gb
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--gb", type=positive_number(float, "GB such as 2"), default=2.0,
-                        help="size of the training state in GB (1e9 bytes; default 2)")
+    parser.add_argument("--gb", type=state_size, default=2.0,
+                        help=f"size of the training state in GB (1e9 bytes; default 2; at least {smallest_gb():g})")
     parser.add_argument("--dir", type=Path, default=None,
                         help="folder to write the checkpoints in (default: a temporary folder, removed after)")
     parser.add_argument("--json", type=writable_file, metavar="PATH", help="also write the results to this JSON file")
+
+
+def _largest_fitting(free_bytes: float, per_state: int) -> str | None:
+    """``--gb N``, the largest state (2 decimals, rounded down) whose ``per_state`` copies fit in
+    ``free_bytes``, or None when even the smallest state does not fit."""
+    largest = math.floor(free_bytes / per_state / BYTES_PER_GB * 100) / 100
+    return f"--gb {largest:g}" if largest >= smallest_gb() else None
+
+
+def check_room(gb: float, folder: Path) -> None:
+    """Refuse, before anything is allocated, a state the host memory or the disk of ``folder`` cannot hold.
+
+    Raises:
+        UserError: naming the limit and the largest ``--gb`` that fits.
+    """
+    import psutil
+
+    available = psutil.virtual_memory().available
+    if gb * BYTES_PER_GB * MEMORY_PER_STATE > available:
+        fitting = _largest_fitting(available, MEMORY_PER_STATE)
+        raise UserError(f"--gb {gb:g}: the measurement needs about {MEMORY_PER_STATE}x the state in memory "
+                        f"({gb * MEMORY_PER_STATE:g} GB) and {available / BYTES_PER_GB:.2f} GB is available; "
+                        + (f"pass {fitting} or less" if fitting else "free memory first"))
+    free = shutil.disk_usage(folder).free
+    if gb * BYTES_PER_GB * DISK_PER_STATE > free:
+        fitting = _largest_fitting(free, DISK_PER_STATE)
+        raise UserError(f"--gb {gb:g}: the two checkpoints need about {gb * DISK_PER_STATE:g} GB on disk and "
+                        f"{folder} has {free / BYTES_PER_GB:.2f} GB free; "
+                        + (f"pass {fitting} or less, or --dir on a larger disk" if fitting
+                           else "pass --dir on a disk with more space"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -166,6 +222,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("isoflop bench checkpoint measures peak memory through /proc (Linux); run it on Linux")
     if args.dir is not None and not args.dir.is_dir():
         raise UserError(f"--dir {args.dir}: no such folder; create it or pass an existing one")
+    check_room(args.gb, args.dir if args.dir is not None else Path(tempfile.gettempdir()))
     total_bytes = args.gb * BYTES_PER_GB
     results = []
     with tempfile.TemporaryDirectory(prefix="isoflop-bench-checkpoint-", dir=args.dir) as scratch:

@@ -10,9 +10,11 @@ at ``--help``, with exit status 2. This module imports no torch at import time.
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -98,9 +100,11 @@ def require_device(choice: str, flag: str = "--device") -> str:
 def writable_file(text: str) -> Path:
     """argparse type for an output file (``--json``, ``--out``): checked before any work is done.
 
-    The file itself is not touched; writability is probed with a temporary file
-    beside it, removed at once, so a path that cannot be written fails now
-    rather than after a long benchmark.
+    The file itself is not touched: writability of a file that is replaced is
+    probed with a temporary file beside it (beside the file a symbolic link
+    points to), removed at once; a FIFO or device is checked for write
+    permission. So a path that cannot be written fails now rather than after
+    a long benchmark.
     """
     path = Path(text)
     problem = _output_problem(path)
@@ -109,14 +113,57 @@ def writable_file(text: str) -> Path:
     return path
 
 
+class _CannotWrite(Exception):
+    """Why an output path cannot be written (the text in parentheses of the one-line error)."""
+
+
+_REPLACE, _IN_PLACE = "replace", "in place"
+
+
+def _output_route(path: Path) -> tuple[str, Path]:
+    """How ``path`` is written: ``(_REPLACE, file)`` to replace ``file`` atomically (``path``
+    itself, or the file a symbolic link points to, so the link stays a link), or
+    ``(_IN_PLACE, path)`` to open what is there and write into it (a FIFO, a character or
+    block device, a socket: replacing one would destroy it).
+
+    Raises:
+        _CannotWrite: a directory, a missing folder, a symbolic-link loop.
+    """
+    try:
+        found = path.stat()  # follows symbolic links
+    except (FileNotFoundError, NotADirectoryError):
+        found = None
+    except OSError as error:  # a link loop, a folder on the way that cannot be searched
+        raise _CannotWrite(error.strerror or type(error).__name__) from None
+    if found is None:  # nothing there, or a dangling symbolic link: write the file it names
+        target = Path(os.path.realpath(path)) if path.is_symlink() else path
+        if not target.parent.is_dir():
+            where = f"it links to {target} and there is " if target != path else ""
+            raise _CannotWrite(f"{where}no such directory {target.parent}")
+        return _REPLACE, target
+    if stat.S_ISDIR(found.st_mode):
+        raise _CannotWrite("it is a directory")
+    if not stat.S_ISREG(found.st_mode):
+        return _IN_PLACE, path
+    target = Path(os.path.realpath(path))
+    try:
+        same = target.samefile(path)
+    except OSError:
+        same = False
+    # a regular file the link's text does not lead to (a /proc/PID/fd link) is written where it is
+    return (_REPLACE, target) if same else (_IN_PLACE, path)
+
+
 def _output_problem(path: Path) -> str | None:
     """Why ``path`` cannot be written as a file, or None."""
-    if path.is_dir():
-        return "it is a directory"
-    if not path.parent.is_dir():
-        return f"no such directory {path.parent}"
     try:
-        descriptor, probe = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        how, target = _output_route(path)
+    except _CannotWrite as problem:
+        return str(problem)
+    if how == _IN_PLACE:
+        return None if os.access(target, os.W_OK) else os.strerror(errno.EACCES)
+    try:
+        descriptor, probe = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     except OSError as error:
         return error.strerror or type(error).__name__
     os.close(descriptor)
@@ -124,19 +171,35 @@ def _output_problem(path: Path) -> str | None:
     return None
 
 
+def _write_in_place(path: Path, text: str) -> None:
+    """Open the existing ``path`` (a FIFO, a device) for writing and write ``text`` into it;
+    a FIFO waits for a reader, as the shell's ``>`` does."""
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_TRUNC), "w") as handle:
+        handle.write(text)
+
+
 def write_output_file(path: Path, text: str, flag: str) -> None:
-    """Write ``text`` to ``path`` atomically (an existing file is replaced only when
-    the new one is complete); a path that cannot be written is a :class:`UserError`
-    naming ``flag``."""
+    """Write ``text`` to ``path``; a path that cannot be written is a :class:`UserError` naming ``flag``.
+
+    A regular file (new or existing) is written atomically: a temporary file beside
+    it, renamed over it when complete, so a failed write leaves the old file. A
+    symbolic link is followed: the file it points to is written that way and the
+    link stays. A FIFO, device or socket is opened and written in place, never
+    replaced (``--out /dev/stdout``, ``--json >(gzip > x.gz)``).
+    """
     from isoflop.atomic_files import write_atomic
 
-    problem = _output_problem(path)
-    if problem is None:
-        try:
-            write_atomic(path, text)
-            return
-        except OSError as error:
-            problem = error.strerror or type(error).__name__
+    try:
+        how, target = _output_route(path)
+        if how == _REPLACE:
+            write_atomic(target, text)
+        else:
+            _write_in_place(target, text)
+        return
+    except _CannotWrite as cannot:
+        problem = str(cannot)
+    except OSError as error:
+        problem = error.strerror or type(error).__name__
     raise UserError(f"{flag} {path}: cannot write ({problem}); choose a writable file path")
 
 
