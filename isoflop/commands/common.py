@@ -41,10 +41,10 @@ def parse_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> argp
 
 # ---- argument types: each raises ArgumentTypeError, which argparse reports with the flag's name ----
 
-def positive_number(convert: Callable[[str], float], example: str, *,
-                    zero_allowed: bool = False) -> Callable[[str], float]:
-    """argparse type: a finite number > 0 (or >= 0 with ``zero_allowed``) parsed by ``convert``
-    (int or float); ``example`` completes the fix, e.g. ``"a count such as 2048"``."""
+def positive_number(convert: Callable[[str], float], example: str, *, zero_allowed: bool = False,
+                    maximum: float | None = None) -> Callable[[str], float]:
+    """argparse type: a finite number > 0 (or >= 0 with ``zero_allowed``), at most ``maximum``,
+    parsed by ``convert`` (int or float); ``example`` completes the fix, e.g. ``"a count such as 2048"``."""
     noun = "integer" if convert is int else "number"
     rule = f"zero or a positive {noun}" if zero_allowed else f"a positive {noun}"
 
@@ -54,8 +54,12 @@ def positive_number(convert: Callable[[str], float], example: str, *,
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an' if convert is int else 'a'} {noun}; "
                                              f"pass {example}") from None
-        if not math.isfinite(value) or value < 0 or (value == 0 and not zero_allowed):
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite {noun}; pass {example}")
+        if value < 0 or (value == 0 and not zero_allowed):
             raise argparse.ArgumentTypeError(f"{text!r} must be {rule}; pass {example}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{text!r} is above the largest accepted, {maximum:g}; pass {example}")
         return value
 
     return parse
@@ -63,7 +67,8 @@ def positive_number(convert: Callable[[str], float], example: str, *,
 
 budget_flops = positive_number(float, "FLOPs such as 6e18")
 positive_count = positive_number(int, "a count such as 16")
-positive_seconds = positive_number(float, "seconds such as 5")
+MAX_SECONDS = 1e7  # about 116 days: longer than any wait, and within what time.sleep accepts
+positive_seconds = positive_number(float, "seconds such as 5", maximum=MAX_SECONDS)
 count_or_zero = positive_number(int, "a count such as 1000 (0 disables)", zero_allowed=True)
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
