@@ -238,7 +238,8 @@ def run_adaptive(composed, root: Path, name: str | None, interval: float, bootst
     Returns (the :class:`~isoflop.sweep_dir.SweepDir`, whether every run completed). Stops at
     the first budget whose runs did not all complete: re-running continues there.
     """
-    from isoflop.commands.submit import check_ladder_kind, choose_sweep_path, submit_study
+    from isoflop.commands.submit import check_ladder_kind, submit_study
+    from isoflop.commands.sweep_choice import choose_sweep_path
     from isoflop.commands.wait import follow
     from isoflop.sweep_dir import SweepDir
 

@@ -132,6 +132,15 @@ class SweepDir:
     def exists(self) -> bool:
         return self.marker.is_file()
 
+    def started(self) -> bool:
+        """Whether the folder holds a sweep, or one whose creation began: a file that only
+        isoflop writes there (sweep.json, study.yaml, the submit lock, or ladders.jsonl,
+        which ``isoflop study --adaptive`` writes before the rest)."""
+        from isoflop.adaptive_ladder import LADDERS_FILE
+
+        return any((self.path / name).exists()
+                   for name in (MARKER, self.study_yaml.name, self.submit_lock.name, LADDERS_FILE))
+
     def run(self, run_id: str) -> RunDir:
         """The folder of run (or trunk) ``run_id``: ``trunks/<run_id>`` when that exists, else ``runs/<run_id>``."""
         trunk = self.trunks_dir / run_id

@@ -20,13 +20,14 @@ import time
 from pathlib import Path
 
 from isoflop.commands.common import add_study_arguments, count_or_zero, positive_seconds
+from isoflop.commands.sweep_choice import add_name_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_study_arguments(parser)
     parser.add_argument("--root", type=Path, required=True, metavar="DIR",
                         help="folder holding sweep directories; the study goes to DIR/<name>")
-    parser.add_argument("--name", default=None, help="sweep directory name (default: the study's name)")
+    add_name_argument(parser)
     parser.add_argument("--interval", type=positive_seconds, default=5.0, metavar="SECONDS",
                         help="progress refresh period (default: 5)")
     parser.add_argument("--bootstrap", type=count_or_zero, default=1000, metavar="N",

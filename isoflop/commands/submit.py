@@ -9,6 +9,8 @@ to its trunk. If
 the study's settings changed since the sweep was created (where jobs run,
 ``cluster.*``, may change freely), submit refuses and shows the first
 differences, unless ``--new`` (a fresh sweep beside it) or ``--name``.
+
+Which folder that is: :mod:`isoflop.commands.sweep_choice`.
 """
 
 from __future__ import annotations
@@ -21,9 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from isoflop.commands.common import add_study_arguments, human_count
+from isoflop.commands.sweep_choice import (
+    add_name_argument,
+    check_sweep_name,
+    choose_sweep_path,
+)
 from isoflop.errors import UserError, file_system_error, is_user_file_system_error
 
-SHOWN_CHANGES = 5
+SHOWN_JOBS = 5
 CHECKPOINT_BYTES_PER_PARAMETER = 12
 """fp32 parameter + AdamW's (or SparseAdam's) two fp32 moments (:mod:`isoflop.optimization`)."""
 
@@ -32,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_study_arguments(parser)
     parser.add_argument("--root", type=Path, required=True, metavar="DIR",
                         help="folder holding sweep directories; the sweep is DIR/<name>")
-    parser.add_argument("--name", default=None, help="sweep directory name (default: the study's name)")
+    add_name_argument(parser)
     parser.add_argument("--dry-run", action="store_true",
                         help="print the plan and its cost estimate; write and submit nothing")
     parser.add_argument("--retry-failed", action="store_true",
@@ -89,45 +96,6 @@ def checkpoint_estimate(runs: Any, cluster: Any) -> tuple[list[str], str | None]
                    f"cluster.checkpoint_write_gbps to the file system's measured speed (isoflop bench checkpoint)")
 
 
-def recorded_study_changes(sweep: Any, resolved_yaml: str) -> list[str]:
-    """:func:`~isoflop.sweep_dir.study_changes` between the sweep's study.yaml and ``resolved_yaml``;
-    a study.yaml that cannot be read or parsed is a :class:`UserError` (it is never overwritten)."""
-    import yaml
-
-    from isoflop.sweep_dir import study_changes
-
-    try:
-        recorded = sweep.study_yaml.read_text() if sweep.study_yaml.exists() else ""
-        return study_changes(recorded, resolved_yaml)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError) as error:
-        reason = getattr(error, "strerror", None) or " ".join(str(error).split())[:120]
-        raise UserError(f"{sweep.study_yaml}: cannot read the study this sweep was created with ({reason}); "
-                        "restore the file, or pass --new (or --name NAME) for a fresh sweep") from None
-
-
-def choose_sweep_path(root: Path, name: str, resolved_yaml: str, explicit_name: bool, new: bool) -> Path:
-    """The sweep folder to use: ``root/name`` unless it holds a different study."""
-    from isoflop.sweep_dir import SweepDir
-
-    candidate, suffix = root / name, 1
-    while True:
-        sweep = SweepDir(candidate)
-        if not sweep.exists():
-            return candidate
-        changes = recorded_study_changes(sweep, resolved_yaml)
-        if not changes:
-            return candidate
-        if not new:
-            shown = "; ".join(changes[:SHOWN_CHANGES])
-            more = f" (and {len(changes) - SHOWN_CHANGES} more)" if len(changes) > SHOWN_CHANGES else ""
-            fix = ("pass --new to create a new sweep beside it" if explicit_name else
-                   "pass --new to create a new sweep beside it, or --name NAME")
-            raise UserError(f"{candidate}: the study changed since this sweep was created: {shown}{more}; "
-                            f"{fix}, or undo the change to continue the sweep")
-        suffix += 1
-        candidate = root / f"{name}-{suffix}"
-
-
 def check_ladder_kind(path: Path, adaptive: bool) -> None:
     """Refuse to continue a sweep whose ladders were placed the other way: submitting the fixed
     plan into an ``--adaptive`` sweep would replace its plan.csv and train the fixed ladder
@@ -150,18 +118,29 @@ def submittable(state: str, retry_failed: bool) -> bool:
     return state == "planned" or (retry_failed and state in ("failed", "cancelled"))
 
 
+def run_states(sweep: Any) -> tuple[dict[str, str], tuple[str, ...]]:
+    """Every run's (and trunk's) state by id, in plan order, and why the scheduler could
+    not be asked (runs it would tell about are ``unknown``)."""
+    from isoflop.scheduler_state import sweep_status
+
+    status = sweep_status(sweep)
+    return {row.run_id: row.state for row in status.runs}, status.problems
+
+
+def state_counts(states: Any) -> dict[str, int]:
+    """How many of ``states`` (an iterable of state names) are in each state."""
+    counts: dict[str, int] = {}
+    for state in states:
+        counts[state] = counts.get(state, 0) + 1
+    return counts
+
+
 def select_runs(sweep: Any, retry_failed: bool) -> tuple[list[Any], dict[str, int], tuple[str, ...]]:
     """Run folders to submit now, how many runs are in each state, and why the
     scheduler could not be asked (runs it would tell about are ``unknown``: left alone)."""
-    from isoflop.scheduler_state import sweep_status
-
-    chosen, counts = [], {}
-    status = sweep_status(sweep)
-    for row in status.runs:
-        counts[row.state] = counts.get(row.state, 0) + 1
-        if submittable(row.state, retry_failed):
-            chosen.append(sweep.run(row.run_id))
-    return chosen, counts, status.problems
+    states, problems = run_states(sweep)
+    chosen = [sweep.run(run_id) for run_id, state in states.items() if submittable(state, retry_failed)]
+    return chosen, state_counts(states.values()), problems
 
 
 def submission_in_progress(sweep: Any) -> bool:
@@ -209,10 +188,11 @@ def write_run_specs(sweep: Any, specs: dict[str, Any]) -> None:
 
 
 def submit_study(composed: Any, root: Path, name: str | None, retry_failed: bool, new: bool,
-                 study_plan: Any = None) -> Any:
+                 study_plan: Any = None, *, takes_new: bool = False) -> Any:
     """Write (or reuse) the sweep directory of ``composed`` under ``root`` and submit
     every pending run of ``study_plan`` (default: the study's plan); returns the
-    :class:`~isoflop.sweep_dir.SweepDir`."""
+    :class:`~isoflop.sweep_dir.SweepDir`. ``takes_new``: the command has ``--new``
+    (:func:`choose_sweep_path`)."""
     from isoflop.commands.plan import plan_rows
     from isoflop.forks import write_trunks
     from isoflop.planner import plan
@@ -224,7 +204,8 @@ def submit_study(composed: Any, root: Path, name: str | None, retry_failed: bool
     fixed_ladder = study_plan is None
     study_plan = plan(study) if fixed_ladder else study_plan
     rows = plan_rows(study_plan.runs)
-    path = choose_sweep_path(root, name or study.name, composed.resolved_yaml, name is not None, new)
+    path = choose_sweep_path(root, name or study.name, composed.resolved_yaml, name is not None, new,
+                             takes_new=takes_new)
     if fixed_ladder:  # an adaptive study checks its sweep itself (adaptive_ladder.run_adaptive)
         check_ladder_kind(path, adaptive=False)
     sweep, existed = SweepDir(path), SweepDir(path).exists()
@@ -239,19 +220,21 @@ def submit_study(composed: Any, root: Path, name: str | None, retry_failed: bool
                 "isoflop_version": package_version(), "runs": len(rows)}, plan_rows(study_plan.trunks))
             write_trunks(sweep, study_plan.trunks)
             write_run_specs(sweep, {spec.run_id: spec for spec in study_plan.runs})
-            submissions, counts, problems = submit_pending(sweep, cluster, specs, retry_failed)
+            submissions, submitted, states, problems = submit_pending(sweep, cluster, specs, retry_failed)
     except OSError as error:
         if not is_user_file_system_error(error):
             raise
         raise file_system_error(error, f"write the sweep directory {sweep.path}") from None
-    report_submission(submissions, len(specs), counts, cluster.executor, retry_failed, problems)
+    report_submission(submissions, submitted, len(specs), states, cluster.executor, retry_failed, problems)
     return sweep
 
 
 def submit_pending(sweep: Any, cluster: Any, specs: dict[str, Any], retry_failed: bool
-                   ) -> tuple[list[Any], dict[str, int], tuple[str, ...]]:
+                   ) -> tuple[list[Any], list[str], dict[str, str], tuple[str, ...]]:
     """Submit every run (and trunk, and ready branch) :func:`submittable` now; returns the
-    submissions, the final count of runs per state and why the scheduler could not be asked.
+    submissions (``submitted`` JobEvents), the ids of the runs submitted, every run's state
+    by id after the last one was submitted (with ``debug``: after it ended) and why the
+    scheduler could not be asked.
 
     The ``debug`` executor trains each job before returning, so a trunk there hands
     its checkpoints to its branches on the way: those are submitted in turn, until
@@ -260,28 +243,46 @@ def submit_pending(sweep: Any, cluster: Any, specs: dict[str, Any], retry_failed
     from isoflop.submission import submit_runs
 
     submissions: list[Any] = []
-    submitted: set[str] = set()
+    submitted: list[str] = []
     while True:
-        to_submit, counts, problems = select_runs(sweep, retry_failed)
-        to_submit = [run_dir for run_dir in to_submit if run_dir.run_id not in submitted]
+        states, problems = run_states(sweep)
+        to_submit = [sweep.run(run_id) for run_id, state in states.items()
+                     if submittable(state, retry_failed) and run_id not in submitted]
         submissions += submit_runs(cluster, sweep, [(run_dir, specs[run_dir.run_id].to_dict())
                                                     for run_dir in to_submit])
-        submitted.update(run_dir.run_id for run_dir in to_submit)
+        submitted += [run_dir.run_id for run_dir in to_submit]
         if not to_submit or cluster.executor != "debug":
-            return submissions, counts, problems
+            return submissions, submitted, states, problems
 
 
-def report_submission(submissions: list[Any], planned: int, counts: dict[str, int], executor: str,
-                      retry_failed: bool, problems: tuple[str, ...] = ()) -> None:
-    """``submitted N of M runs ...``, what was left alone and why the scheduler could not be asked, on stderr."""
+def listed(items: list[str], shown: int) -> str:
+    """``a, b, c and 4 more``: the first ``shown`` of ``items`` and how many are left out."""
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
+
+
+def report_submission(submissions: list[Any], submitted: list[str], planned: int, states: dict[str, str],
+                      executor: str, retry_failed: bool, problems: tuple[str, ...] = ()) -> None:
+    """On stderr: ``submitted N of M runs to EXECUTOR (jobs ...)``; with ``debug``, which
+    trains them before returning, how they ended (``ended: ...``); the states of the runs
+    not submitted (``left alone``); and why the scheduler could not be asked.
+
+    ``submitted``: the ids of the runs submitted; ``states``: every run's state after the
+    submission (:func:`submit_pending`).
+    """
     from isoflop.commands.status import scheduler_warning
 
-    skipped = ", ".join(f"{count} {state}" for state, count in sorted(counts.items())
-                        if not submittable(state, retry_failed))
-    jobs = sorted({submission.job_id.split("_")[0] for submission in submissions})
-    print(f"submitted {len(submissions)} of {planned} runs to {executor}"
-          f"{' (jobs ' + ', '.join(jobs[:5]) + ')' if jobs else ''}"
-          f"{'; left alone: ' + skipped if skipped else ''}", file=sys.stderr)
+    def summary(counts: dict[str, int]) -> str:
+        return ", ".join(f"{count} {state}" for state, count in sorted(counts.items()))
+
+    jobs = list(dict.fromkeys(submission.job_id.split("_")[0] for submission in submissions))
+    ended = summary(state_counts(state for run_id, state in states.items() if run_id in submitted))
+    left_alone = summary(state_counts(state for run_id, state in states.items() if run_id not in submitted))
+    print(f"submitted {len(submitted)} of {planned} runs to {executor}"
+          f"{' (jobs ' + listed(jobs, SHOWN_JOBS) + ')' if jobs else ''}"
+          f"{'; ended: ' + ended if ended and executor == 'debug' else ''}"
+          f"{'; left alone: ' + left_alone if left_alone else ''}", file=sys.stderr)
+    counts = state_counts(states.values())
     if not retry_failed and counts.get("failed", 0) + counts.get("cancelled", 0):
         print("some runs failed or were cancelled: pass --retry-failed to resubmit them", file=sys.stderr)
     warning = scheduler_warning(problems)
@@ -297,6 +298,7 @@ def run(args: argparse.Namespace) -> int:
 
     composed = load_study(args.sweep, args.overrides, args.budgets)
     if args.dry_run:
+        check_sweep_name(args.name or composed.study.name, args.name is not None)
         study_plan = plan(composed.study)
         sys.stdout.write(render(study_plan, "table"))
         for note in study_plan.notes:
@@ -310,6 +312,6 @@ def run(args: argparse.Namespace) -> int:
         if checkpoint_warning:
             print(checkpoint_warning, file=sys.stderr)
         return 0
-    sweep = submit_study(composed, args.root, args.name, args.retry_failed, args.new)
+    sweep = submit_study(composed, args.root, args.name, args.retry_failed, args.new, takes_new=True)
     print(sweep.path)
     return 0
