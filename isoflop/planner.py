@@ -13,6 +13,7 @@ parabola's minimum is bracketed.
 
 from __future__ import annotations
 
+import decimal
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -21,7 +22,7 @@ from typing import Any
 from isoflop.errors import UserError
 from isoflop.flops import ModelCosts, model_costs
 from isoflop.run_spec import RunSpec
-from isoflop.study_config import ClusterConfig, StudyConfig
+from isoflop.study_config import MAX_BUDGET_FLOPS, ClusterConfig, StudyConfig
 from models.config import ModelConfig
 from models.ffw.config_base import FFWConfigBase
 
@@ -138,9 +139,23 @@ def processes_per_run(cluster: ClusterConfig) -> int:
 
 def per_rank_micro_batch_size(batch_size: int, micro_batch_size: int, world_size: int) -> int:
     """Sequences per forward on one rank, as the trainer runs it: the largest
-    divisor of the per-rank batch (batch_size / world_size) that is <= micro_batch_size."""
+    divisor of the per-rank batch (batch_size / world_size) that is <= micro_batch_size.
+
+    Divisors come in pairs (small, per_rank / small) with small <= sqrt(per_rank),
+    so the search takes at most about sqrt(per_rank) steps (one when the whole
+    per-rank batch fits), not one per sequence of the batch.
+    """
     per_rank = max(1, batch_size // world_size)
-    return max(size for size in range(1, min(micro_batch_size, per_rank) + 1) if per_rank % size == 0)
+    limit = min(micro_batch_size, per_rank)
+    if limit == per_rank:
+        return per_rank
+    root = math.isqrt(per_rank)
+    # A large divisor per_rank / small <= limit needs small >= per_rank / limit; the
+    # smallest such small gives the largest one, which beats every divisor <= sqrt.
+    for small in range(-(-per_rank // limit), root + 1):
+        if per_rank % small == 0:
+            return per_rank // small
+    return next(size for size in range(min(limit, root), 0, -1) if per_rank % size == 0)
 
 
 def check_routing_groups(study: StudyConfig) -> None:
@@ -162,14 +177,41 @@ def check_routing_groups(study: StudyConfig) -> None:
 
 
 def smallest_feasible_budget(study: StudyConfig) -> float:
-    """FLOPs that let the cheapest candidate of every method train ``min_steps`` steps."""
-    tokens = study.train.batch_size * study.train.seq_len * study.ladder.min_steps
+    """FLOPs that let the cheapest candidate of every method train ``min_steps`` steps,
+    counted as :func:`_unnamed_run` counts them (floor of budget / FLOPs per step, in
+    floating point, so the product is nudged up where rounding would lose a step)."""
+    tokens_per_step = study.train.batch_size * study.train.seq_len
+    min_steps = study.ladder.min_steps
     cheapest = []
-    for ffw in study.methods.values():
-        per_token = min(model_costs(build_model_config(study, ffw, shape), study.train.seq_len)
-                        .flops_per_token_train for shape in candidate_shapes(study))
-        cheapest.append(per_token * tokens)
+    for method in study.methods:
+        step_flops = min(costs.flops_per_token_train for _, costs in costed_candidates(study, method)) * tokens_per_step
+        budget_flops = step_flops * min_steps
+        while budget_flops // step_flops < min_steps:
+            budget_flops = math.nextafter(budget_flops, math.inf)
+        cheapest.append(budget_flops)
     return max(cheapest)
+
+
+def rounded_up(flops: float, digits: int = 3) -> str:
+    """``flops`` rounded up to ``digits`` significant digits, as text (``7.3612e9`` -> ``'7.37e+09'``):
+    a budget advised as "at least" this text still holds when the user passes it back."""
+    exact = decimal.Context(prec=digits, rounding=decimal.ROUND_CEILING).create_decimal(flops)
+    return f"{float(exact):.{digits}g}"
+
+
+def too_small_error(study: StudyConfig, method: str, budget_flops: float) -> UserError:
+    """The error for a budget at which no size of ``method`` trains ``ladder.min_steps`` steps,
+    naming the smallest budget that plans (rounded up, so that passing it works), or, when
+    that is above :data:`MAX_BUDGET_FLOPS`, that the batch or ``min_steps`` must shrink."""
+    ladder, train = study.ladder, study.train
+    minimum = smallest_feasible_budget(study)
+    problem = (f"budget {budget_flops:.3g} FLOPs is too small for method {method}: no model size trains "
+               f"ladder.min_steps={ladder.min_steps} steps of train.batch_size={train.batch_size} sequences")
+    if minimum > MAX_BUDGET_FLOPS:
+        return UserError(f"{problem}, nor would any budget up to the maximum of {MAX_BUDGET_FLOPS:.0e} FLOPs "
+                         f"(that needs {minimum:.3g}); lower train.batch_size or ladder.min_steps")
+    return UserError(f"{problem}; use a budget >= {rounded_up(minimum)} FLOPs or lower ladder.min_steps / "
+                     "train.batch_size")
 
 
 def costed_candidates(study: StudyConfig, method: str) -> list[tuple[ModelConfig, ModelCosts]]:
@@ -217,10 +259,7 @@ def choose_runs(study: StudyConfig, method: str, budget_flops: float, candidates
         else:
             kept.append(run)
     if not kept:
-        minimum = smallest_feasible_budget(study)
-        raise UserError(f"budget {budget_flops:.3g} FLOPs is too small for method {method}: no "
-                        f"model size trains ladder.min_steps={ladder.min_steps} steps; use a budget "
-                        f">= {minimum:.3g} FLOPs or lower ladder.min_steps / train.batch_size")
+        raise too_small_error(study, method, budget_flops)
     below = sum(data_rich(study, run, centre_params) for run in kept)
     above = len(kept) - below
     if below < min(2, ladder.sizes_below) or above < min(2, ladder.sizes_above):

@@ -18,7 +18,7 @@ from models.config import (
     REPLACE_BLOCK_PLACEMENTS, BackboneConfig, block_index_list, ffw_config_from_dict, replaced_block_indices,
 )
 from models.errors import (
-    is_real, require, require_choice, require_fraction, require_non_negative, require_positive,
+    is_real, require, require_choice, require_fraction, require_non_negative, require_positive, setting_error,
 )
 from models.ffw.config_base import FFWConfigBase
 
@@ -29,9 +29,29 @@ nor counts as a change of the study on resubmission (:func:`isoflop.sweep_dir.st
 
 SEED_LIMIT = 2 ** 32
 """Seeds must lie in [0, 2**32): ``numpy.random.seed`` refuses anything else."""
+MAX_BUDGET_FLOPS = 1e30
+"""The largest training budget a study may plan, in FLOPs. The largest training runs
+to date used about 1e26 FLOPs; four orders of magnitude more is no experiment but a
+typo or a unit mistake (and would plan runs of ~1e20 steps). Every count a plan
+derives from a budget (realized FLOPs, tokens) stays below it, hence within what
+``isoflop analyze`` accepts (``analysis.collect.MAX_PLAUSIBLE_COUNT``, 1e40)."""
+BUDGET_EXAMPLE = "6e18"
 SCHEDULES = ("cosine", "wsd")
 COOLDOWN_SHAPES = ("1-sqrt", "linear")
 STRATEGIES = ("independent", "cooldown_branches")
+
+
+def budget_problem(budget: object) -> tuple[str, str] | None:
+    """What is wrong with a training budget in FLOPs, as (rule, fix), or None when it is valid:
+    a finite number > 0 and at most :data:`MAX_BUDGET_FLOPS`. The one rule for every way a
+    budget arrives (``--budget``, the sweep's ``budgets:`` list, a ``budgets=[...]`` override)."""
+    if not is_real(budget) or budget <= 0:  # type: ignore[operator]
+        return "must be a finite positive number of FLOPs", f"pass e.g. --budget {BUDGET_EXAMPLE}"
+    if budget > MAX_BUDGET_FLOPS:  # type: ignore[operator]
+        rule = (f"is above the largest budget planned, {MAX_BUDGET_FLOPS:.0e} FLOPs "
+                "(the largest training runs to date used ~1e26)")
+        return rule, f"pass a budget of at most {MAX_BUDGET_FLOPS:.0e} FLOPs, e.g. --budget {BUDGET_EXAMPLE}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -399,12 +419,16 @@ class StudyConfig:
     strategy: str = "independent"
 
     def __post_init__(self) -> None:
-        require(bool(self.name) and "/" not in self.name, "name", self.name,
-                "must be a non-empty name without '/'", "set name=my_study")
+        from isoflop.commands.sweep_choice import FOLDER_NAME_RULE
+        from isoflop.run_records import is_folder_name
+
+        require(is_folder_name(self.name), "name", self.name, f"{FOLDER_NAME_RULE} (it names the sweep folder)",
+                "set name=my_study")
         require(len(self.budgets) > 0, "budgets", self.budgets, "needs at least one budget", "pass --budget 6e18")
         for budget in self.budgets:
-            require(is_real(budget) and budget > 0, "budget", budget, "must be a finite number > 0 FLOPs",
-                    "pass e.g. --budget 6e18")
+            problem = budget_problem(budget)
+            if problem is not None:
+                raise setting_error("budget", budget, *problem)
         object.__setattr__(self, "budgets", tuple(sorted({float(budget) for budget in self.budgets})))
         require(len(self.methods) > 0, "methods", self.methods, "needs at least one method",
                 "add e.g. methods.dense")

@@ -69,7 +69,7 @@ def test_csv_to_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     (["--budget", "-1"], "positive number"),
     (["--budget", "0"], "positive number"),
     (["--budget", "1e12"], "use a budget >="),
-    (["budgets=[inf]"], "must be a finite number > 0 FLOPs"),
+    (["budgets=[inf]"], "must be a finite positive number of FLOPs"),
     (["--sweep", "nosuch"], "unknown study; available: "),
     (["nosuch_key=1"], "nosuch_key"),
     (["model.d_model=100", "model.n_heads=8"], "divisible by n_heads=8"),

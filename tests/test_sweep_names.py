@@ -89,7 +89,7 @@ def test_a_study_name_that_leads_out_of_root_is_refused(dry_run: tuple[str, ...]
     assert exit_status("submit", "--sweep", SWEEP, "--root", "root", *dry_run, *ONE_RUN, "cluster=debug",
                        "name=..") == 2
     error = one_line_error(capsys)
-    assert "name='..' must be one folder's name" in error and "--name NAME" in error
+    assert "name='..': must be one folder's name" in error and "set name=my_study" in error
     assert snapshot(workspace) == before
 
 

@@ -65,7 +65,22 @@ def positive_number(convert: Callable[[str], float], example: str, *, zero_allow
     return parse
 
 
-budget_flops = positive_number(float, "FLOPs such as 6e18")
+def budget_flops(text: str) -> float:
+    """argparse type of ``--budget``: FLOPs that pass :func:`isoflop.study_config.budget_problem`
+    (finite, > 0, at most the maximum), the rule of every way a budget arrives."""
+    from isoflop.study_config import BUDGET_EXAMPLE, budget_problem
+
+    try:
+        budget = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; pass FLOPs such as {BUDGET_EXAMPLE}") from None
+    problem = budget_problem(budget)
+    if problem is not None:
+        rule, fix = problem
+        raise argparse.ArgumentTypeError(f"{text!r} {rule}; {fix}")
+    return budget
+
+
 positive_count = positive_number(int, "a count such as 16")
 MAX_SECONDS = 1e7  # about 116 days: longer than any wait, and within what time.sleep accepts
 positive_seconds = positive_number(float, "seconds such as 5", maximum=MAX_SECONDS)

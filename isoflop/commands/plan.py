@@ -44,7 +44,14 @@ def _run_columns(row: PlanRow) -> str:
     """The columns a run and a trunk share: id, shape, parameters, FLOPs per token, tokens, steps."""
     return (f"{row.run_id:<40} {row.n_layers:>3} {row.d_model:>5} {row.n_heads:>3} "
             f"{human_count(row.n_params_total):>7} {human_count(row.n_params_active):>7} "
-            f"{human_count(row.flops_per_token_train):>7} {human_count(row.tokens):>7} {row.steps:>7}")
+            f"{human_count(row.flops_per_token_train):>7} {human_count(row.tokens):>7} {_short(row.steps, 7, 'd'):>7}")
+
+
+def _short(value: float, width: int, spec: str) -> str:
+    """``value`` formatted with ``spec`` (e.g. ``d``, ``.1f``), or with 3 significant digits
+    when that would not fit ``width`` columns (the step count of a 1e30-FLOP budget)."""
+    text = format(value, spec)
+    return text if len(text) <= width else f"{value:.3g}"
 
 
 def render_table(rows: list[PlanRow], trunks: Any = ()) -> str:
@@ -58,7 +65,7 @@ def render_table(rows: list[PlanRow], trunks: Any = ()) -> str:
         if (row.budget, row.method) != group:
             group = (row.budget, row.method)
             lines += ["", f"budget {row.budget:.3g} FLOPs · method {row.method} · {row.ffw}", header]
-        lines.append(f"{_run_columns(row)} {row.tokens_per_param:>6.1f} {row.realized_over_budget:>6.4f}"
+        lines.append(f"{_run_columns(row)} {_short(row.tokens_per_param, 6, '.1f'):>6} {row.realized_over_budget:>6.4f}"
                      + (f" {row.fork_step:>6}" if trunks else ""))
     if trunks:
         lines += ["", f"{len(rows)} runs, each a branch of one of {len(trunks)} trunks that starts from its trunk's "

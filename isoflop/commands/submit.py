@@ -23,11 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from isoflop.commands.common import add_study_arguments, human_count
-from isoflop.commands.sweep_choice import (
-    add_name_argument,
-    check_sweep_name,
-    choose_sweep_path,
-)
+from isoflop.commands.sweep_choice import add_name_argument, choose_sweep_path
 from isoflop.errors import UserError, file_system_error, is_user_file_system_error
 
 SHOWN_JOBS = 5
@@ -298,7 +294,6 @@ def run(args: argparse.Namespace) -> int:
 
     composed = load_study(args.sweep, args.overrides, args.budgets)
     if args.dry_run:
-        check_sweep_name(args.name or composed.study.name, args.name is not None)
         study_plan = plan(composed.study)
         sys.stdout.write(render(study_plan, "table"))
         for note in study_plan.notes:

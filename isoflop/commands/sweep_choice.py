@@ -37,19 +37,6 @@ def add_name_argument(parser: argparse.ArgumentParser) -> None:
                         help="sweep directory name, one folder of --root (default: the study's name)")
 
 
-def check_sweep_name(name: str, explicit_name: bool) -> None:
-    """Raise :class:`UserError` unless ``name`` (``--name``, else the study's ``name``) can name
-    a folder of ``--root``."""
-    from isoflop.run_records import is_folder_name
-
-    if is_folder_name(name):
-        return
-    if explicit_name:
-        raise UserError(f"--name {name!r} {FOLDER_NAME_RULE}; pass e.g. --name my_sweep")
-    raise UserError(f"name={name!r} {FOLDER_NAME_RULE} (it names the sweep folder); set name=my_study, "
-                    "or pass --name NAME")
-
-
 def new_sweep_advice(name: str, explicit_name: bool, takes_new: bool) -> str:
     """How to start a fresh sweep beside the sweep ``name`` that cannot be continued: ``--new``
     where the command takes it (``isoflop submit``), else ``--name``."""
@@ -104,13 +91,15 @@ def choose_sweep_path(root: Path, name: str, resolved_yaml: str, explicit_name: 
     the first of ``root/name-2``, ``root/name-3``, ... that does not); ``takes_new``: the
     command has ``--new`` (``isoflop submit``), so its advice may name it.
 
+    ``name`` is one folder's name already: ``--name``'s argparse type and the study's
+    own check (:class:`~isoflop.study_config.StudyConfig`) refuse any other.
+
     Raises:
-        UserError: ``name`` cannot name a folder of ``root``; the folder holds someone
-            else's files; it holds a different study and ``new`` is not set.
+        UserError: the folder holds someone else's files; it holds a different study
+            and ``new`` is not set.
     """
     from isoflop.sweep_dir import SweepDir
 
-    check_sweep_name(name, explicit_name)
     advice = new_sweep_advice(name, explicit_name, takes_new)
     candidate, suffix = root / name, 1
     while True:
