@@ -175,3 +175,12 @@ def test_the_advised_smallest_budget_plans_and_is_the_smallest_printed(capsys: p
     assert len(out.splitlines()) > 1
     status, _, err = run_cli(capsys, "plan", *sweep, "--budget", one_digit_less(advised))
     assert_one_line_error(status, err, f"use a budget >= {advised} FLOPs")
+
+
+def test_counts_in_the_table_stay_short_up_to_the_largest_budget() -> None:
+    """The table's counts (tokens of a 1e30 budget are ~1e25) keep 7 columns: SI suffixes up to
+    E, then scientific notation, never '1.99e+08P'."""
+    from isoflop.commands.common import human_count
+
+    assert [human_count(value) for value in (999.0, 1234567.0, 2.5e15, 3.1e18, 1.99e23)] == [
+        "999", "1.23M", "2.5P", "3.1E", "1.99e+23"]
