@@ -104,6 +104,10 @@ class RunDir:
         return fallback
 
 
+WRITE_PROBE_PREFIX = ".write-test-"
+"""The empty file :meth:`SweepDir.make_writable_folder` writes and removes at once."""
+
+
 class SweepDir:
     """A sweep directory (layout in the module docstring)."""
 
@@ -188,7 +192,7 @@ class SweepDir:
         """Create the sweep's folder if needed and check it can be written (UserError naming --root)."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            probe = self.path / f".write-test-{os.getpid()}"
+            probe = self.path / f"{WRITE_PROBE_PREFIX}{os.getpid()}"
             probe.write_text("")
             probe.unlink()
         except OSError as error:

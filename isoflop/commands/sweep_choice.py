@@ -68,7 +68,7 @@ def check_folder_is_free(path: Path, explicit_name: bool) -> None:
     """Raise :class:`UserError` if ``path`` is there but cannot hold the sweep: a file, or a
     folder that is not empty and holds no sweep (nor the start of one,
     :meth:`~isoflop.sweep_dir.SweepDir.started`): the user's own files, never written into."""
-    from isoflop.sweep_dir import MARKER, SweepDir
+    from isoflop.sweep_dir import MARKER, WRITE_PROBE_PREFIX, SweepDir
 
     if not (path.exists() or path.is_symlink()) or SweepDir(path).started():
         return
@@ -77,7 +77,8 @@ def check_folder_is_free(path: Path, explicit_name: bool) -> None:
     if not path.is_dir():
         raise UserError(f"{path} is a file, where the sweep's folder belongs; {fix}")
     try:
-        empty = next(path.iterdir(), None) is None
+        # another submit of this sweep may be probing the new folder (a file of its own, gone at once)
+        empty = all(entry.name.startswith(WRITE_PROBE_PREFIX) for entry in path.iterdir())
     except OSError:
         return  # writing it is tried, and refused with the reason (SweepDir.make_writable_folder)
     if not empty:
