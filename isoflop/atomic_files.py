@@ -69,11 +69,19 @@ def write_json_atomic(path: Path, value: Any) -> None:
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line with a single ``write`` (atomic for lines this short)."""
+    """Append one JSON line with a single ``write`` (atomic for lines this short).
+
+    A file that does not end in a newline holds a torn line (a write cut short by a
+    full disk): the record starts on a line of its own, so that it is not lost with
+    the torn one (:func:`read_jsonl` skips that).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(record, sort_keys=True, default=str) + "\n").encode()
-    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    descriptor = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        size = os.fstat(descriptor).st_size
+        if size and os.pread(descriptor, 1, size - 1) != b"\n":
+            line = b"\n" + line
         os.write(descriptor, line)
     finally:
         os.close(descriptor)

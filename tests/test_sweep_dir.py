@@ -35,6 +35,8 @@ def test_a_torn_last_record_is_skipped(tmp_path: Path) -> None:
     with path.open("a") as handle:
         handle.write('{"event": "sta')
     assert read_jsonl(path) == [{"event": "submitted", "job_id": "1"}]
+    append_jsonl(path, {"event": "failed", "job_id": "1"})  # not glued to the torn line, so not lost
+    assert read_jsonl(path) == [{"event": "submitted", "job_id": "1"}, {"event": "failed", "job_id": "1"}]
 
 
 def test_pending_array_ranges_expand() -> None:
