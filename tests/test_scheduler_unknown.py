@@ -125,7 +125,7 @@ def test_a_running_job_whose_scheduler_cannot_be_asked_is_never_resubmitted(
 def test_pending_reasons_that_do_not_pass_are_one_line_each() -> None:
     """squeue's rows of an array are expanded; reasons a job waits out (Priority, Resources) say
     nothing; each reason that does not pass is one line for all its jobs, naming the setting."""
-    from isoflop.scheduler_state import _parse_rows, never_starts_warnings
+    from isoflop.slurm_queue import _parse_rows, never_starts_warnings
 
     rows = _parse_rows("7_[0-4]|PENDING|PartitionConfig\n8|PENDING|Priority\n9|PENDING|QOSMaxCpuPerJobLimit\n"
                        "10|PENDING|JobHeldUser\n11|RUNNING|None\n12|CANCELLED by 0\n")

@@ -6,11 +6,13 @@ import os
 import stat
 from pathlib import Path
 
+from record_support import run_result
+
 from isoflop.atomic_files import append_jsonl, read_json, read_jsonl, write_json_atomic
 from isoflop.run_records import JobEvent
-from isoflop.scheduler_state import expand_job_ids, run_state
+from isoflop.scheduler_state import run_state
+from isoflop.slurm_queue import expand_job_ids
 from isoflop.sweep_dir import RunDir
-from record_support import run_result
 
 
 def test_atomic_write_leaves_no_temporary_files(tmp_path: Path) -> None:
