@@ -36,8 +36,10 @@ import contextlib
 import fcntl
 import json
 import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from isoflop.atomic_files import write_atomic, write_json_atomic
 from isoflop.errors import UserError, file_system_error
@@ -125,7 +127,7 @@ class SweepDir:
     submitit_dir = property(lambda self: self.path / "submitit")
 
     @classmethod
-    def open(cls, path: Path | str) -> "SweepDir":
+    def open(cls, path: Path | str) -> SweepDir:
         """An existing sweep; UserError if ``path`` is not one."""
         sweep = cls(Path(path))
         if not sweep.marker.is_file():
@@ -172,16 +174,32 @@ class SweepDir:
         return PlanRow.read_csv(self.trunks_csv)
 
     @contextlib.contextmanager
-    def submission_lock(self) -> Iterator[None]:
+    def submission_lock(self, timeout_s: float | None = None) -> Iterator[None]:
         """Hold the sweep's submission lock: one submitter at a time decides what to submit
-        and records it (``isoflop submit``, and trunks submitting their branches); a lock
-        file that cannot be opened is a UserError naming the sweep."""
+        and records it (``isoflop submit``, and trunks submitting their branches; ``isoflop
+        cancel``, so that no job is submitted while it cancels). A lock file that cannot be
+        opened is a UserError naming the sweep.
+
+        Raises:
+            TimeoutError: ``timeout_s`` seconds passed and another process still holds it.
+        """
         try:
             lock = open(self.submit_lock, "a")  # noqa: SIM115 - closed below
         except OSError as error:
             raise file_system_error(error, f"lock the sweep {self.path} for submitting") from None
         with lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            if timeout_s is None:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            else:
+                deadline = time.monotonic() + timeout_s
+                while True:
+                    try:
+                        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() > deadline:
+                            raise TimeoutError(f"{self.submit_lock} is held") from None
+                        time.sleep(0.2)
             yield
 
     def trunk(self, trunk_id: str) -> RunDir:
