@@ -356,6 +356,11 @@ def _print_summary(report_path: Path, result, metric: str) -> None:
                      if interval.printable else " (line through 2 budgets, no interval)" if law.through_two_points else "")
             print(f"  {law.group:<16} {law.quantity}* = {law.coefficient:.3g} C^{law.exponent:.4f}{shown} "
                   f"over {law.n_budgets} budgets")
+            for prediction in law.predictions:  # --predict
+                band = prediction.interval
+                shown = (f" {interval_text(band.low, band.high, marked=band.status == 'unreliable')}"
+                         if band.printable else "")
+                print(f"  {'':<16}   predicted at C={budget_text(prediction.budget)}: {prediction.value:.3g}{shown}")
     from analysis.holdout_output import summary_lines
 
     for line in summary_lines(result.holdout):

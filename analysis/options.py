@@ -10,7 +10,6 @@ Imports only the standard library, so ``isoflop --help`` stays fast.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from isoflop.errors import UserError
@@ -58,8 +57,13 @@ def parse_budgets(texts: list[str], option: str = "--predict") -> tuple[float, .
             budget = float(text)
         except ValueError:
             raise UserError(f"{option} {text!r} is not a number; pass FLOPs such as 1e21") from None
-        if not math.isfinite(budget) or budget <= 0:
-            raise UserError(f"{option} {text!r} must be a positive number of FLOPs, such as 1e21")
+        from isoflop.study_config import (
+            budget_problem,  # the planner's rule: finite, > 0, at most 1e30
+        )
+
+        problem = budget_problem(budget)
+        if problem is not None:
+            raise UserError(f"{option} {text!r} {problem[0]}; pass FLOPs such as 1e21")
         budgets.append(budget)
     return tuple(budgets)
 
@@ -70,8 +74,9 @@ def check_options(bootstrap: int, seed: int, predict: list[str], ci: str = DEFAU
     if holdout is not None and bootstrap == 0:
         raise UserError("--holdout-budget compares intervals, which --bootstrap 0 turns off; drop --bootstrap 0 "
                         "or --holdout-budget")
-    if bootstrap < 0:
-        raise UserError(f"--bootstrap {bootstrap} must be 0 or more (0 disables intervals), e.g. --bootstrap 1000")
+    if bootstrap < 0 or bootstrap == 1:  # one replicate has no spread: no interval, and the power laws use none
+        raise UserError(f"--bootstrap {bootstrap} must be 0 (no intervals) or at least 2 replicates, "
+                        "e.g. --bootstrap 1000")
     if bootstrap > MAX_BOOTSTRAP:
         raise UserError(f"--bootstrap {bootstrap} is more than {MAX_BOOTSTRAP} replicates; pass at most {MAX_BOOTSTRAP}")
     if seed < 0:

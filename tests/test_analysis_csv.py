@@ -23,9 +23,11 @@ def tokens_law(out_dir: Path) -> pd.Series:
 
 
 @needs_llama3
-def test_llama3_tokens_exponent_matches_the_paper(tmp_path: Path) -> None:
+def test_llama3_tokens_exponent_matches_the_paper(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Llama 3 (arXiv 2407.21783) publishes D*(C) = 0.29 C^0.53; plain least squares gives 0.299 C^0.537."""
     assert analyze("--csv", str(LLAMA3_CSV), "--out", str(tmp_path), "--bootstrap", "400", "--predict", "1e24") == 0
+    printed = capsys.readouterr().out
+    assert printed.count("predicted at C=1e24: ") == 2  # what --predict asked for is on stdout, N* and D*
     law = tokens_law(tmp_path)
     assert law["exponent"] == pytest.approx(0.53, abs=0.02)
     assert law["exponent"] == pytest.approx(0.5368, abs=5e-4)
