@@ -266,7 +266,9 @@ def collect_sweep(sweep_dir: Path | str, params_kind: str = DEFAULT_PARAMS_KIND,
         if datasets_seen and eval_dataset not in datasets_seen:
             raise UserError(f"--eval-dataset {eval_dataset!r} is in no result.json; available: {', '.join(sorted(datasets_seen))}")
         reasons = "; ".join(f"{run.run_id}: {run.reason}" for run in excluded[:3])
-        raise UserError(f"no completed runs to analyse in {sweep_dir} ({len(excluded)} excluded: {reasons}); wait for runs to finish or check the sweep")
+        more = f"; and {len(excluded) - 3} more" if len(excluded) > 3 else ""
+        raise UserError(f"no completed runs to analyse in {sweep_dir} ({len(excluded)} excluded: {reasons}{more}); "
+                        "wait for runs still training, or see `isoflop status` for why the others ended")
     runs = pd.DataFrame(rows).sort_values(["method", "budget", "params"], ignore_index=True)
     notes = [f"params kind: {params_kind}", f"metric: {metric} on eval dataset {eval_dataset!r}",
              *(note for outcome in outcomes for note in outcome.notes)]

@@ -54,7 +54,7 @@ def test_a_completed_run_from_before_versioning_is_not_trained_again(old_sweep: 
     run = old_sweep.run(RUN_ID)
     before = run.result_json.read_bytes()
     assert isoflop("train", run.path) == 0
-    assert "completed after 28 steps, validation loss 3.7240" in capsys.readouterr().out
+    assert "already completed after 28 steps, validation loss 3.7240" in capsys.readouterr().out
     assert run.result_json.read_bytes() == before and not (run.path / "metrics.jsonl").exists()
 
 

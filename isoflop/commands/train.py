@@ -24,9 +24,10 @@ def run(args: argparse.Namespace) -> int:
     spec = RunSpec.read(run_dir.run_json)
     from isoflop.train import run as train_run
 
+    ended_before = run_dir.result() is not None
     result = train_run(spec, run_dir.path)
     validation = result.eval.get("validation")
-    print(f"{spec.run_id}: {result.status} after {result.steps} steps"
+    print(f"{spec.run_id}: {'already ' if ended_before else ''}{result.status} after {result.steps} steps"
           + (f", validation loss {validation.loss:.4f}" if validation and validation.loss is not None else "")
           + (f" (diverged at step {result.diverged_at_step})" if result.status == "diverged" else ""))
     return 0
