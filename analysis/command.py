@@ -174,7 +174,9 @@ def _fit(args: argparse.Namespace, collection, options: CheckedOptions) -> Fits:
             raise UserError(f"--holdout-budget: no group has 2 other budgets with an ok optimum to predict from "
                             f"({fits.holdout[0].note}); add budgets or drop --holdout-budget")
     if runs["budget"].nunique() < 2 and fits.fixed_backbone is None:  # a fixed backbone has no power law to miss
-        fits.partial_notes.append("a single budget: parabolas and optima only, no power law across budgets (add a second budget)")
+        fix = (f"{len(collection.excluded)} runs are excluded, e.g. still training: their budgets may come with them"
+               if collection.excluded else "add a second budget")
+        fits.partial_notes.append(f"a single budget: parabolas and optima only, no power law across budgets ({fix})")
     if args.approach3:
         fits.approach3 = fit_all_approach3(runs, "loss", method=args.approach3_method)
     fits.ablations = detect_ablations(runs, min(args.bootstrap, ABLATION_BOOTSTRAP_CAP), args.seed, args.robust,

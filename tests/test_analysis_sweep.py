@@ -203,3 +203,16 @@ def test_implausible_run_is_excluded_with_its_reason(tmp_path: Path) -> None:
     reasons = {run.run_id: run.reason for run in collection.excluded}
     assert "params 1e-300 must be a positive count" in reasons["dense-6e+18-0"]
     assert "dense-6e+18-0" not in set(collection.runs["run_id"])
+
+
+def test_one_budget_done_and_one_training_does_not_ask_for_a_second_budget(tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Two budgets planned, the second's runs still training (no result.json): the partial report
+    points at those runs, not at adding a budget the sweep already has."""
+    sweep = build_sweep(tmp_path / "sweep")
+    for result in (sweep / "runs").glob("*-2e+19-*/result.json"):
+        result.unlink()
+    assert analyze(str(sweep), "--out", str(tmp_path / "out"), "--bootstrap", "0") == 0
+    printed = capsys.readouterr().out
+    assert "partial report: a single budget" in printed and "still training" in printed
+    assert "add a second budget" not in printed
