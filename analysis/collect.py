@@ -68,6 +68,16 @@ class Collection:
     warnings: list[str] = field(default_factory=list)
     layout: StudyLayout | None = None
 
+    def methods_left_out(self) -> dict[str, int]:
+        """Methods none of whose runs entered the fits (every one excluded: diverged, not
+        finished, ...), with their number of excluded runs: absent from every fit and figure."""
+        fitted = set(self.runs["method"]) if "method" in self.runs else set()
+        counts: dict[str, int] = {}
+        for run in self.excluded:
+            if run.method is not None and run.method not in fitted:
+                counts[run.method] = counts.get(run.method, 0) + 1
+        return counts
+
 
 def count_problem(value: float) -> str | None:
     """What is wrong with a FLOP, parameter or token count (None when it is plausible)."""
@@ -220,15 +230,17 @@ def collect_run(run_dir: Path, params_kind: str, eval_dataset: str, metric: str)
             run_id = str(run_spec.get("run_id", run_id))
         except (OSError, ValueError) as error:
             outcome.notes.append(f"run {run_id}: corrupt run.json ({error}); run.json ignored")
+    method = run_spec.get("method") if isinstance(run_spec.get("method"), str) else None
     if not (run_dir / "result.json").exists():
-        outcome.excluded = ExcludedRun(run_id, "missing or partial: run.json present but no result.json (not finished)")
+        outcome.excluded = ExcludedRun(run_id, "missing or partial: run.json present but no result.json (not finished)",
+                                       method)
         return outcome
     try:
         result = RunResult.read(run_dir / "result.json")
     except RecordError as error:  # unreadable, malformed, or of a format version this isoflop does not read
-        outcome.excluded = ExcludedRun(run_id, f"corrupt result.json ({error.message}); skipped")
+        outcome.excluded = ExcludedRun(run_id, f"corrupt result.json ({error.message}); skipped", method)
         return outcome
-    run_id = result.run_id
+    run_id, method = result.run_id, result.method
     outcome.datasets.update(result.eval)
     reason = _exclusion_reason(result)
     if reason is None:
@@ -239,7 +251,7 @@ def collect_run(run_dir: Path, params_kind: str, eval_dataset: str, metric: str)
     if outcome.row is not None:
         reason = _row_problem(outcome.row)
     if reason is not None:
-        outcome.row, outcome.excluded = None, ExcludedRun(run_id, reason)
+        outcome.row, outcome.excluded = None, ExcludedRun(run_id, reason, method)
     return outcome
 
 

@@ -369,6 +369,8 @@ def _print_summary(report_path: Path, result, metric: str) -> None:
         print(line)
     for note in result.partial_notes:
         print(f"  partial report: {note}")
+    for method, count in result.collection.methods_left_out().items():
+        print(f"  {method:<16} no run entered the fits ({count} excluded; report.md says why)")
     if any(o.n_interval.status == "unreliable" for o in result.optima) or any(
             isinstance(law, PowerLawFit) and law.exponent_interval.status == "unreliable" for law in result.power_laws):
         print("  † interval marked unreliable; report.md says why")

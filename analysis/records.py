@@ -32,10 +32,12 @@ Axis = Literal["params", "tokens"]
 
 @dataclass(frozen=True)
 class ExcludedRun:
-    """A run that did not enter the fits, and why (diverged, partial, corrupt...)."""
+    """A run that did not enter the fits, and why (diverged, partial, corrupt...); its
+    method when its run.json or result.json says."""
 
     run_id: str
     reason: str
+    method: str | None = None
 
 
 @dataclass(frozen=True)

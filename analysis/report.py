@@ -86,7 +86,13 @@ def _excluded_section(result: AnalysisResult) -> list[str]:
     lines = ["## Excluded runs", ""]
     if not excluded:
         return lines + ["None: every run directory held a completed result.", ""]
-    table = pd.DataFrame([{"run_id": run.run_id, "reason": run.reason} for run in excluded])
+    left_out = [f"**{method}** ({count} run(s), every one excluded)"
+                for method, count in result.collection.methods_left_out().items()]
+    if left_out:  # a method that always diverges must not vanish from the comparison unsaid
+        lines += [f"No run of {', '.join(left_out)} entered the fits: it is absent from every table and "
+                  "figure of this report.", ""]
+    table = pd.DataFrame([{"run_id": run.run_id, "method": run.method or "?", "reason": run.reason}
+                          for run in excluded])
     return lines + [f"{len(excluded)} run(s) did not enter the fits:", "", to_markdown(table)]
 
 

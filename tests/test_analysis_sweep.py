@@ -216,3 +216,18 @@ def test_one_budget_done_and_one_training_does_not_ask_for_a_second_budget(tmp_p
     printed = capsys.readouterr().out
     assert "partial report: a single budget" in printed and "still training" in printed
     assert "add a second budget" not in printed
+
+
+def test_a_method_whose_every_run_diverged_is_named_not_dropped(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A method with no run in the fits (all diverged) is said to be absent, on stdout and in the
+    report, and its excluded runs carry the method."""
+    sweep = build_sweep(tmp_path / "sweep")
+    for index in range(3):
+        write_run(sweep / "runs", f"wild-{index}", "wild", 6e18, 3e8 * (index + 1), {"family": "dense"},
+                  status="diverged")
+    assert analyze(str(sweep), "--out", str(tmp_path / "out"), "--bootstrap", "0") == 0
+    assert "wild             no run entered the fits (3 excluded" in capsys.readouterr().out
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "No run of **wild** (3 run(s), every one excluded) entered the fits" in report
+    assert "| wild-0 | wild | diverged" in report
