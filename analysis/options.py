@@ -50,22 +50,15 @@ class CheckedOptions:
 
 
 def parse_budgets(texts: list[str], option: str = "--predict") -> tuple[float, ...]:
-    """Parse ``option``'s values as positive, finite FLOP counts."""
-    budgets = []
-    for text in texts:
-        try:
-            budget = float(text)
-        except ValueError:
-            raise UserError(f"{option} {text!r} is not a number; pass FLOPs such as 1e21") from None
-        from isoflop.study_config import (
-            budget_problem,  # the planner's rule: finite, > 0, at most 1e30
-        )
+    """Parse ``option``'s values as FLOP budgets by the planner's rule (finite, > 0, at most 1e30)."""
+    import argparse
 
-        problem = budget_problem(budget)
-        if problem is not None:
-            raise UserError(f"{option} {text!r} {problem[0]}; pass FLOPs such as 1e21")
-        budgets.append(budget)
-    return tuple(budgets)
+    from isoflop.commands.common import budget_flops
+
+    try:
+        return tuple(budget_flops(text) for text in texts)
+    except argparse.ArgumentTypeError as error:
+        raise UserError(f"{option} {str(error).replace('--budget', option)}") from None
 
 
 def check_options(bootstrap: int, seed: int, predict: list[str], ci: str = DEFAULT_CONFIDENCE,

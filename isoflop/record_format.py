@@ -58,6 +58,10 @@ class RecordError(UserError):
     """A record file that this isoflop cannot read: malformed, or of a version it does not know."""
 
 
+class NewerVersionError(RecordError):
+    """A record written by a later isoflop: not damaged, only newer than this one reads."""
+
+
 def check_version(values: Mapping[str, Any], kind: str, current: int, source: str) -> int:
     """The format version of ``values`` (a record read from ``source``), if this isoflop reads it.
 
@@ -77,7 +81,7 @@ def check_version(values: Mapping[str, Any], kind: str, current: int, source: st
         raise RecordError(f"{source}: {kind} format version {version!r} is not a version number; "
                           "the file is damaged: restore it from a copy or delete it")
     if version > current:
-        raise RecordError(f"{source}: {kind} format version {version} is newer than this isoflop reads "
+        raise NewerVersionError(f"{source}: {kind} format version {version} is newer than this isoflop reads "
                           f"(up to {current}); upgrade isoflop (pip install -U isoflop) to read it")
     return version
 

@@ -25,7 +25,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from isoflop.atomic_files import append_jsonl, csv_text, finite_or_null, write_atomic
 from isoflop.record_format import (
-    RecordError, check_version, optional_field, record_from_mapping, records_from_jsonl, without_unused_optional_fields,
+    RecordError,
+    check_version,
+    optional_field,
+    record_from_mapping,
+    records_from_jsonl,
+    without_unused_optional_fields,
 )
 
 if TYPE_CHECKING:
@@ -43,6 +48,10 @@ def _read_text(path: Path, kind: str) -> str | None:
         fix = ("check the file's permissions" if isinstance(error, PermissionError) else
                "restore the file from a copy, or move what is in its place aside")
         raise RecordError(f"{path}: cannot read the {kind} ({reason}); {fix}") from None
+
+
+FOLDER_NAME_RULE = "must be one folder's name: not empty, without '/' or '\\', not '.' or '..'"
+"""What :func:`is_folder_name` accepts, for the messages that refuse a name."""
 
 
 def is_folder_name(name: str) -> bool:

@@ -15,10 +15,20 @@ from typing import Any
 
 from isoflop.record_format import optional_field
 from models.config import (
-    REPLACE_BLOCK_PLACEMENTS, BackboneConfig, block_index_list, ffw_config_from_dict, replaced_block_indices,
+    REPLACE_BLOCK_PLACEMENTS,
+    BackboneConfig,
+    block_index_list,
+    ffw_config_from_dict,
+    replaced_block_indices,
 )
 from models.errors import (
-    is_real, require, require_choice, require_fraction, require_non_negative, require_positive, setting_error,
+    is_real,
+    require,
+    require_choice,
+    require_fraction,
+    require_non_negative,
+    require_positive,
+    setting_error,
 )
 from models.ffw.config_base import FFWConfigBase
 
@@ -419,8 +429,7 @@ class StudyConfig:
     strategy: str = "independent"
 
     def __post_init__(self) -> None:
-        from isoflop.commands.sweep_choice import FOLDER_NAME_RULE
-        from isoflop.run_records import is_folder_name
+        from isoflop.run_records import FOLDER_NAME_RULE, is_folder_name
 
         require(is_folder_name(self.name), "name", self.name, f"{FOLDER_NAME_RULE} (it names the sweep folder)",
                 "set name=my_study")

@@ -151,7 +151,7 @@ def test_jobs_slurm_will_never_start_are_named_with_the_fix(tmp_path: Path, caps
     def stuck() -> list[str]:
         capsys.readouterr()
         assert isoflop("status", sweep, "--format", "json") == 0
-        return json.loads(capsys.readouterr().out)["stuck_jobs"]
+        return json.loads(capsys.readouterr().out)["stuck_warnings"]
 
     (line,) = wait_until(stuck, 60, "squeue to give the pending reason")
     assert "PartitionConfig" in line and "cluster.cpus_per_task" in line and f"isoflop cancel {sweep}" in line

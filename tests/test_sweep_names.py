@@ -127,7 +127,7 @@ def test_an_empty_folder_or_a_sweep_whose_creation_began_is_used(begun: str, tmp
 
 
 @pytest.mark.parametrize("command, adaptive, advice", [
-    ("submit", (), f"pass --new (a new sweep {SWEEP}-2 beside it) or --name NAME"),
+    ("submit", (), f"pass --new (a new sweep {SWEEP}-N beside it) or --name NAME"),
     ("study", (), "pass --name NAME for a new sweep beside it"),
     ("study", ("--adaptive", "--budget", "5e8", "--budget", "7e8", "--budget", "9e8"),
      "pass --name NAME for a new sweep beside it"),
@@ -193,3 +193,16 @@ def test_submitting_twice_says_what_happened_each_time(tmp_path: Path, capsys: p
     assert summary[0].endswith("; ended: 1 completed") and "left alone" not in summary[0]
     assert isoflop("submit", "--sweep", SWEEP, "--root", tmp_path, *ONE_RUN, "cluster=debug", "--retry-failed") == 0
     assert capsys.readouterr().err.strip() == "submitted 0 of 1 runs to debug; left alone: 1 completed"
+
+
+def test_an_execution_setting_changed_is_still_the_same_sweep(tmp_path: Path, capsys) -> None:
+    """train.parallelism says how a run is spread, not what it computes: resubmitting with it
+    changed continues the sweep, and the run.json already there is accepted as the planned spec."""
+    assert exit_status("submit", "--sweep", SWEEP, "--root", tmp_path, *ONE_RUN, "cluster=debug") == 0
+    (run_json,) = (tmp_path / SWEEP / "runs").glob("*/run.json")
+    before = run_json.read_bytes()
+    capsys.readouterr()
+    assert exit_status("submit", "--sweep", SWEEP, "--root", tmp_path, *ONE_RUN, "cluster=debug",
+                       "train.parallelism=fsdp", "--retry-failed") == 0
+    assert "submitted 0 of 1" in capsys.readouterr().err
+    assert run_json.read_bytes() == before

@@ -14,6 +14,7 @@ first and its jobs are cancelled too (it waits up to 30 s for it).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import subprocess
 import sys
@@ -60,13 +61,14 @@ def run(args: argparse.Namespace) -> int:
     from isoflop.sweep_dir import SweepDir
 
     sweep = SweepDir.open(args.sweep_dir)
-    try:
-        with sweep.submission_lock(timeout_s=SUBMIT_WAIT_S):  # no job is submitted while we cancel
-            return cancel_live_runs(sweep, args.run_ids)
-    except TimeoutError:
-        raise UserError(f"a submit of {sweep.path} is still in progress after {SUBMIT_WAIT_S:g} s (the debug "
-                        "executor trains while it submits); stop it with Ctrl-C, or cancel again once it has "
-                        "ended") from None
+    with contextlib.ExitStack() as held:
+        try:  # no job is submitted while we cancel
+            held.enter_context(sweep.submission_lock(timeout_s=SUBMIT_WAIT_S))
+        except TimeoutError:
+            raise UserError(f"a submit of {sweep.path} is still in progress after {SUBMIT_WAIT_S:g} s (the debug "
+                            "executor trains while it submits); stop it with Ctrl-C, or cancel again once it has "
+                            "ended") from None
+        return cancel_live_runs(sweep, args.run_ids)
 
 
 def cancel_live_runs(sweep: Any, run_ids: list[str] | None) -> int:

@@ -16,8 +16,8 @@ import os
 import re
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from isoflop.errors import UserError
 
@@ -237,9 +237,10 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
 
 def human_count(value: float) -> str:
     """1234567 -> '1.23M' (SI suffixes up to E, 3 significant digits); 1e21 and above: '2.5e+25'."""
-    if abs(value) >= 1e21:
+    rounded = float(f"{value:.3g}")  # 999.6 -> 1000: the suffix of what is printed
+    if abs(rounded) >= 1e21:
         return f"{value:.3g}"
     for threshold, suffix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= threshold:
-            return f"{value / threshold:.3g}{suffix}"
+        if abs(rounded) >= threshold:
+            return f"{rounded / threshold:.3g}{suffix}"
     return f"{value:.3g}"

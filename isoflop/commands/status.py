@@ -9,7 +9,7 @@ cannot be asked, the runs it would have told about are ``unknown`` and one
 warning line on stderr says why (``--format json``: ``scheduler_problems``).
 A SLURM job that is pending for a reason that does not pass on its own (it asks
 more than the partition has, a per-job limit, a hold) stays ``pending``, and a
-warning line per reason names the setting to change (``stuck_jobs``).
+warning line per reason names the setting to change (``stuck_warnings``).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def render(status: Any, output_format: str) -> str:
     """A :class:`~isoflop.scheduler_state.SweepStatus` as a table or JSON."""
     if output_format == "json":
         return json.dumps({"runs": [row.to_dict() for row in status.runs], "summary": summary_line(status.runs),
-                           "scheduler_problems": list(status.problems), "stuck_jobs": list(status.stuck)},
+                           "scheduler_problems": list(status.problems), "stuck_warnings": list(status.stuck)},
                           indent=2) + "\n"
     return render_table(status.runs)
 

@@ -19,6 +19,7 @@ import argparse
 import fcntl
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -114,29 +115,15 @@ def submittable(state: str, retry_failed: bool) -> bool:
     return state == "planned" or (retry_failed and state in ("failed", "cancelled"))
 
 
-def run_states(sweep: Any) -> tuple[dict[str, str], tuple[str, ...]]:
-    """Every run's (and trunk's) state by id, in plan order, and why the scheduler could
-    not be asked (runs it would tell about are ``unknown``)."""
+def select_runs(sweep: Any, retry_failed: bool) -> tuple[list[Any], dict[str, str], tuple[str, ...]]:
+    """Run folders to submit now, every run's (and trunk's) state by id in plan order, and why
+    the scheduler could not be asked (runs it would tell about are ``unknown``: left alone)."""
     from isoflop.scheduler_state import sweep_status
 
     status = sweep_status(sweep)
-    return {row.run_id: row.state for row in status.runs}, status.problems
-
-
-def state_counts(states: Any) -> dict[str, int]:
-    """How many of ``states`` (an iterable of state names) are in each state."""
-    counts: dict[str, int] = {}
-    for state in states:
-        counts[state] = counts.get(state, 0) + 1
-    return counts
-
-
-def select_runs(sweep: Any, retry_failed: bool) -> tuple[list[Any], dict[str, int], tuple[str, ...]]:
-    """Run folders to submit now, how many runs are in each state, and why the
-    scheduler could not be asked (runs it would tell about are ``unknown``: left alone)."""
-    states, problems = run_states(sweep)
+    states = {row.run_id: row.state for row in status.runs}
     chosen = [sweep.run(run_id) for run_id, state in states.items() if submittable(state, retry_failed)]
-    return chosen, state_counts(states.values()), problems
+    return chosen, states, status.problems
 
 
 def submission_in_progress(sweep: Any) -> bool:
@@ -158,6 +145,7 @@ def write_run_specs(sweep: Any, specs: dict[str, Any]) -> None:
     """``runs/<run_id>/run.json`` of every planned run that has none yet; one already
     there must be the planned spec (a damaged or hand-edited one is a UserError naming it,
     before any run.json is written)."""
+    from isoflop.record_format import NewerVersionError
     from isoflop.run_spec import RunSpec
 
     for run_id, spec in specs.items():
@@ -171,11 +159,12 @@ def write_run_specs(sweep: Any, specs: dict[str, Any]) -> None:
                                 "writes it again from the plan")
             try:
                 written = RunSpec.read(run_dir.run_json)
+            except NewerVersionError:  # written by a later isoflop: not damaged
+                raise
             except UserError as error:
-                if "newer than" in error.message:  # written by a later isoflop: not damaged
-                    raise
                 raise UserError(f"{error.message.split(';')[0]}; {fix}") from None
-            if written != spec:
+            # what the run computes; execution settings (train.parallelism) may change freely
+            if (written.run_id, written.content_hash()) != (spec.run_id, spec.content_hash()):
                 raise UserError(f"{run_dir.run_json} is not the run's planned spec (edited or damaged); {fix}")
     for run_id, spec in specs.items():
         run_json = sweep.run(run_id).run_json
@@ -229,8 +218,8 @@ def submit_pending(sweep: Any, cluster: Any, specs: dict[str, Any], retry_failed
                    ) -> tuple[list[Any], list[str], dict[str, str], tuple[str, ...]]:
     """Submit every run (and trunk, and ready branch) :func:`submittable` now; returns the
     submissions (``submitted`` JobEvents), the ids of the runs submitted, every run's state
-    by id after the last one was submitted (with ``debug``: after it ended) and why the
-    scheduler could not be asked.
+    by id as last read (before this submission; with ``debug``, after its jobs ended) and
+    why the scheduler could not be asked.
 
     The ``debug`` executor trains each job before returning, so a trunk there hands
     its checkpoints to its branches on the way: those are submitted in turn, until
@@ -241,9 +230,8 @@ def submit_pending(sweep: Any, cluster: Any, specs: dict[str, Any], retry_failed
     submissions: list[Any] = []
     submitted: list[str] = []
     while True:
-        states, problems = run_states(sweep)
-        to_submit = [sweep.run(run_id) for run_id, state in states.items()
-                     if submittable(state, retry_failed) and run_id not in submitted]
+        chosen, states, problems = select_runs(sweep, retry_failed)
+        to_submit = [run_dir for run_dir in chosen if run_dir.run_id not in submitted]
         submissions += submit_runs(cluster, sweep, [(run_dir, specs[run_dir.run_id].to_dict())
                                                     for run_dir in to_submit])
         submitted += [run_dir.run_id for run_dir in to_submit]
@@ -263,8 +251,8 @@ def report_submission(submissions: list[Any], submitted: list[str], planned: int
     trains them before returning, how they ended (``ended: ...``); the states of the runs
     not submitted (``left alone``); and why the scheduler could not be asked.
 
-    ``submitted``: the ids of the runs submitted; ``states``: every run's state after the
-    submission (:func:`submit_pending`).
+    ``submitted``: the ids of the runs submitted; ``states``: every run's state as
+    :func:`submit_pending` last read it.
     """
     from isoflop.commands.status import scheduler_warning
 
@@ -272,13 +260,13 @@ def report_submission(submissions: list[Any], submitted: list[str], planned: int
         return ", ".join(f"{count} {state}" for state, count in sorted(counts.items()))
 
     jobs = list(dict.fromkeys(submission.job_id.split("_")[0] for submission in submissions))
-    ended = summary(state_counts(state for run_id, state in states.items() if run_id in submitted))
-    left_alone = summary(state_counts(state for run_id, state in states.items() if run_id not in submitted))
+    ended = summary(Counter(state for run_id, state in states.items() if run_id in submitted))
+    left_alone = summary(Counter(state for run_id, state in states.items() if run_id not in submitted))
     print(f"submitted {len(submitted)} of {planned} runs to {executor}"
           f"{' (jobs ' + listed(jobs, SHOWN_JOBS) + ')' if jobs else ''}"
           f"{'; ended: ' + ended if ended and executor == 'debug' else ''}"
           f"{'; left alone: ' + left_alone if left_alone else ''}", file=sys.stderr)
-    counts = state_counts(states.values())
+    counts = Counter(states.values())
     if not retry_failed and counts.get("failed", 0) + counts.get("cancelled", 0):
         print("some runs failed or were cancelled: pass --retry-failed to resubmit them", file=sys.stderr)
     warning = scheduler_warning(problems)

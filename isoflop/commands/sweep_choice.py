@@ -17,13 +17,11 @@ from typing import Any
 from isoflop.errors import UserError
 
 SHOWN_CHANGES = 5
-FOLDER_NAME_RULE = "must be one folder's name: not empty, without '/' or '\\', not '.' or '..'"
-"""What :func:`~isoflop.run_records.is_folder_name` accepts, for the messages that refuse a sweep name."""
 
 
 def sweep_name(text: str) -> str:
     """argparse type for ``--name``: a folder name (:func:`~isoflop.run_records.is_folder_name`)."""
-    from isoflop.run_records import is_folder_name
+    from isoflop.run_records import FOLDER_NAME_RULE, is_folder_name
 
     if not is_folder_name(text):
         raise argparse.ArgumentTypeError(f"{text!r} {FOLDER_NAME_RULE} (the sweep is DIR/NAME of --root DIR); "
@@ -42,7 +40,7 @@ def new_sweep_advice(name: str, explicit_name: bool, takes_new: bool) -> str:
     where the command takes it (``isoflop submit``), else ``--name``."""
     other_name = "another --name" if explicit_name else "--name NAME"
     if takes_new:
-        return f"pass --new (a new sweep {name}-2 beside it) or {other_name}"
+        return f"pass --new (a new sweep {name}-N beside it) or {other_name}"
     return f"pass {other_name} for a new sweep beside it"
 
 
