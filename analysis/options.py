@@ -56,9 +56,9 @@ def parse_budgets(texts: list[str], option: str = "--predict") -> tuple[float, .
     from isoflop.commands.common import budget_flops
 
     try:
-        return tuple(budget_flops(text) for text in texts)
+        return tuple(budget_flops(text, option) for text in texts)
     except argparse.ArgumentTypeError as error:
-        raise UserError(f"{option} {str(error).replace('--budget', option)}") from None
+        raise UserError(f"{option} {error}") from None
 
 
 def check_options(bootstrap: int, seed: int, predict: list[str], ci: str = DEFAULT_CONFIDENCE,

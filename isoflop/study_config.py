@@ -51,16 +51,17 @@ COOLDOWN_SHAPES = ("1-sqrt", "linear")
 STRATEGIES = ("independent", "cooldown_branches")
 
 
-def budget_problem(budget: object) -> tuple[str, str] | None:
-    """What is wrong with a training budget in FLOPs, as (rule, fix), or None when it is valid:
-    a finite number > 0 and at most :data:`MAX_BUDGET_FLOPS`. The one rule for every way a
-    budget arrives (``--budget``, the sweep's ``budgets:`` list, a ``budgets=[...]`` override)."""
+def budget_problem(budget: object, flag: str = "--budget") -> tuple[str, str] | None:
+    """What is wrong with a training budget in FLOPs, as (rule, fix naming ``flag``), or None
+    when it is valid: a finite number > 0 and at most :data:`MAX_BUDGET_FLOPS`. The one rule
+    for every way a budget arrives (``--budget``, the sweep's ``budgets:`` list, a
+    ``budgets=[...]`` override, ``isoflop analyze --predict``)."""
     if not is_real(budget) or budget <= 0:  # type: ignore[operator]
-        return "must be a finite positive number of FLOPs", f"pass e.g. --budget {BUDGET_EXAMPLE}"
+        return "must be a finite positive number of FLOPs", f"pass e.g. {flag} {BUDGET_EXAMPLE}"
     if budget > MAX_BUDGET_FLOPS:  # type: ignore[operator]
         rule = (f"is above the largest budget planned, {MAX_BUDGET_FLOPS:.0e} FLOPs "
                 "(the largest training runs to date used ~1e26)")
-        return rule, f"pass a budget of at most {MAX_BUDGET_FLOPS:.0e} FLOPs, e.g. --budget {BUDGET_EXAMPLE}"
+        return rule, f"pass a budget of at most {MAX_BUDGET_FLOPS:.0e} FLOPs, e.g. {flag} {BUDGET_EXAMPLE}"
     return None
 
 

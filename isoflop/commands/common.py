@@ -65,16 +65,17 @@ def positive_number(convert: Callable[[str], float], example: str, *, zero_allow
     return parse
 
 
-def budget_flops(text: str) -> float:
+def budget_flops(text: str, flag: str = "--budget") -> float:
     """argparse type of ``--budget``: FLOPs that pass :func:`isoflop.study_config.budget_problem`
-    (finite, > 0, at most the maximum), the rule of every way a budget arrives."""
+    (finite, > 0, at most the maximum), the rule of every way a budget arrives; ``flag`` is the
+    option the fix names."""
     from isoflop.study_config import BUDGET_EXAMPLE, budget_problem
 
     try:
         budget = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number; pass FLOPs such as {BUDGET_EXAMPLE}") from None
-    problem = budget_problem(budget)
+    problem = budget_problem(budget, flag)
     if problem is not None:
         rule, fix = problem
         raise argparse.ArgumentTypeError(f"{text!r} {rule}; {fix}")
