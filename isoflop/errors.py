@@ -9,6 +9,7 @@ same class so the ``isoflop`` commands raise and catch one type.
 (a full disk, a read-only or unwritable folder, a file where a folder should
 be) into a one-line :class:`UserError` that names the path and the fix; any
 other ``OSError`` is an internal error and keeps its traceback.
+:func:`listed` keeps a one-line message short when it names many things.
 """
 
 from __future__ import annotations
@@ -50,3 +51,9 @@ def file_system_error(error: OSError, doing: str) -> UserError:
     else:
         fix = "move the file or folder that is in the way aside"
     return UserError(f"cannot {doing}{where}: {reason}; {fix}")
+
+
+def listed(items: list[str], shown: int) -> str:
+    """``a, b, c and 4 more``: the first ``shown`` of ``items`` and how many are left out."""
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more

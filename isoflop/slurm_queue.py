@@ -9,6 +9,8 @@ import re
 import subprocess
 from collections.abc import Iterable
 
+from isoflop.errors import listed
+
 SCHEDULER_TIMEOUT_S = 60.0
 ABSENT = "ABSENT"  # raw state of a job that neither sacct nor squeue lists (both answered)
 
@@ -122,7 +124,7 @@ def never_starts_warnings(reasons: dict[str, str], sweep_path: str) -> list[str]
         by_reason.setdefault(reason, []).append(job_id)
     warnings = []
     for reason, job_ids in by_reason.items():
-        shown = ", ".join(job_ids[:3]) + (f" and {len(job_ids) - 3} more" if len(job_ids) > 3 else "")
+        shown = listed(job_ids, 3)
         if reason in NEVER_STARTS or "PerJob" in reason:
             why = NEVER_STARTS.get(reason, "it is above a per-job limit of its account or QOS (`sacctmgr show qos`)")
             warnings.append(f"SLURM will not start job(s) {shown} as asked ({reason}: {why}); cancel them "

@@ -25,7 +25,12 @@ from typing import Any
 
 from isoflop.commands.common import add_study_arguments, human_count
 from isoflop.commands.sweep_choice import add_name_argument, choose_sweep_path
-from isoflop.errors import UserError, file_system_error, is_user_file_system_error
+from isoflop.errors import (
+    UserError,
+    file_system_error,
+    is_user_file_system_error,
+    listed,
+)
 
 SHOWN_JOBS = 5
 CHECKPOINT_BYTES_PER_PARAMETER = 12
@@ -237,12 +242,6 @@ def submit_pending(sweep: Any, cluster: Any, specs: dict[str, Any], retry_failed
         submitted += [run_dir.run_id for run_dir in to_submit]
         if not to_submit or cluster.executor != "debug":
             return submissions, submitted, states, problems
-
-
-def listed(items: list[str], shown: int) -> str:
-    """``a, b, c and 4 more``: the first ``shown`` of ``items`` and how many are left out."""
-    more = f" and {len(items) - shown} more" if len(items) > shown else ""
-    return ", ".join(items[:shown]) + more
 
 
 def report_submission(submissions: list[Any], submitted: list[str], planned: int, states: dict[str, str],
