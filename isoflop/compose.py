@@ -246,13 +246,23 @@ def _explain(error: Exception) -> str:
     text = " ".join(str(error).split())
     full_key = getattr(error, "full_key", None)
     unknown_override = re.match(r"Could not override '([^']+)'", text)
+    if unknown_override and (config_root() / "conf" / unknown_override.group(1)).is_dir():
+        group = unknown_override.group(1)  # a config group placed per method (model/ffw), given without its @
+        placed = re.search(r"Did you mean to override one of (.+?)\?", text)
+        where = (f"one of {placed.group(1)} (e.g. {placed.group(1).split(',')[0]}=OPTION)" if placed
+                 else f"{group}@methods.NAME=OPTION for a method NAME of the study")
+        return f"{group!r} is chosen per method: set {where}, or add a method with +{group}@methods.NAME=OPTION"
     if unknown_override or "not in struct" in text or "ConfigKeyError" in type(error).__name__ or "Key '" in text:
         key = unknown_override.group(1) if unknown_override else \
             full_key or (text.split("'")[1] if "'" in text else text)
         return (f"unknown config key {key!r}; check its spelling (every setting and its default is a field of "
                 "the dataclasses in isoflop/study_config.py, models/config.py and models/ffw/*_config.py)")
     if "Could not find" in text or "MissingConfig" in type(error).__name__:
-        return f"{text.split(' Available options')[0]}; check the group option names under conf/"
+        missing = text.split(" Available options")[0]
+        options = re.search(r"Available options in '([^']+)': (.+?) Config search path", text)
+        if options:
+            return f"{missing}; the options of {options.group(1)} are {', '.join(options.group(2).split())}"
+        return f"{missing}; check the group option names under conf/"
     if "Missing mandatory value" in text:
         return f"missing value for {full_key or text}; set it on the command line (KEY=VALUE)"
     if full_key:

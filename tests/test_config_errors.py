@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import SWEEP, isoflop
+from isoflop.compose import load_study
+from isoflop.errors import UserError
 
 # (overrides, fragment of the one error line)
 BAD_SETTINGS = [
@@ -106,6 +108,9 @@ BAD_SETTINGS = [
     (["+model/ffw@methods.extra=expert_choice", "methods.extra.capacity_factor=-1"], "capacity_factor=-1.0"),
     (["+model/ffw@methods.extra=topk_activation", "methods.extra.k=0"], "ffw topk_activation.k=0"),
     (["+model/ffw@methods.extra=nosuch"], "model/ffw/nosuch"),
+    (["model/ffw@methods.dense=nosuch"], "Could not find 'model/ffw/nosuch'; the options of model/ffw are dense, "),
+    (["cluster=nosuch"], "the options of cluster are cpu, debug, local, slurm"),
+    (["model/ffw=peer"], "'model/ffw' is chosen per method: set model/ffw@methods.NAME=OPTION for a method NAME"),
 ]
 
 # file name -> (content, fragment); {path} is replaced by the file's path
@@ -179,3 +184,9 @@ def test_an_unreadable_sweep_file_is_one_line(tmp_path: Path, capsys: pytest.Cap
     status = isoflop("plan", "--sweep", path, "--out", kept)
     assert_one_line_and_nothing_written(capsys, status, f"{path}: cannot read it (Permission denied)",
                                         tmp_path / "sweeps", kept)
+
+
+def test_a_per_method_group_without_its_method_names_the_methods_to_choose() -> None:
+    with pytest.raises(UserError, match=r"'model/ffw' is chosen per method: set one of model/ffw@methods\.dense, "
+                                        r"model/ffw@methods\.moe, .*\(e\.g\. model/ffw@methods\.dense=OPTION\)"):
+        load_study("smoke", ["model/ffw=peer"])
