@@ -24,6 +24,8 @@ from isoflop.study_config import DataConfig, StudyConfig
 from models.config import FFW_FAMILIES, ffw_config_class
 
 DEFAULT_SWEEP = "peer_paper"
+METHOD_GROUP = "model/ffw"
+"""The config group each method takes its FFW layer from (``model/ffw@methods.NAME``)."""
 
 
 def config_root() -> Path:
@@ -246,9 +248,9 @@ def _explain(error: Exception) -> str:
     text = " ".join(str(error).split())
     full_key = getattr(error, "full_key", None)
     unknown_override = re.match(r"Could not override '([^']+)'", text)
-    if unknown_override and (config_root() / "conf" / unknown_override.group(1)).is_dir():
-        group = unknown_override.group(1)  # a config group placed per method (model/ffw), given without its @
-        placed = re.search(r"Did you mean to override one of (.+?)\?", text)
+    placed = re.search(r"Did you mean to override one of (.+?)\?", text)
+    if unknown_override and (placed or unknown_override.group(1) == METHOD_GROUP):
+        group = unknown_override.group(1)  # a config group placed per method, given without its @methods.NAME
         where = (f"one of {placed.group(1)} (e.g. {placed.group(1).split(',')[0]}=OPTION)" if placed
                  else f"{group}@methods.NAME=OPTION for a method NAME of the study")
         return f"{group!r} is chosen per method: set {where}, or add a method with +{group}@methods.NAME=OPTION"
